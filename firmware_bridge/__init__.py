@@ -1,0 +1,1 @@
+"""Serial protocol to station microcontroller boards (sans-I/O codec and transport)."""

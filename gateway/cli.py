@@ -1,0 +1,217 @@
+"""`stationgw`: the command line for operators and technicians."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.config import EX_CONFIG, BrokerEndpoint, StationConfig, config_schema, load_config
+from gateway.errors import ConfigError, GatewayError
+from gateway.outbox import connect, read_depth
+
+log = logging.getLogger("gateway")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per event on stdout, for journald."""
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("gateway.mqtt.paho").setLevel(logging.WARNING)
+
+
+def load_with_overrides(
+    path: Path, broker: str | None = None, store: Path | None = None
+) -> StationConfig:
+    """Load the config and apply a technician's command-line overrides."""
+    config = load_config(path)
+    if broker is not None:
+        try:
+            endpoint = BrokerEndpoint(url=broker)
+        except ValidationError as exc:
+            msgs = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+            raise ConfigError([f"--broker: {m}" for m in msgs]) from exc
+        config = config.model_copy(update={"brokers": [endpoint]})
+    if store is not None:
+        config = config.model_copy(
+            update={"store": config.store.model_copy(update={"path": store})}
+        )
+    return config
+
+
+def _print_problems(path: Path, err: ConfigError) -> int:
+    print(f"{path}: {len(err.problems)} problem(s) in the station config:", file=sys.stderr)
+    for problem in err.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return EX_CONFIG
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file; exit 0 when valid, 78 with every problem otherwise."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as err:
+        return _print_problems(args.file, err)
+    print(
+        f"{args.file}: ok (station {config.station_id}, {len(config.brokers)} broker endpoint(s), "
+        f"{len(config.help_points)} help point(s), {len(config.sensors)} sensor(s))"
+    )
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the station config."""
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon."""
+    try:
+        config = load_with_overrides(args.config, args.broker, args.store)
+    except ConfigError as err:
+        return _print_problems(args.config, err)
+    setup_logging(args.log_level)
+    from gateway.daemon import Gateway  # noqa: PLC0415 - keep `check-config` light
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        log.info(
+            "stationgw %s starting station=%s brokers=%s",
+            __version__, config.station_id, ",".join(b.url for b in config.brokers),
+        )
+        async with Gateway(config) as gateway:
+            await gateway.run()
+
+    try:
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log.info("stopped")
+    except GatewayError as err:
+        log.critical("cannot run: %s", err)
+        return 1
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
+    try:
+        config = load_with_overrides(args.config, store=args.store)
+    except ConfigError as err:
+        return _print_problems(args.config, err)
+    path = config.store.path
+    if not path.exists():
+        print(f"{path}: no outbox database yet (the daemon creates it on first start)")
+        return 1
+    conn = connect(path, readonly=True)
+    try:
+        depth = read_depth(conn)
+        oldest = conn.execute(
+            "SELECT event_id, class, kind, wall_time, attempts, state, last_error FROM outbox "
+            "ORDER BY class, seq LIMIT 1"
+        ).fetchone()
+        faults = conn.execute(
+            "SELECT wall_time, code, active, message FROM faults ORDER BY id DESC LIMIT ?",
+            (args.faults,),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        print(f"{path}: cannot read outbox: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"depth": depth.by_class, "rows": depth.rows, "bytes": depth.bytes,
+                          "oldest_unsent": oldest and dict(zip(
+                              ("event_id", "class", "kind", "wall_time", "attempts", "state",
+                               "last_error"), oldest, strict=True)),
+                          "faults": [dict(zip(("wall_time", "code", "active", "message"), f,
+                                              strict=True)) for f in faults]}, indent=2))
+        return 0
+    print(f"outbox {path}: {depth.rows} row(s), {depth.bytes} bytes")
+    for cls, states in depth.by_class.items():
+        detail = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "empty"
+        print(f"  {cls}: {detail}")
+    if oldest is not None:
+        event_id, cls, kind, wall_time, attempts, state, error = oldest
+        print(
+            f"next to send: {event_id} P{cls} {kind} age {time.time() - wall_time:.1f}s "
+            f"attempts {attempts} state {state}" + (f" last error: {error}" if error else "")
+        )
+    print(f"recent faults ({len(faults)}):" if faults else "no faults recorded")
+    for wall_time, code, active, message in faults:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
+        print(f"  {stamp} {'RAISED ' if active else 'cleared'} {code}: {message}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `stationgw` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="stationgw",
+        description="Station gateway: help points and platform sensors to prioritized "
+        "crisis requests over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"stationgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon", description=cmd_run.__doc__)
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--broker", metavar="URL", help="use only this broker (mqtt://host:port)")
+    p.add_argument("--store", type=Path, metavar="PATH", help="use this outbox database")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "check-config", help="validate a station config", description=cmd_check_config.__doc__
+    )
+    p.add_argument("file", type=Path, help="station config (TOML)")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser(
+        "config-schema", help="print the config's JSON Schema", description=cmd_config_schema.__doc__
+    )
+    p.set_defaults(func=cmd_config_schema)
+
+    p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--store", type=Path, metavar="PATH", help="read this outbox database")
+    p.add_argument("--faults", type=int, default=10, help="how many recent faults to show")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_outbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `stationgw` console script."""
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Station config: one TOML file, typed frozen models, validated once at start.
+
+Every problem is reported with its key path, the bad value and the fix, and all problems
+are reported together (`ConfigError.problems`), not just the first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gateway.errors import ConfigError
+from gateway.model import Priority, PriorityName
+
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd's unit does not restart on it
+
+INPUT_KINDS = (
+    "help_point.press",
+    "help_point.hold",
+    "help_point.repeat",
+    "help_point.stuck",
+    "sensor.threshold",
+    "sensor.reading",
+    "device.fault",
+    "device.offline",
+)
+InputKind = Literal[
+    "help_point.press",
+    "help_point.hold",
+    "help_point.repeat",
+    "help_point.stuck",
+    "sensor.threshold",
+    "sensor.reading",
+    "device.fault",
+    "device.offline",
+]
+
+_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+_ID_HELP = "use 1-63 lowercase letters, digits, '-' or '_'"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _readable_file(path: Path, info: ValidationInfo) -> Path:
+    """Resolve a path against the config file's folder and check it can be read now."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist (fix the path or create the file)")
+    if not os.access(path, os.R_OK):
+        raise ValueError(
+            f"file {str(path)!r} is not readable by this user (fix its owner or mode)"
+        )
+    return path
+
+
+def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not path.is_absolute():
+        return Path(base) / path
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+
+
+def normalize_pin(pin: int | str) -> str:
+    """Canonical BCM name of a pin spec: 17, "17", "GPIO17" and "BCM17" are all "GPIO17"."""
+    text = str(pin).strip().upper()
+    match = re.fullmatch(r"(?:GPIO|BCM)?(\d{1,2})", text)
+    return f"GPIO{int(match.group(1))}" if match else text
+
+
+def _check_pin(pin: int | str) -> int | str:
+    name = normalize_pin(pin)
+    match = re.fullmatch(r"GPIO(\d+)", name)
+    if match is None or not 0 <= int(match.group(1)) <= 27:
+        raise ValueError(
+            f"pin {pin!r} is not a BCM GPIO pin (use a number 0-27, e.g. 17, or 'GPIO17')"
+        )
+    return pin
+
+
+Pin = Annotated[int | str, AfterValidator(_check_pin)]
+
+
+class BrokerEndpoint(_Frozen):
+    """One broker endpoint; endpoints are tried in the order given."""
+
+    url: str = Field(description="mqtt://host:port or mqtts://host:port (TLS)")
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(
+                f"broker url {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+            )
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"broker url {url!r} has a bad port (use 1-65535)") from None
+        return url
+
+    @property
+    def host(self) -> str:
+        """Host name or address."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """TCP port; 1883 for mqtt:// and 8883 for mqtts:// when not given."""
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        """True for mqtts:// endpoints."""
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class TLSConfig(_Frozen):
+    """TLS files for mqtts:// endpoints; server certificates are always verified."""
+
+    ca_file: ReadableFile | None = Field(
+        default=None, description="CA bundle that signed the broker's certificate"
+    )
+    cert_file: ReadableFile | None = Field(default=None, description="client certificate (mTLS)")
+    key_file: ReadableFile | None = Field(default=None, description="client private key (mTLS)")
+
+
+class MqttConfig(_Frozen):
+    """How the gateway talks to the dispatch broker."""
+
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT version; 5 is the default because 3.1.1 cannot report ACL refusals",
+    )
+    client_id: str | None = Field(default=None, description="default: stationgw-STATION_ID")
+    topic_prefix: str = Field(default="stationgw/v1", description="root of every topic")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    inflight_window: int = Field(
+        default=32, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once"
+    )
+    health_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    refused_retry_s: float = Field(
+        default=60.0, gt=0, description="how often rows the broker refused are tried again"
+    )
+    username: str | None = None
+    password_file: ReadableFile | None = Field(
+        default=None, description="file holding the broker password (never put it in the config)"
+    )
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _valid_prefix(cls, prefix: str) -> str:
+        if not prefix or any(c in prefix for c in "#+\0") or prefix.startswith("/"):
+            raise ValueError(
+                f"topic prefix {prefix!r} is not valid (no '#', '+', leading '/'; e.g. "
+                "'stationgw/v1')"
+            )
+        return prefix.rstrip("/")
+
+
+class StoreConfig(_Frozen):
+    """The durable outbox."""
+
+    path: ConfigPath = Field(
+        default=Path("/var/lib/stationgw/outbox.db"), description="SQLite database file"
+    )
+    max_rows: int = Field(default=100_000, ge=100, description="row bound before eviction")
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=64 * 1024, description="payload byte bound before eviction"
+    )
+    ttl_s: dict[PriorityName, float] = Field(
+        default_factory=dict, description="expiry per class; only P2 and P3 may expire"
+    )
+
+    @field_validator("ttl_s")
+    @classmethod
+    def _only_low_classes_expire(cls, ttl: dict[str, float]) -> dict[str, float]:
+        for name, seconds in ttl.items():
+            if not Priority.parse(name).evictable:
+                raise ValueError(
+                    f"{name} alerts never expire (remove store.ttl_s.{name}; only P2 and P3 "
+                    "may have a TTL)"
+                )
+            if seconds <= 0:
+                raise ValueError(f"store.ttl_s.{name} = {seconds} must be a positive number")
+        return ttl
+
+
+class HelpPoint(_Frozen):
+    """A help point on GPIO: a button, its lamp and optionally a sounder."""
+
+    id: str = Field(pattern=_ID)
+    location: str = Field(default="", description="where it is, e.g. 'platform 1 north'")
+    platform: str = ""
+    pin: Pin = Field(description="BCM pin of the button (pulled up; press pulls it low)")
+    lamp_pin: Pin = Field(description="BCM pin of the lamp")
+    lamp_pwm: bool = Field(default=False, description="drive the lamp as a PWMLED")
+    sounder_pin: Pin | None = Field(default=None, description="BCM pin of a buzzer, if fitted")
+    bounce_time_s: float = Field(default=0.05, ge=0, le=1)
+    hold_time_s: float = Field(default=2.0, gt=0, le=30)
+
+
+class Sensor(_Frozen):
+    """A microcontroller board on a serial port."""
+
+    id: str = Field(pattern=_ID)
+    port: str = Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
+    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = 115200
+    location: str = ""
+    platform: str = ""
+
+
+class Rule(_Frozen):
+    """Maps an input kind (optionally from one source) to a priority class."""
+
+    input: InputKind
+    source: str = Field(default="*", description="help point or sensor id, or '*' for any")
+    priority: PriorityName = Field(alias="class")
+
+
+class StationConfig(_Frozen):
+    """The whole station config file."""
+
+    station_id: str = Field(pattern=_ID, description="this station's id; appears in every topic")
+    brokers: list[BrokerEndpoint] = Field(min_length=1)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    gpio_pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "pigpio"] = Field(
+        default="auto", description="'auto' honours GPIOZERO_PIN_FACTORY, else gpiozero's default"
+    )
+    help_points: list[HelpPoint] = Field(default_factory=list)
+    sensors: list[Sensor] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+
+    def priority_for(self, kind: str, source: str, default: Priority) -> Priority:
+        """The class a rule assigns to `kind` from `source`; a source-specific rule wins."""
+        for rule in self.rules:
+            if rule.input == kind and rule.source == source:
+                return Priority.parse(rule.priority)
+        for rule in self.rules:
+            if rule.input == kind and rule.source == "*":
+                return Priority.parse(rule.priority)
+        return default
+
+    @property
+    def client_id(self) -> str:
+        """MQTT client id."""
+        return self.mqtt.client_id or f"stationgw-{self.station_id}"
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "str") or part.startswith(("function-after", "literal")):
+            continue  # pydantic's union-branch labels are not config keys
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _fix(err: Any) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "add this key"
+    if kind == "extra_forbidden":
+        return "remove it or fix its spelling"
+    if kind == "string_pattern_mismatch":
+        return _ID_HELP
+    return ""
+
+
+def _format(err: Any) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    fix = _fix(err)
+    value = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    return f"{_path(err['loc'])}: {msg}{value}" + (f" ({fix})" if fix else "")
+
+
+def _dict_items(raw: dict[str, Any], key: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    items = raw.get(key)
+    if isinstance(items, list):
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                yield i, item
+
+
+def cross_check(raw: dict[str, Any]) -> list[str]:
+    """Problems that span several keys, found on the raw data so they join field errors."""
+    problems: list[str] = []
+    pins: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    ports: dict[str, str] = {}
+    for section in ("help_points", "sensors"):
+        for i, item in _dict_items(raw, section):
+            where = f"{section}[{i}]"
+            ident = item.get("id")
+            if isinstance(ident, str):
+                if ident in ids:
+                    problems.append(
+                        f"{where}.id: id {ident!r} is already used by {ids[ident]} (give each "
+                        "help point and sensor its own id)"
+                    )
+                else:
+                    ids[ident] = where
+            for key in ("pin", "lamp_pin", "sounder_pin"):
+                pin = item.get(key)
+                if section != "help_points" or not isinstance(pin, int | str):
+                    continue
+                name = normalize_pin(pin)
+                if name in pins:
+                    problems.append(
+                        f"{where}.{key}: pin {pin!r} is already used by {pins[name]} (each "
+                        "button, lamp and sounder needs its own pin)"
+                    )
+                else:
+                    pins[name] = f"{where}.{key}"
+            port = item.get("port")
+            if section == "sensors" and isinstance(port, str):
+                if port in ports:
+                    problems.append(
+                        f"{where}.port: port {port!r} is already used by {ports[port]} (one "
+                        "board per serial port)"
+                    )
+                else:
+                    ports[port] = f"{where}.port"
+    seen: dict[tuple[str, str], tuple[str, str]] = {}
+    for i, rule in _dict_items(raw, "rules"):
+        kind, source, cls = rule.get("input"), rule.get("source", "*"), rule.get("class")
+        if not all(isinstance(v, str) for v in (kind, source, cls)):
+            continue
+        key = (str(kind), str(source))
+        if key in seen and seen[key][1] != cls:
+            problems.append(
+                f"rules[{i}]: input {kind!r} from source {source!r} is class {cls!r} here but "
+                f"{seen[key][1]!r} in {seen[key][0]} (conflicting rules; keep one of them)"
+            )
+        seen.setdefault(key, (f"rules[{i}]", str(cls)))
+        if source != "*" and source not in ids:
+            problems.append(
+                f"rules[{i}].source: {source!r} is not a configured help point or sensor id "
+                "(use one of their ids, or '*')"
+            )
+    return problems
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> StationConfig:
+    """Validate raw config data; raise ConfigError listing every problem found."""
+    problems: list[str] = []
+    config: StationConfig | None = None
+    try:
+        config = StationConfig.model_validate(raw, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems.extend(_format(err) for err in exc.errors())
+    problems.extend(cross_check(raw))
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: Path) -> StationConfig:
+    """Read and validate a station config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: config file is not UTF-8 text ({exc.reason})"]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc} (fix the syntax there)"]) from exc
+    return parse_config(raw, base_dir=path.resolve().parent)
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema of the station config file."""
+    return StationConfig.model_json_schema(by_alias=True)

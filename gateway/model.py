@@ -1,0 +1,87 @@
+"""Core vocabulary: priority classes, events handed to the outbox, and the wire message."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PriorityName = Literal["P0", "P1", "P2", "P3"]
+JSONValue = Any  # a JSON-serialisable value; pydantic checks it on the way out
+
+
+class Priority(IntEnum):
+    """Priority class; a lower number is more urgent and drains first."""
+
+    P0 = 0  # life safety
+    P1 = 1  # crisis request
+    P2 = 2  # assistance / outreach
+    P3 = 3  # telemetry and health
+
+    @classmethod
+    def parse(cls, name: str) -> Priority:
+        """`Priority.parse("P1")` -> `Priority.P1`; raises ValueError with the valid names."""
+        try:
+            return cls[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown priority class {name!r} (use one of P0, P1, P2, P3)"
+            ) from None
+
+    @property
+    def evictable(self) -> bool:
+        """P0 and P1 are never evicted from the outbox and never expire."""
+        return self >= Priority.P2
+
+
+REQUESTED_RESPONSE: dict[Priority, str] = {
+    Priority.P0: "emergency_services",
+    Priority.P1: "crisis_team",
+    Priority.P2: "ambassador",
+    Priority.P3: "none",
+}
+
+
+def uuid7() -> str:
+    """A UUIDv7 string: 48-bit Unix milliseconds, then 74 random bits (RFC 9562)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
+    value = value & ~(0xF << 76) | (0x7 << 76)  # version 7
+    value = value & ~(0x3 << 62) | (0x2 << 62)  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+@dataclass(frozen=True)
+class Event:
+    """An input the rules have classified, ready to be accepted into the outbox."""
+
+    kind: str
+    source: str
+    priority: Priority
+    body: dict[str, JSONValue] = field(default_factory=dict)
+    event_id: str = field(default_factory=uuid7)
+
+
+class EventMessage(BaseModel):
+    """The JSON payload of every event the gateway publishes (schema `stationgw/event/1`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_: Literal["stationgw/event/1"] = Field(
+        default="stationgw/event/1", alias="schema", description="payload schema id"
+    )
+    event_id: str = Field(description="stable id (UUIDv7); re-sends keep it, so de-duplicate on it")
+    station: str = Field(description="station id from the gateway's config")
+    priority: PriorityName = Field(alias="class", description="priority class")
+    requested_response: str = Field(description="the response this class asks dispatch for")
+    kind: str = Field(description="what happened, e.g. help_point.press")
+    source: str = Field(description="help point, sensor or gateway that raised it")
+    seq: int = Field(description="gateway-local monotonic sequence; orders events of one gateway")
+    wall_time: float = Field(description="Unix time at acceptance; may jump before NTP sync")
+    body: dict[str, JSONValue] = Field(default_factory=dict, description="kind-specific details")

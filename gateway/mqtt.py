@@ -1,0 +1,120 @@
+"""The MQTT client edge: aiomqtt, plus the PUBACK reason code that aiomqtt does not expose.
+
+aiomqtt 2.x resolves a QoS 1 publish on any PUBACK, success or refusal. The gateway must
+never count a refusal (0x87 Not authorized) as delivered, so `GatewayClient` chains paho's
+`on_publish` callback to hand each PUBACK's reason code to the waiting publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.config import BrokerEndpoint, StationConfig
+
+log = logging.getLogger(__name__)
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+class GatewayClient(aiomqtt.Client):
+    """aiomqtt client whose `publish_confirmed` returns the broker's PUBACK reason code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        # aiomqtt owns these callbacks; wrap them rather than replace them.
+        paho_client = self._client
+        self._aiomqtt_on_publish = paho_client.on_publish
+        self._aiomqtt_on_disconnect = paho_client.on_disconnect
+        paho_client.on_publish = self._on_puback
+        paho_client.on_disconnect = self._on_lost
+
+    def _on_puback(
+        self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
+    ) -> None:
+        future = self._acks.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(rc)
+        if self._aiomqtt_on_publish is not None:
+            self._aiomqtt_on_publish(client, userdata, mid, rc, props)
+
+    def _on_lost(self, *args: Any) -> None:
+        acks, self._acks = self._acks, {}
+        for future in acks.values():
+            if not future.done():
+                future.set_exception(aiomqtt.MqttError("disconnected before PUBACK"))
+        if self._aiomqtt_on_disconnect is not None:
+            self._aiomqtt_on_disconnect(*args)
+
+    async def publish_confirmed(
+        self, topic: str, payload: bytes, *, retain: bool = False, properties: Properties | None = None
+    ) -> ReasonCode:
+        """Publish at QoS 1 and return the PUBACK's reason code (success or refusal)."""
+        info = self._client.publish(topic, payload, 1, retain, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        future = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = future
+        try:
+            return await future
+        finally:
+            self._acks.pop(info.mid, None)
+
+
+def json_properties(protocol: str) -> Properties | None:
+    """PUBLISH properties for a JSON payload (MQTT 5 only)."""
+    if protocol != "5":
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    props.PayloadFormatIndicator = 1
+    props.ContentType = "application/json"
+    return props
+
+
+def tls_context(config: StationConfig) -> ssl.SSLContext:
+    """Server-verifying TLS context with the configured CA and optional client certificate."""
+    tls = config.mqtt.tls
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return context
+
+
+def read_password(config: StationConfig) -> str | None:
+    """The broker password from its file, without the trailing newline."""
+    path = config.mqtt.password_file
+    if path is None:
+        return None
+    return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def make_client(
+    config: StationConfig, endpoint: BrokerEndpoint, will: aiomqtt.Will | None = None
+) -> GatewayClient:
+    """A client for one endpoint, configured from the station config."""
+    protocol = (
+        aiomqtt.ProtocolVersion.V5 if config.mqtt.protocol == "5" else aiomqtt.ProtocolVersion.V311
+    )
+    return GatewayClient(
+        endpoint.host,
+        endpoint.port,
+        identifier=config.client_id,
+        protocol=protocol,
+        keepalive=config.mqtt.keepalive_s,
+        username=config.mqtt.username,
+        password=read_password(config),
+        tls_context=tls_context(config) if endpoint.tls else None,
+        will=will,
+        max_inflight_messages=config.mqtt.inflight_window,
+        timeout=10,
+        logger=logging.getLogger("gateway.mqtt.paho"),
+    )

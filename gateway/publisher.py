@@ -1,0 +1,312 @@
+"""Drains the outbox to the broker: priority first, bounded in-flight window, PUBACK-gated.
+
+A row leaves the outbox only after a PUBACK with a success reason code. A refusal keeps the
+row (state ``refused``, retried every ``mqtt.refused_retry_s``) and raises a fault. On
+disconnect, rows in flight simply stay pending and are sent again, with the same event_id,
+after the reconnect. Reconnects use capped, jittered exponential backoff and fail over
+across the configured endpoints in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import aiomqtt
+
+from gateway import __version__
+from gateway.config import BrokerEndpoint, StationConfig
+from gateway.health import Health
+from gateway.model import Priority
+from gateway.mqtt import NO_MATCHING_SUBSCRIBERS, GatewayClient, json_properties, make_client
+from gateway.outbox import Key, Row
+from gateway.store import AsyncOutbox
+from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+PAGE = 256  # rows loaded from the database at a time
+ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
+SessionHook = Callable[[GatewayClient], Awaitable[None]]
+
+
+def backoff_delay(attempt: int, initial: float, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, initial * 2**attempt)]."""
+    return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
+
+
+class Publisher:
+    """Publishes outbox rows over MQTT and keeps the connection up."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        outbox: AsyncOutbox,
+        health: Health,
+        *,
+        client_factory: ClientFactory = make_client,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.health = health
+        self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
+        self._client_factory = client_factory
+        self._properties = json_properties(config.mqtt.protocol)
+        self.session_hooks: list[SessionHook] = []  # run in the connection's TaskGroup
+        self.connected = asyncio.Event()
+        # Drain state of the current connection.
+        self._heap: list[tuple[Key, Row]] = []
+        self._known: set[int] = set()  # seqs queued, in flight, refused, or awaiting removal
+        self._cursor: Key | None = None
+        self._exhausted = False
+        self._wake = asyncio.Event()
+        self._inflight: dict[int, Row] = {}
+        self._acked: list[int] = []
+        self._acked_wake = asyncio.Event()
+        self._refused: set[int] = set()  # last attempt refused: keeps the fault up
+        self._held: set[int] = set()  # refused rows kept out of the drain until the retry
+        outbox.listeners.append(self._on_accept)
+
+    # ------------------------------------------------------------------ intake
+
+    def _on_accept(self, row: Row) -> None:
+        """Outbox listener: a new row may overtake everything queued behind it."""
+        if self.connected.is_set() and row.seq not in self._known:
+            self._known.add(row.seq)
+            heapq.heappush(self._heap, (row.key, row))
+            self._wake.set()
+
+    def _reset_drain(self) -> None:
+        """Forget queued rows (they are still in the outbox) and reload from the start."""
+        self._heap.clear()
+        self._known = set(self._inflight) | set(self._acked) | self._held
+        self._cursor = None
+        self._exhausted = False
+        self._wake.set()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> NoReturn:
+        """Connect, drain and reconnect forever (cancel to stop)."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._flush_acked(), name="publisher.flush_acked")
+            tg.create_task(self._retry_refused(), name="publisher.retry_refused")
+            await self._connect_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect_forever(self) -> NoReturn:
+        endpoints = self.config.brokers
+        attempt = 0
+        index = 0
+        while True:
+            endpoint = endpoints[index % len(endpoints)]
+            started = time.monotonic()
+            try:
+                await self._session(endpoint)
+            except* (aiomqtt.MqttError, OSError) as group:
+                reason = "; ".join(str(e) for e in group.exceptions)
+                self.health.link(f"broker:{endpoint.url}", f"down ({reason})")
+                self.health.count("broker_disconnects")
+            finally:
+                self.connected.clear()
+            if time.monotonic() - started > 30:
+                attempt = 0  # the session was healthy for a while: start backoff afresh
+            index += 1
+            self.health.raise_fault(
+                "broker_unreachable", f"no connection to {endpoint.url}; outbox is buffering"
+            )
+            if index % len(endpoints) == 0:
+                delay = backoff_delay(
+                    attempt, self.config.mqtt.reconnect_initial_s, self.config.mqtt.reconnect_max_s
+                )
+                attempt += 1
+                log.info("reconnecting in %.2fs (attempt %d)", delay, attempt)
+                await asyncio.sleep(delay)
+
+    async def _session(self, endpoint: BrokerEndpoint) -> None:
+        will = aiomqtt.Will(
+            self.topics.status, self._status("offline"), qos=1, retain=True,
+            properties=self._properties,
+        )
+        client = self._client_factory(self.config, endpoint, will)
+        async with client:
+            self.health.link(f"broker:{endpoint.url}", "up")
+            self.health.clear_fault("broker_unreachable")
+            await client.publish_confirmed(
+                self.topics.status, self._status("online"), retain=True,
+                properties=self._properties,
+            )
+            self._reset_drain()
+            self.connected.set()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watch(client), name="publisher.watch")
+                    tg.create_task(self._drain(client, tg), name="publisher.drain")
+                    tg.create_task(self._health_loop(client), name="publisher.health")
+                    for hook in self.session_hooks:
+                        tg.create_task(hook(client), name=f"publisher.hook.{hook.__name__}")
+            except asyncio.CancelledError:
+                # Clean shutdown: say so (the retained Will only covers a lost connection).
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await asyncio.wait_for(
+                        client.publish_confirmed(
+                            self.topics.status, self._status("offline"), retain=True,
+                            properties=self._properties,
+                        ),
+                        timeout=2,
+                    )
+                raise
+            finally:
+                self.connected.clear()
+                self._inflight.clear()  # still pending in the outbox: re-sent on reconnect
+
+    async def _watch(self, client: GatewayClient) -> None:
+        """End the session when the connection drops (aiomqtt raises MqttError)."""
+        async for _message in client.messages:
+            pass  # incoming messages are read by session hooks that subscribe
+
+    async def _drain(self, client: GatewayClient, tg: asyncio.TaskGroup) -> None:
+        window = asyncio.Semaphore(self.config.mqtt.inflight_window)
+        while True:
+            await window.acquire()
+            row = await self._next_row()
+            self._inflight[row.seq] = row
+            tg.create_task(self._send(client, row, window), name=f"publisher.send.{row.seq}")
+
+    async def _next_row(self) -> Row:
+        while True:
+            # A queued row may go first only if no unloaded row can precede it.
+            if self._heap and (self._exhausted or self._heap[0][0] <= (self._cursor or (-1, -1))):
+                return heapq.heappop(self._heap)[1]
+            if not self._exhausted:
+                rows = await self.outbox.page(self._cursor, PAGE)
+                for row in rows:
+                    if row.seq not in self._known:
+                        self._known.add(row.seq)
+                        heapq.heappush(self._heap, (row.key, row))
+                if rows:
+                    self._cursor = max(self._cursor or (-1, -1), rows[-1].key)
+                self._exhausted = len(rows) < PAGE
+                continue
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _send(self, client: GatewayClient, row: Row, window: asyncio.Semaphore) -> None:
+        attempts = row.attempts + 1
+        try:
+            rc = await client.publish_confirmed(row.topic, row.payload, properties=self._properties)
+        except aiomqtt.MqttError as exc:
+            # The connection is gone; the watch task ends the session. The row is still
+            # pending in the outbox and goes out again after the reconnect.
+            log.info("not confirmed event_id=%s seq=%d: %s", row.event_id, row.seq, exc)
+            await self.outbox.mark([(row.seq, attempts, "pending", str(exc))])
+            return
+        finally:
+            self._inflight.pop(row.seq, None)
+            window.release()
+        if rc.is_failure:
+            self._on_refused(row, attempts, rc.getName(), rc.value)
+            await self.outbox.mark([(row.seq, attempts, "refused", rc.getName())])
+            return
+        if rc.value == NO_MATCHING_SUBSCRIBERS and row.priority <= Priority.P2:
+            self.health.count("no_matching_subscribers")
+            self.health.raise_fault(
+                "dispatch_not_listening",
+                f"broker had no subscriber for {row.topic} (event_id={row.event_id})",
+            )
+        elif row.priority <= Priority.P2:
+            self.health.clear_fault("dispatch_not_listening")
+        self.health.count(f"delivered_{row.priority.name}")
+        log.info(
+            "delivered event_id=%s class=%s seq=%d attempts=%d rc=%s",
+            row.event_id, row.priority.name, row.seq, attempts, rc.getName(),
+        )
+        self._refused.discard(row.seq)
+        if not self._refused:
+            self.health.clear_fault("publish_refused")
+        self._acked.append(row.seq)
+        self._acked_wake.set()
+
+    def _on_refused(self, row: Row, attempts: int, reason: str, code: int) -> None:
+        self.health.count("publish_refused")
+        self._refused.add(row.seq)
+        self._held.add(row.seq)
+        self.health.raise_fault(
+            "publish_refused",
+            f"broker refused {len(self._refused)} message(s), last on {row.topic}: {reason} "
+            f"(0x{code:02x}); they stay in the outbox",
+        )
+        log.error(
+            "refused event_id=%s class=%s seq=%d attempts=%d rc=%s (0x%02x)",
+            row.event_id, row.priority.name, row.seq, attempts, reason, code,
+        )
+
+    async def _flush_acked(self) -> NoReturn:
+        """Remove confirmed rows in batches: one commit covers every PUBACK since the last."""
+        while True:
+            await self._acked_wake.wait()
+            self._acked_wake.clear()
+            seqs, self._acked = self._acked, []
+            await self.outbox.delivered(seqs)
+            self._known.difference_update(seqs)
+
+    async def _retry_refused(self) -> NoReturn:
+        while True:
+            await asyncio.sleep(self.config.mqtt.refused_retry_s)
+            if self._held:
+                await self.outbox.requeue_refused()
+                self._held.clear()
+                if self.connected.is_set():
+                    self._reset_drain()
+
+    # ------------------------------------------------------------------ status and health
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps(
+            {"state": state, "station": self.config.station_id, "version": __version__,
+             "wall_time": round(time.time(), 3)}
+        ).encode()
+
+    async def _health_loop(self, client: GatewayClient) -> NoReturn:
+        while True:
+            report = await self.health_report()
+            await client.publish_confirmed(
+                self.topics.health, json.dumps(report).encode(), retain=True,
+                properties=self._properties,
+            )
+            await asyncio.sleep(self.config.mqtt.health_interval_s)
+
+    async def health_report(self) -> dict[str, Any]:
+        """The health message: depth by class, oldest unsent age, faults, links, counters."""
+        depth = await self.outbox.depth()
+        now = time.time()
+        return {
+            "station": self.config.station_id,
+            "version": __version__,
+            "uptime_s": round(self.health.uptime_s, 1),
+            "wall_time": round(now, 3),
+            "outbox": {
+                "by_class": depth.by_class,
+                "rows": depth.rows,
+                "bytes": depth.bytes,
+                "memory_rows": depth.memory_rows,
+                "in_flight": len(self._inflight),
+                "oldest_unsent_age_s": (
+                    None if depth.oldest_unsent_wall_time is None
+                    else round(max(0.0, now - depth.oldest_unsent_wall_time), 3)
+                ),
+            },
+            "faults": [
+                {"code": f.code, "message": f.message, "since": round(f.since, 3)}
+                for f in self.health.faults.values()
+            ],
+            "links": dict(self.health.links),
+            "counters": dict(self.health.counters),
+        }
