@@ -58,7 +58,9 @@ class Mosquitto:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "max_queued_messages 0",  # queue without limit for offline persistent sessions
+            # Queue deeply for offline persistent sessions. Not 0 (unlimited): Mosquitto 2.0.11
+            # then drops the connection of a client whose publish the ACL denies.
+            "max_queued_messages 1000000",
             "max_inflight_messages 0",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {workdir}/",

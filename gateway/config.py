@@ -63,7 +63,15 @@ def _readable_file(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if base is not None and not path.is_absolute():
         path = Path(base) / path
-    if not path.is_file():
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError as exc:  # e.g. a name too long, or a folder on the way this user cannot search
+        raise ValueError(
+            f"file {str(path)!r} cannot be checked: {exc.strerror or exc} (fix the path)"
+        ) from None
+    if is_dir:
+        raise ValueError(f"{str(path)!r} is a folder, not a file (give the file's path)")
+    if not is_file:
         raise ValueError(f"file {str(path)!r} does not exist (fix the path or create the file)")
     if not os.access(path, os.R_OK):
         raise ValueError(

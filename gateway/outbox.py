@@ -86,9 +86,9 @@ class Row:
 
 @dataclass
 class AcceptResult:
-    """What `Outbox.accept` did: the row, rows evicted to make room, and any write error."""
+    """What `Outbox.accept` did: the rows, rows evicted to make room, and any write error."""
 
-    row: Row
+    rows: list[Row]
     evicted: list[Row] = field(default_factory=list)
     error: str | None = None
 
@@ -227,21 +227,26 @@ class Outbox:
 
     # ------------------------------------------------------------------ writes
 
-    def accept(self, event: Event) -> AcceptResult:
-        """Commit an event; when the database cannot be written, keep it in memory instead."""
-        seq = self._next_seq
-        self._next_seq += 1
+    def accept(self, events: list[Event]) -> AcceptResult:
+        """Commit events in one transaction; if the database cannot be written, keep them in
+        memory instead (`AcceptResult.error` says why; those rows have `durable=False`)."""
         wall_time = time.time()
-        topic, payload = self._render(event, seq, wall_time)
-        row = Row(seq, event.event_id, event.priority, event.kind, topic, payload, wall_time)
+        rows = []
+        for event in events:
+            seq = self._next_seq
+            self._next_seq += 1
+            topic, payload = self._render(event, seq, wall_time)
+            rows.append(
+                Row(seq, event.event_id, event.priority, event.kind, topic, payload, wall_time)
+            )
         try:
-            evicted = self._write([*self._memory.values(), row])
+            evicted = self._write([*self._memory.values(), *rows])
         except sqlite3.Error as exc:
-            memory_row = replace(row, durable=False)
-            self._memory[seq] = memory_row
-            return AcceptResult(memory_row, self._bound_memory(), error=str(exc))
+            held = [replace(row, durable=False) for row in rows]
+            self._memory.update((row.seq, row) for row in held)
+            return AcceptResult(held, self._bound_memory(), error=str(exc))
         self._memory.clear()
-        return AcceptResult(row, evicted)
+        return AcceptResult(rows, evicted)
 
     def _write(self, rows: list[Row]) -> list[Row]:
         conn = self.conn

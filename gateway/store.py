@@ -16,9 +16,10 @@ from functools import partial
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
+from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.model import Event
-from gateway.outbox import Depth, Key, Outbox, Row, State
+from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -35,6 +36,8 @@ class AsyncOutbox:
         self.health = health
         self.listeners: list[RowListener] = []
         self._executor: ThreadPoolExecutor | None = None
+        self._queue: list[tuple[Event, asyncio.Future[Row]]] = []
+        self._commit_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncOutbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
@@ -61,9 +64,34 @@ class AsyncOutbox:
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     async def accept(self, event: Event) -> Row:
-        """Accept an event: committed (row.durable) or, if the disk fails, held in memory."""
-        result = await self._run(self.outbox.accept, event)
-        row = result.row
+        """Accept an event: committed (row.durable) or, if the disk fails, held in memory.
+
+        Group commit: events that arrive while a commit is under way share the next one, so
+        a burst costs one fsync, and each caller still returns only after its row is in.
+        """
+        future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        async with self._commit_lock:
+            if self._queue:
+                batch, self._queue = self._queue, []
+                done = asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.outbox.accept, [e for e, _ in batch]
+                )
+                # Settled by callback so that a cancelled caller cannot strand the others.
+                done.add_done_callback(partial(self._settle, batch))
+                await asyncio.wait([done])
+        return await future
+
+    def _settle(
+        self, batch: list[tuple[Event, asyncio.Future[Row]]], done: asyncio.Future[AcceptResult]
+    ) -> None:
+        if done.cancelled() or done.exception() is not None:
+            exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc or StoreError("accept failed"))
+            return
+        result = done.result()
         if result.error is not None:
             self.health.count("store_write_errors")
             self.health.raise_fault(
@@ -71,21 +99,28 @@ class AsyncOutbox:
                 f"outbox database cannot be written ({result.error}); alerts are held in "
                 "memory and still published, but will not survive a restart",
             )
-            log.error(
-                "accepted in memory only event_id=%s class=%s kind=%s seq=%d error=%s",
-                row.event_id, row.priority.name, row.kind, row.seq, result.error,
-            )
         else:
             self.health.clear_fault("store_unwritable")
-            log.info(
-                "accepted event_id=%s class=%s kind=%s source=%s seq=%d",
-                row.event_id, row.priority.name, row.kind, event.source, row.seq,
-            )
+        for (event, future), row in zip(batch, result.rows, strict=True):
+            if result.error is not None:
+                log.error(
+                    "accepted in memory only event_id=%s class=%s kind=%s source=%s seq=%d "
+                    "error=%s",
+                    row.event_id, row.priority.name, row.kind, event.source, row.seq, result.error,
+                )
+            else:
+                log.info(
+                    "accepted event_id=%s class=%s kind=%s source=%s seq=%d",
+                    row.event_id, row.priority.name, row.kind, event.source, row.seq,
+                )
+            self.health.count(f"accepted_{row.priority.name}")
         self._report_dropped(result.evicted, "evicted", "store full")
-        self.health.count(f"accepted_{row.priority.name}")
-        for listener in self.listeners:
-            listener(row)
-        return row
+        for row in result.rows:
+            for listener in self.listeners:
+                listener(row)
+        for (_, future), row in zip(batch, result.rows, strict=True):
+            if not future.done():
+                future.set_result(row)
 
     def _report_dropped(self, rows: Iterable[Row], what: str, why: str) -> None:
         for gone in rows:
@@ -94,6 +129,10 @@ class AsyncOutbox:
                 "%s event_id=%s class=%s kind=%s seq=%d reason=%s",
                 what, gone.event_id, gone.priority.name, gone.kind, gone.seq, why,
             )
+
+    async def call(self, fn: Callable[[Outbox], T]) -> T:
+        """Run `fn(outbox)` on the outbox's thread (maintenance, tests, tools)."""
+        return await self._run(fn, self.outbox)
 
     async def page(self, after: Key | None, limit: int) -> list[Row]:
         """Pending rows after `after`, in drain order."""
