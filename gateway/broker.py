@@ -98,7 +98,8 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                stderr = self.process.stderr
+                err = stderr.read().decode(errors="replace") if stderr else ""
                 log = self.log_path.read_text() if self.log_path.exists() else ""
                 raise BrokerError(f"mosquitto exited with {self.process.returncode}: {err}{log}")
             with contextlib.suppress(OSError), socket.create_connection(

@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser(
-        "config-schema", help="print the config's JSON Schema", description=cmd_config_schema.__doc__
+        "config-schema",
+        help="print the config's JSON Schema",
+        description=cmd_config_schema.__doc__,
     )
     p.set_defaults(func=cmd_config_schema)
 

@@ -10,9 +10,9 @@ from typing import Any, NoReturn
 from gateway.config import StationConfig
 from gateway.health import Health
 from gateway.model import Event, Priority
+from gateway.mqtt import make_client
 from gateway.outbox import Outbox, Row
 from gateway.publisher import ClientFactory, Publisher
-from gateway.mqtt import make_client
 from gateway.store import AsyncOutbox
 from gateway.topics import Topics
 

@@ -16,25 +16,4 @@ class ConfigError(GatewayError, ValueError):
 
 
 class StoreError(GatewayError):
-    """The outbox database cannot be read or written."""
-
-
-class StoreUnwritable(StoreError, OSError):
-    """A write to the outbox failed (disk full, I/O error, read-only file system)."""
-
-
-class PublishError(GatewayError):
-    """A message could not be handed to the broker."""
-
-
-class PublishRefused(PublishError):
-    """The broker answered a publish with a failure reason code (for example 0x87)."""
-
-    def __init__(self, reason: str, code: int) -> None:
-        self.reason = reason
-        self.code = code
-        super().__init__(f"broker refused publish: {reason} (0x{code:02x})")
-
-
-class BrokerUnavailable(PublishError, ConnectionError):
-    """No configured broker endpoint accepted a connection."""
+    """The outbox database cannot be opened, read or written."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerEndpoint, StationConfig
@@ -33,8 +34,8 @@ class GatewayClient(aiomqtt.Client):
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         # aiomqtt owns these callbacks; wrap them rather than replace them.
         paho_client = self._client
-        self._aiomqtt_on_publish = paho_client.on_publish
-        self._aiomqtt_on_disconnect = paho_client.on_disconnect
+        self._aiomqtt_on_publish: Callable[..., None] | None = paho_client.on_publish
+        self._aiomqtt_on_disconnect: Callable[..., None] | None = paho_client.on_disconnect
         paho_client.on_publish = self._on_puback
         paho_client.on_disconnect = self._on_lost
 
@@ -56,13 +57,18 @@ class GatewayClient(aiomqtt.Client):
             self._aiomqtt_on_disconnect(*args)
 
     async def publish_confirmed(
-        self, topic: str, payload: bytes, *, retain: bool = False, properties: Properties | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> ReasonCode:
         """Publish at QoS 1 and return the PUBACK's reason code (success or refusal)."""
         info = self._client.publish(topic, payload, 1, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "could not publish")
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
         self._acks[info.mid] = future
         try:
             return await future
@@ -74,7 +80,7 @@ def json_properties(protocol: str) -> Properties | None:
     """PUBLISH properties for a JSON payload (MQTT 5 only)."""
     if protocol != "5":
         return None
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.PayloadFormatIndicator = 1
     props.ContentType = "application/json"
     return props

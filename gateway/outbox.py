@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Renderer = Callable[[Event, int, float], tuple[str, bytes]]
 Key = tuple[int, int]  # (class, seq): the drain order
 State = Literal["pending", "refused"]
+SYNCHRONOUS_FULL = 2
 ROW_OVERHEAD = 96  # bytes of index and bookkeeping counted per row against max_bytes
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
@@ -109,7 +110,9 @@ _COLUMNS = "seq, event_id, class, kind, topic, payload, wall_time, attempts, sta
 
 def _row(rec: tuple[int, str, int, str, str, bytes, float, int, State]) -> Row:
     seq, event_id, cls, kind, topic, payload, wall_time, attempts, state = rec
-    return Row(seq, event_id, Priority(cls), kind, topic, bytes(payload), wall_time, attempts, state)
+    return Row(
+        seq, event_id, Priority(cls), kind, topic, bytes(payload), wall_time, attempts, state
+    )
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -121,20 +124,18 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None)  # explicit transactions only
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        if not readonly:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{path}: journal_mode is {mode!r}, WAL is required")
+        # WAL must be switched on outside any transaction; check both settings took effect.
+        mode = "wal" if readonly else conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute("PRAGMA synchronous = FULL")
         sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-        if sync != 2:  # noqa: PLR2004 - 2 is FULL
-            raise StoreError(f"{path}: synchronous is {sync}, FULL (2) is required")
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"{path}: cannot open outbox database: {exc}") from exc
-    except StoreError:
+    if str(mode).lower() != "wal" or sync != SYNCHRONOUS_FULL:
         conn.close()
-        raise
+        raise StoreError(
+            f"{path}: journal_mode={mode}, synchronous={sync}; WAL and FULL (2) are required"
+        )
     return conn
 
 

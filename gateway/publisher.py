@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import aiomqtt
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 256  # rows loaded from the database at a time
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
-SessionHook = Callable[[GatewayClient], Awaitable[None]]
+SessionHook = Callable[[GatewayClient], Coroutine[Any, Any, None]]
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:

@@ -101,7 +101,7 @@ class AsyncOutbox:
             )
         else:
             self.health.clear_fault("store_unwritable")
-        for (event, future), row in zip(batch, result.rows, strict=True):
+        for (event, _), row in zip(batch, result.rows, strict=True):
             if result.error is not None:
                 log.error(
                     "accepted in memory only event_id=%s class=%s kind=%s source=%s seq=%d "
