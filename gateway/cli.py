@@ -115,6 +115,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Drive a mock-mode daemon's help-point pins, or read its lamps."""
+    from gateway.simulate import SimulateError, send  # noqa: PLC0415
+
+    try:
+        config = load_with_overrides(args.config, store=args.store)
+    except ConfigError as err:
+        return _print_problems(args.config, err)
+    if args.action not in ("status",) and not args.help_point:
+        print(f"stationgw simulate {args.action}: name the help point", file=sys.stderr)
+        return 2
+    request: dict[str, object] = {"cmd": args.action, "help_point": args.help_point}
+    try:
+        reply = send(config, request)
+    except SimulateError as err:
+        print(err, file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if args.action == "status":
+        for hp, state in reply["lamps"].items():
+            print(f"{hp}: {state}")
+    elif args.action == "lamp":
+        print(reply["lamp"])
+    else:
+        print(f"{args.action} {args.help_point}: lamp now {reply['lamp']}")
+    return 0
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -198,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=cmd_config_schema.__doc__,
     )
     p.set_defaults(func=cmd_config_schema)
+
+    p = sub.add_parser(
+        "simulate", help="press simulated buttons (mock pins)", description=cmd_simulate.__doc__
+    )
+    p.add_argument(
+        "action", choices=["press", "hold", "release", "stuck", "chatter", "lamp", "status"],
+        help="press: tap; hold: past hold_time; stuck: press and leave; release; chatter: "
+        "20 edges in 200 ms; lamp: print the lamp state; status: every lamp",
+    )
+    p.add_argument("help_point", nargs="?", help="help point id")
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")

@@ -235,6 +235,58 @@ class HelpPoint(_Frozen):
     hold_time_s: float = Field(default=2.0, gt=0, le=30)
 
 
+class PressConfig(_Frozen):
+    """Press semantics shared by all help points (classes come from `rules`)."""
+
+    repeat_window_s: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="presses this soon after the request's last press join that request",
+    )
+    escalate_after_presses: int = Field(
+        default=3, ge=2, le=100,
+        description="at this press count the request is raised to the help_point.repeat class",
+    )
+    stuck_after_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="a button held this long is reported stuck (one fault, cleared on release)",
+    )
+
+
+class BlinkPattern(_Frozen):
+    """A lamp pattern: on_s = 0 is off, off_s = 0 is solid, otherwise a blink."""
+
+    on_s: float = Field(ge=0, le=60)
+    off_s: float = Field(ge=0, le=60)
+
+
+class LampConfig(_Frozen):
+    """Lamp pattern for each state; every state must look different."""
+
+    idle: BlinkPattern = BlinkPattern(on_s=0, off_s=1)
+    accepted: BlinkPattern = BlinkPattern(on_s=0.5, off_s=1.5)
+    sent: BlinkPattern = BlinkPattern(on_s=0.15, off_s=0.15)
+    acknowledged: BlinkPattern = BlinkPattern(on_s=1, off_s=0)
+    fault: BlinkPattern = BlinkPattern(on_s=0.05, off_s=0.95)
+
+
+class BeepCue(_Frozen):
+    """An audible cue: `beeps` beeps of on_s seconds with off_s gaps; 0 beeps is silent."""
+
+    beeps: int = Field(ge=0, le=20)
+    on_s: float = Field(default=0.1, gt=0, le=5)
+    off_s: float = Field(default=0.1, gt=0, le=5)
+
+
+class SounderConfig(_Frozen):
+    """Audible cue for each lamp state, for riders who cannot see the lamp."""
+
+    idle: BeepCue = BeepCue(beeps=0)
+    accepted: BeepCue = BeepCue(beeps=1, on_s=0.3)
+    sent: BeepCue = BeepCue(beeps=2, on_s=0.1, off_s=0.1)
+    acknowledged: BeepCue = BeepCue(beeps=1, on_s=1.0)
+    fault: BeepCue = BeepCue(beeps=5, on_s=0.05, off_s=0.05)
+
+
 class Sensor(_Frozen):
     """A microcontroller board on a serial port."""
 
@@ -263,6 +315,9 @@ class StationConfig(_Frozen):
     gpio_pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "pigpio"] = Field(
         default="auto", description="'auto' honours GPIOZERO_PIN_FACTORY, else gpiozero's default"
     )
+    press: PressConfig = Field(default_factory=PressConfig)
+    lamp: LampConfig = Field(default_factory=LampConfig)
+    sounder: SounderConfig = Field(default_factory=SounderConfig)
     help_points: list[HelpPoint] = Field(default_factory=list)
     sensors: list[Sensor] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -342,18 +397,18 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                     )
                 else:
                     ids[ident] = where
-            for key in ("pin", "lamp_pin", "sounder_pin"):
-                pin = item.get(key)
+            for pin_key in ("pin", "lamp_pin", "sounder_pin"):
+                pin = item.get(pin_key)
                 if section != "help_points" or not isinstance(pin, int | str):
                     continue
                 name = normalize_pin(pin)
                 if name in pins:
                     problems.append(
-                        f"{where}.{key}: pin {pin!r} is already used by {pins[name]} (each "
+                        f"{where}.{pin_key}: pin {pin!r} is already used by {pins[name]} (each "
                         "button, lamp and sounder needs its own pin)"
                     )
                 else:
-                    pins[name] = f"{where}.{key}"
+                    pins[name] = f"{where}.{pin_key}"
             port = item.get("port")
             if section == "sensors" and isinstance(port, str):
                 if port in ports:
@@ -363,6 +418,7 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                     )
                 else:
                     ports[port] = f"{where}.port"
+    problems.extend(_distinct_lamp_patterns(raw))
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     for i, rule in _dict_items(raw, "rules"):
         kind, source, cls = rule.get("input"), rule.get("source", "*"), rule.get("class")
@@ -380,6 +436,33 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                 f"rules[{i}].source: {source!r} is not a configured help point or sensor id "
                 "(use one of their ids, or '*')"
             )
+    return problems
+
+
+def _distinct_lamp_patterns(raw: dict[str, Any]) -> list[str]:
+    """A rider must be able to tell every lamp state apart."""
+    lamp = raw.get("lamp", {})
+    if not isinstance(lamp, dict):
+        return []
+    defaults = LampConfig()
+    seen: dict[tuple[float, float], str] = {}
+    problems = []
+    for state in LampConfig.model_fields:
+        value = lamp.get(state, getattr(defaults, state).model_dump())
+        if not isinstance(value, dict):
+            continue
+        on, off = value.get("on_s"), value.get("off_s")
+        if not isinstance(on, int | float) or not isinstance(off, int | float):
+            continue
+        # All "off" patterns look alike, as do all "solid" ones.
+        shape = (0.0, 0.0) if on == 0 else (1.0, 0.0) if off == 0 else (float(on), float(off))
+        if shape in seen:
+            problems.append(
+                f"lamp.{state}: looks the same as lamp.{seen[shape]} (got {value!r}) (give each "
+                "lamp state a distinct pattern so riders can tell them apart)"
+            )
+        else:
+            seen[shape] = state
     return problems
 
 

@@ -103,7 +103,10 @@ def _default(field: FieldInfo) -> str:
     if value is None:
         return "unset"
     if isinstance(value, BaseModel):
-        return "see section"
+        table = value.model_dump(by_alias=True, exclude_none=True)
+        if any(isinstance(v, dict | list) for v in table.values()):
+            return "see section"
+        value = table  # a flat table's defaults fit on one line
     return f"`{_toml(value)}`"
 
 
@@ -111,22 +114,27 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _section(model: type[BaseModel], key: str, array: bool) -> list[str]:
-    """One heading and table for `model`, then one for each table nested in it."""
-    heading = "Top level" if not key else f"`[[{key}]]`" if array else f"`[{key}]`"
+def _heading(key: str, array: bool) -> str:
+    return f"`[[{key}]]`" if array else f"`[{key}]`"
+
+
+def _section(model: type[BaseModel], keys: list[str], array: bool) -> list[str]:
+    """One heading and table for `model`, found at each of `keys`, then its nested tables."""
+    heading = ", ".join(_heading(k, array) for k in keys) or "Top level"
     lines = [f"## {heading}", "", inspect.cleandoc(model.__doc__ or ""), ""]
     lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
-    nested: list[list[str]] = []
+    # Sibling tables of one model (e.g. a pattern per lamp state) share one section.
+    nested: dict[tuple[type[BaseModel], bool], list[str]] = {}
     for name, field in model.model_fields.items():
         toml_key = field.alias or name
         sub = _submodel(field.annotation)
         description = field.description or ""
         if sub is not None:
-            sub_key = f"{key}.{toml_key}" if key else toml_key
+            sub_keys = [f"{k}.{toml_key}" for k in keys] or [toml_key]
             sub_array = get_origin(field.annotation) is list
-            nested.append(_section(sub, sub_key, sub_array))
-            see = f"`[[{sub_key}]]`" if sub_array else f"`[{sub_key}]`"
-            description = f"{description}; see {see}" if description else f"see {see}"
+            nested.setdefault((sub, sub_array), []).extend(sub_keys)
+            see = "see " + _heading(sub_keys[0], sub_array)
+            description = f"{description}; {see}" if description else see
         row = (
             f"`{toml_key}`",
             f"`{_type_name(field.annotation)}`",
@@ -136,12 +144,14 @@ def _section(model: type[BaseModel], key: str, array: bool) -> list[str]:
         )
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     lines.append("")
-    return lines + [line for section in nested for line in section]
+    for (sub, sub_array), sub_keys in nested.items():
+        lines += _section(sub, sub_keys, sub_array)
+    return lines
 
 
 def render_reference() -> str:
     """Markdown documenting every key of `StationConfig`: type, default and description."""
-    return _HEADER + "\n" + "\n".join(_section(StationConfig, "", array=False))
+    return _HEADER + "\n" + "\n".join(_section(StationConfig, [], array=False))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from types import TracebackType
 from typing import Any, NoReturn
 
 from gateway.config import StationConfig
 from gateway.health import Health
+from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
 from gateway.model import Event, Priority
 from gateway.mqtt import make_client
 from gateway.outbox import Outbox, Row
@@ -37,23 +39,47 @@ class Gateway:
         )
         self.outbox = AsyncOutbox(outbox, self.health)
         self.publisher = Publisher(config, self.outbox, self.health, client_factory=client_factory)
+        self.help_points: HelpPoints | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Gateway:
-        await self.outbox.__aenter__()
-        requeued = await self.outbox.requeue_refused()
-        if requeued:
-            log.info("retrying %d rows the broker refused before the restart", requeued)
-        depth = await self.outbox.depth()
-        log.info(
-            "outbox open path=%s rows=%d by_class=%s",
-            self.config.store.path, depth.rows, depth.by_class,
-        )
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.outbox)
+            requeued = await self.outbox.requeue_refused()
+            if requeued:
+                log.info("retrying %d rows the broker refused before the restart", requeued)
+            depth = await self.outbox.depth()
+            log.info(
+                "outbox open path=%s rows=%d by_class=%s",
+                self.config.store.path, depth.rows, depth.by_class,
+            )
+            if self.config.help_points:
+                factory = make_pin_factory(self.config)
+                self.help_points = await stack.enter_async_context(
+                    HelpPoints(self.config, self.accept, self._help_point_fault, factory)
+                )
+                self.publisher.delivered_listeners.append(self.help_points.on_delivered)
+                if is_mock(factory):
+                    from gateway.simulate import SimulateServer  # noqa: PLC0415
+
+                    await stack.enter_async_context(SimulateServer(self.config, self.help_points))
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.outbox.__aexit__(et, e, tb)
+        await self._stack.__aexit__(et, e, tb)
+
+    def _help_point_fault(self, code: str, message: str | None) -> None:
+        if message is None:
+            self.health.clear_fault(code)
+        else:
+            self.health.raise_fault(code, message)
+
+    async def accept(self, event: Event) -> Row:
+        """Accept an already classified event into the outbox."""
+        return await self.outbox.accept(event)
 
     async def submit(
         self,
@@ -71,6 +97,8 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.publisher.run(), name="gateway.publisher")
             tg.create_task(self._maintain(), name="gateway.maintain")
+            if self.help_points is not None:
+                tg.create_task(self.help_points.run(), name="gateway.help_points")
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _maintain(self) -> NoReturn:

@@ -60,6 +60,7 @@ class Publisher:
         self._client_factory = client_factory
         self._properties = json_properties(config.mqtt.protocol)
         self.session_hooks: list[SessionHook] = []  # run in the connection's TaskGroup
+        self.delivered_listeners: list[Callable[[Row], None]] = []  # after a success PUBACK
         self.connected = asyncio.Event()
         # Drain state of the current connection.
         self._heap: list[tuple[Key, Row]] = []
@@ -233,6 +234,8 @@ class Publisher:
             self.health.clear_fault("publish_refused")
         self._acked.append(row.seq)
         self._acked_wake.set()
+        for listener in self.delivered_listeners:
+            listener(row)
 
     def _on_refused(self, row: Row, attempts: int, reason: str, code: int) -> None:
         self.health.count("publish_refused")

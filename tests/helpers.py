@@ -86,7 +86,7 @@ async def subscribe(
 
     props = None
     if persistent:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
     client = aiomqtt.Client(
         "127.0.0.1",

@@ -151,7 +151,9 @@ async def test_acl_refusal_keeps_row_and_raises_fault(tmp_path: Path) -> None:
     assert depth.by_class["P3"] == {}
 
 
-async def test_disk_full_alert_still_goes_out_from_memory(broker: Mosquitto, tmp_path: Path) -> None:
+async def test_disk_full_alert_still_goes_out_from_memory(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
     config = station_config(tmp_path, [broker.url])
     async with subscribe(broker.port, f"stationgw/v1/{config.station_id}/#") as sub:
         async with running(Gateway(config)) as gw:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,9 @@ def event(priority: Priority, size: int = 10) -> Event:
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    box = Outbox(tmp_path / "outbox.db", TOPICS.render, max_rows=100, max_bytes=10**8)
-    box.open()
-    yield box  # type: ignore[misc]
-    box.close()
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "outbox.db", TOPICS.render, max_rows=100, max_bytes=10**8) as box:
+        yield box
 
 
 def test_every_connection_is_wal_with_synchronous_full(tmp_path: Path) -> None:

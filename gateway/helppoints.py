@@ -1,0 +1,278 @@
+"""Help points on GPIO: real gpiozero Buttons, lamps and sounders, bridged into asyncio.
+
+gpiozero calls back from its own threads. `_EdgeBridge.post` is the one place where those
+threads meet the event loop. Everything after that runs on the loop: the press logic
+(`gateway.presses`), the outbox, and the lamp (`gateway.lamp`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
+from gateway.errors import GatewayError
+from gateway.lamp import Cue, Lamp, LampState, Pattern
+from gateway.model import Event, Priority
+from gateway.outbox import Row
+from gateway.presses import Happening, HelpPointLogic, PressRules
+
+log = logging.getLogger(__name__)
+
+Accept = Callable[[Event], Awaitable[Row]]
+FaultHook = Callable[[str, str | None], None]  # (code, message or None to clear)
+
+
+_FAULT_KINDS = ("help_point.stuck", "help_point.unstuck")
+
+
+class PinFactoryError(GatewayError):
+    """No GPIO pin factory could be loaded."""
+
+
+def make_pin_factory(config: StationConfig) -> Any:
+    """The gpiozero pin factory the config asks for (None: gpiozero's default)."""
+    name: str = config.gpio_pin_factory
+    if name == "auto":
+        name = os.environ.get("GPIOZERO_PIN_FACTORY", "auto").lower()
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory, MockPWMPin  # noqa: PLC0415
+
+        return MockFactory(pin_class=MockPWMPin)  # PWM-capable, so PWMLED lamps work too
+    if name == "auto":
+        return None
+    try:
+        if name == "lgpio":
+            from gpiozero.pins.lgpio import LGPIOFactory  # noqa: PLC0415
+
+            return LGPIOFactory()
+        if name == "rpigpio":
+            from gpiozero.pins.rpigpio import RPiGPIOFactory  # noqa: PLC0415
+
+            return RPiGPIOFactory()
+        if name == "pigpio":
+            from gpiozero.pins.pigpio import PiGPIOFactory  # noqa: PLC0415
+
+            return PiGPIOFactory()
+    except (ImportError, OSError, RuntimeError) as exc:
+        raise PinFactoryError(
+            f"gpio_pin_factory {name!r} cannot be loaded: {exc} (on a Pi install the [pi] "
+            "extra; elsewhere use gpio_pin_factory = 'mock')"
+        ) from exc
+    raise PinFactoryError(f"unknown pin factory {name!r} (use mock, lgpio, rpigpio or pigpio)")
+
+
+def is_mock(factory: Any) -> bool:
+    """True for gpiozero's MockFactory."""
+    from gpiozero.pins.mock import MockFactory  # noqa: PLC0415
+
+    return isinstance(factory, MockFactory)
+
+
+def press_rules(config: StationConfig, hp: HelpPoint) -> PressRules:
+    """The press rules of one help point, classes taken from the config's rules."""
+    return PressRules(
+        bounce_time_s=hp.bounce_time_s,
+        hold_time_s=hp.hold_time_s,
+        repeat_window_s=config.press.repeat_window_s,
+        escalate_after_presses=config.press.escalate_after_presses,
+        stuck_after_s=config.press.stuck_after_s,
+        press_class=config.priority_for("help_point.press", hp.id, Priority.P1),
+        hold_class=config.priority_for("help_point.hold", hp.id, Priority.P0),
+        repeat_class=config.priority_for("help_point.repeat", hp.id, Priority.P0),
+        stuck_class=config.priority_for("help_point.stuck", hp.id, Priority.P2),
+    )
+
+
+def _patterns(lamp: LampConfig) -> dict[LampState, Pattern]:
+    return {
+        "idle": Pattern(lamp.idle.on_s, lamp.idle.off_s),
+        "accepted": Pattern(lamp.accepted.on_s, lamp.accepted.off_s),
+        "sent": Pattern(lamp.sent.on_s, lamp.sent.off_s),
+        "acknowledged": Pattern(lamp.acknowledged.on_s, lamp.acknowledged.off_s),
+        "fault": Pattern(lamp.fault.on_s, lamp.fault.off_s),
+    }
+
+
+def _cues(sounder: SounderConfig) -> dict[LampState, Cue]:
+    def cue(c: BeepCue) -> Cue:
+        return Cue(c.beeps, c.on_s, c.off_s)
+
+    return {
+        "idle": cue(sounder.idle),
+        "accepted": cue(sounder.accepted),
+        "sent": cue(sounder.sent),
+        "acknowledged": cue(sounder.acknowledged),
+        "fault": cue(sounder.fault),
+    }
+
+
+class _EdgeBridge:
+    """Hands pin edges from gpiozero's threads to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[tuple[bool, float]] = asyncio.Queue()
+
+    def post(self, pressed: bool) -> None:
+        """Called from any thread: timestamp the edge now, process it on the loop."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (pressed, time.monotonic()))
+
+
+@dataclass
+class HelpPointUnit:
+    """One help point: its gpiozero devices, press logic and lamp."""
+
+    config: HelpPoint
+    logic: HelpPointLogic
+    lamp: Lamp
+    bridge: _EdgeBridge
+    devices: list[Any] = field(default_factory=list)
+    button: Any = None
+
+
+class HelpPoints:
+    """All help points of the station. Use as an async context manager, then `run()`."""
+
+    def __init__(
+        self, config: StationConfig, accept: Accept, fault: FaultHook, pin_factory: Any
+    ) -> None:
+        self.config = config
+        self._accept_event = accept
+        self._fault = fault
+        self.pin_factory = pin_factory
+        self.units: dict[str, HelpPointUnit] = {}
+        self._alert_of_event: dict[str, tuple[str, str]] = {}  # event_id -> (hp id, alert id)
+
+    async def __aenter__(self) -> HelpPoints:
+        from gpiozero import LED, PWMLED, Button, Buzzer  # noqa: PLC0415
+
+        loop = asyncio.get_running_loop()
+        try:
+            for hp in self.config.help_points:
+                devices: list[Any] = []
+                button = Button(
+                    hp.pin, pull_up=True, bounce_time=hp.bounce_time_s,
+                    hold_time=hp.hold_time_s, pin_factory=self.pin_factory,
+                )
+                devices.append(button)
+                light = (PWMLED if hp.lamp_pwm else LED)(hp.lamp_pin, pin_factory=self.pin_factory)
+                devices.append(light)
+                sounder = None
+                if hp.sounder_pin is not None:
+                    sounder = Buzzer(hp.sounder_pin, pin_factory=self.pin_factory)
+                    devices.append(sounder)
+                bridge = _EdgeBridge(loop)
+                # gpiozero debounces in the pin driver where the factory supports it; the
+                # press logic debounces again so every factory (mock included) behaves alike.
+                button.when_pressed = lambda _d=None, b=bridge: b.post(True)
+                button.when_released = lambda _d=None, b=bridge: b.post(False)
+                lamp = Lamp(
+                    hp.id, light, _patterns(self.config.lamp), sounder, _cues(self.config.sounder)
+                )
+                self.units[hp.id] = HelpPointUnit(
+                    hp, HelpPointLogic(press_rules(self.config, hp)), lamp, bridge, devices, button
+                )
+        except BaseException:
+            self._close()
+            raise
+        log.info("help points ready: %s", ", ".join(self.units) or "none")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for unit in self.units.values():
+            for device in unit.devices:
+                device.close()
+
+    async def run(self) -> NoReturn:
+        """Drive every help point until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for unit in self.units.values():
+                tg.create_task(self._drive(unit), name=f"helppoint.{unit.config.id}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _drive(self, unit: HelpPointUnit) -> NoReturn:
+        while True:
+            deadline = unit.logic.deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    pressed, at = await unit.bridge.queue.get()
+            except TimeoutError:
+                happenings = unit.logic.tick(time.monotonic())
+            else:
+                happenings = unit.logic.edge(pressed, at)
+            for happening in happenings:
+                await self._raise(unit, happening)
+
+    async def _raise(self, unit: HelpPointUnit, happening: Happening) -> None:
+        hp = unit.config
+        rules = unit.logic.rules
+        if happening.kind == "help_point.stuck":
+            self._fault(
+                f"help_point_stuck:{hp.id}",
+                f"help point {hp.id} ({hp.location or 'no location'}) held for over "
+                f"{rules.stuck_after_s:g}s: button stuck?",
+            )
+            unit.lamp.set_fault(True)
+            await self._accept(unit, happening, rules.stuck_class)
+        elif happening.kind == "help_point.unstuck":
+            self._fault(f"help_point_stuck:{hp.id}", None)
+            unit.lamp.set_fault(False)
+            await self._accept(unit, happening, Priority.P3)
+        else:
+            assert happening.alert is not None
+            await self._accept(unit, happening, happening.alert.priority)
+
+    async def _accept(self, unit: HelpPointUnit, happening: Happening, priority: Priority) -> None:
+        hp = unit.config
+        alert = happening.alert
+        body: dict[str, Any] = {
+            "help_point": hp.id,
+            "location": hp.location,
+            "platform": hp.platform,
+        }
+        if alert is not None:
+            now_wall, now_mono = time.time(), time.monotonic()
+            body |= {
+                "alert_id": alert.alert_id,
+                "press_count": alert.press_count,
+                "first_press": round(now_wall - (now_mono - alert.first_press), 3),
+                "last_press": round(now_wall - (now_mono - alert.last_press), 3),
+                "held": alert.held,
+                "escalated": alert.escalated,
+                "evidence": list(alert.evidence),
+            }
+        event = Event(happening.kind, hp.id, priority, body)
+        request = alert is not None and happening.kind not in _FAULT_KINDS
+        if request:
+            assert alert is not None
+            # Registered before the commit: the PUBACK may come back before we resume.
+            self._alert_of_event[event.event_id] = (hp.id, alert.alert_id)
+        row = await self._accept_event(event)
+        if request and row.durable:
+            assert alert is not None
+            unit.lamp.advance(alert.alert_id, "accepted")
+
+    def on_delivered(self, row: Row) -> None:
+        """Publisher listener: a PUBACK arrived; the lamp may now say "sent"."""
+        found = self._alert_of_event.pop(row.event_id, None)
+        if found is None:
+            return
+        hp_id, alert_id = found
+        unit = self.units.get(hp_id)
+        if unit is None or unit.logic.alert is None or unit.logic.alert.alert_id != alert_id:
+            return  # an older request of this help point: the lamp shows the newer one
+        unit.lamp.advance(alert_id, "sent")
+
+    def lamp_state(self, hp_id: str) -> LampState:
+        """What a help point's lamp shows now."""
+        return self.units[hp_id].lamp.state

@@ -1,0 +1,121 @@
+"""The rider's lamp and sounder: one state machine, shown as light and as sound.
+
+The lamp follows the alert and never claims more than has happened:
+
+    idle ──accepted (row committed)──> accepted ──PUBACK──> sent ──dispatch ack──> acknowledged
+      ^                                                                                  │
+      └───────────────────────────── resolved / cancelled ──────────────────────────────┘
+
+A fault (stuck button) overlays its own pattern until it clears. States only move forward
+for one alert, so a late or out-of-order confirmation can never make the lamp go back.
+Each displayed state has its own light pattern and, where a sounder is fitted, its own
+audible cue (ADA/ABA 708: audible and visual signals).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+LampState = Literal["idle", "accepted", "sent", "acknowledged", "fault"]
+_RANK: dict[LampState, int] = {"idle": 0, "accepted": 1, "sent": 2, "acknowledged": 3}
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A light pattern: on_s=0 is off, off_s=0 is solid, otherwise a blink."""
+
+    on_s: float
+    off_s: float
+
+
+@dataclass(frozen=True)
+class Cue:
+    """An audible cue: `beeps` beeps of on_s with off_s gaps (0 beeps: silent)."""
+
+    beeps: int
+    on_s: float = 0.1
+    off_s: float = 0.1
+
+
+class LightOutput(Protocol):
+    """What the lamp needs of a gpiozero LED or PWMLED."""
+
+    def on(self) -> None: ...
+    def off(self) -> None: ...
+    def blink(self, on_time: float, off_time: float) -> None: ...
+
+
+class SoundOutput(Protocol):
+    """What the lamp needs of a gpiozero Buzzer."""
+
+    def beep(self, on_time: float, off_time: float, n: int) -> None: ...
+
+
+class Lamp:
+    """Drives one help point's lamp (and sounder) from its alert's state."""
+
+    def __init__(
+        self,
+        name: str,
+        light: LightOutput,
+        patterns: dict[LampState, Pattern],
+        sounder: SoundOutput | None = None,
+        cues: dict[LampState, Cue] | None = None,
+    ) -> None:
+        self.name = name
+        self._light = light
+        self._patterns = patterns
+        self._sounder = sounder
+        self._cues = cues or {}
+        self.alert_id: str | None = None
+        self.alert_state: LampState = "idle"
+        self.fault = False
+        self.shown: LampState | None = None
+        self._show()
+
+    @property
+    def state(self) -> LampState:
+        """What the lamp shows now."""
+        return "fault" if self.fault else self.alert_state
+
+    def advance(self, alert_id: str, state: LampState) -> None:
+        """The alert reached `state`; a new alert starts afresh, the same one only moves on."""
+        if alert_id != self.alert_id:
+            self.alert_id = alert_id
+            self.alert_state = state
+        elif _RANK[state] > _RANK[self.alert_state]:
+            self.alert_state = state
+        self._show()
+
+    def close(self, alert_id: str) -> None:
+        """The alert was resolved or cancelled: back to idle."""
+        if alert_id == self.alert_id:
+            self.alert_id = None
+            self.alert_state = "idle"
+            self._show()
+
+    def set_fault(self, active: bool) -> None:
+        """Overlay (or remove) the fault pattern."""
+        self.fault = active
+        self._show()
+
+    def _show(self) -> None:
+        state = self.state
+        if state == self.shown:
+            return
+        self.shown = state
+        pattern = self._patterns[state]
+        if pattern.on_s == 0:
+            self._light.off()
+        elif pattern.off_s == 0:
+            self._light.on()
+        else:
+            self._light.blink(on_time=pattern.on_s, off_time=pattern.off_s)
+        cue = self._cues.get(state)
+        if self._sounder is not None and cue is not None and cue.beeps > 0:
+            self._sounder.beep(on_time=cue.on_s, off_time=cue.off_s, n=cue.beeps)
+        log.info("lamp help_point=%s state=%s alert_id=%s", self.name, state, self.alert_id)

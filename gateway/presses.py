@@ -1,0 +1,170 @@
+"""Press semantics of one help point, as a sans-I/O state machine.
+
+Feed it raw button edges (`edge`) and the passing of time (`tick`, whenever `deadline`
+says); it returns what happened. It never reads a clock or touches a pin, so every rule
+is testable with plain numbers.
+
+- Debounce: a press counts on its leading edge (no added latency); it ends only once the
+  line has stayed released for `bounce_time_s`. Chatter and bounce are one press.
+- A press with no open request raises a crisis request (P1 by default).
+- Presses within `repeat_window_s` of the request's last press coalesce into it: the press
+  count rises, and at `escalate_after_presses` the class is raised (P0 by default).
+- Holding past `hold_time_s` upgrades the same request to an emergency (P0); no new request.
+- Held past `stuck_after_s`, the button is reported stuck once; the fault clears on release.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from gateway.model import Priority
+
+Kind = Literal[
+    "help_point.press",
+    "help_point.repeat",
+    "help_point.hold",
+    "help_point.stuck",
+    "help_point.unstuck",
+]
+
+
+@dataclass(frozen=True)
+class PressRules:
+    """Timing and class rules for one help point."""
+
+    bounce_time_s: float = 0.05
+    hold_time_s: float = 2.0
+    repeat_window_s: float = 60.0
+    escalate_after_presses: int = 3
+    stuck_after_s: float = 30.0
+    press_class: Priority = Priority.P1
+    hold_class: Priority = Priority.P0
+    repeat_class: Priority = Priority.P0
+    stuck_class: Priority = Priority.P2
+
+
+@dataclass(frozen=True)
+class Alert:
+    """The request a help point has open: what dispatch is told about."""
+
+    alert_id: str
+    priority: Priority
+    press_count: int
+    first_press: float  # the caller's clock (monotonic in the daemon)
+    last_press: float
+    held: bool = False
+    escalated: bool = False
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Happening:
+    """Something to publish: a new or updated request, or a stuck fault raised or cleared."""
+
+    kind: Kind
+    alert: Alert | None = None
+
+
+@dataclass
+class HelpPointLogic:
+    """The state machine. Times are seconds on one monotonic clock chosen by the caller."""
+
+    rules: PressRules
+    alert: Alert | None = None
+    pressed: bool = False  # debounced state
+    stuck: bool = False
+    raw_pressed: bool = False
+    _press_at: float = 0.0
+    _release_at: float | None = None  # line went high here; release once stable
+    chatter_edges: int = field(default=0)
+
+    def edge(self, pressed: bool, now: float) -> list[Happening]:
+        """A raw edge from the pin (pressed = line low on a pulled-up button)."""
+        if pressed == self.raw_pressed:
+            return []
+        self.raw_pressed = pressed
+        if pressed:
+            if self.pressed:  # bounce while pressed: the press goes on
+                self.chatter_edges += 1
+                self._release_at = None
+                return []
+            return self._press(now)
+        if self.pressed:
+            self._release_at = now
+        return []
+
+    def deadline(self) -> float | None:
+        """When `tick` must next be called, or None if nothing is pending."""
+        times = []
+        if self._release_at is not None:
+            times.append(self._release_at + self.rules.bounce_time_s)
+        if self.pressed and self._release_at is None:
+            if self.alert is not None and not self.alert.held:
+                times.append(self._press_at + self.rules.hold_time_s)
+            if not self.stuck:
+                times.append(self._press_at + self.rules.stuck_after_s)
+        return min(times) if times else None
+
+    def tick(self, now: float) -> list[Happening]:
+        """Let time pass: releases settle, holds and stuck buttons are detected."""
+        out: list[Happening] = []
+        if self._release_at is not None:
+            # Compare with the same sums `deadline` returns, so a tick at it always fires.
+            if now >= self._release_at + self.rules.bounce_time_s:
+                self._release_at = None
+                self.pressed = False
+                if self.stuck:
+                    self.stuck = False
+                    out.append(Happening("help_point.unstuck", self.alert))
+            return out
+        if not self.pressed:
+            return out
+        if (
+            self.alert is not None
+            and not self.alert.held
+            and now >= self._press_at + self.rules.hold_time_s
+        ):
+            self.alert = replace(
+                self.alert,
+                held=True,
+                priority=min(self.alert.priority, self.rules.hold_class),
+                evidence=(*self.alert.evidence, f"held for {self.rules.hold_time_s:g}s"),
+            )
+            out.append(Happening("help_point.hold", self.alert))
+        if not self.stuck and now >= self._press_at + self.rules.stuck_after_s:
+            self.stuck = True
+            out.append(Happening("help_point.stuck", self.alert))
+        return out
+
+    def _press(self, now: float) -> list[Happening]:
+        self.pressed = True
+        self._press_at = now
+        self._release_at = None
+        alert = self.alert
+        if alert is None or now - alert.last_press > self.rules.repeat_window_s:
+            self.alert = Alert(
+                alert_id=str(uuid.uuid4()),
+                priority=self.rules.press_class,
+                press_count=1,
+                first_press=now,
+                last_press=now,
+                evidence=("button pressed",),
+            )
+            return [Happening("help_point.press", self.alert)]
+        count = alert.press_count + 1
+        alert = replace(alert, press_count=count, last_press=now)
+        if count >= self.rules.escalate_after_presses and not alert.escalated:
+            alert = replace(
+                alert,
+                escalated=True,
+                priority=min(alert.priority, self.rules.repeat_class),
+                evidence=(*alert.evidence, f"pressed {count} times"),
+            )
+        self.alert = alert
+        return [Happening("help_point.repeat", alert)]
+
+    def close(self) -> None:
+        """Forget the open request (dispatch resolved or cancelled it)."""
+        self.alert = None

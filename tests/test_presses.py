@@ -1,0 +1,98 @@
+"""Press semantics as plain numbers: debounce, hold, repeats, stuck (no pins, no clock)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.model import Priority
+from gateway.presses import Happening, HelpPointLogic, PressRules
+
+RULES = PressRules(bounce_time_s=0.05, hold_time_s=2.0, repeat_window_s=60,
+                   escalate_after_presses=3, stuck_after_s=30)
+
+
+def run(logic: HelpPointLogic, edges: list[tuple[float, bool]], until: float) -> list[Happening]:
+    """Feed edges in time order, ticking at every deadline on the way, up to `until`."""
+    out: list[Happening] = []
+    for at, pressed in [*edges, (until, logic.raw_pressed)]:
+        while (deadline := logic.deadline()) is not None and deadline <= at:
+            out += logic.tick(deadline)
+        if at < until:
+            out += logic.edge(pressed, at)
+    return out
+
+
+def tap(at: float, length: float = 0.2) -> list[tuple[float, bool]]:
+    return [(at, True), (at + length, False)]
+
+
+def test_press_is_one_p1_request() -> None:
+    out = run(HelpPointLogic(RULES), tap(1.0), until=10)
+    assert [h.kind for h in out] == ["help_point.press"]
+    assert out[0].alert is not None
+    assert out[0].alert.priority == Priority.P1 and out[0].alert.press_count == 1
+
+
+def test_chatter_of_20_edges_in_200ms_is_one_press() -> None:
+    edges = [(1.0 + i * 0.01, i % 2 == 0) for i in range(20)]
+    logic = HelpPointLogic(RULES)
+    out = run(logic, edges, until=10)
+    assert [h.kind for h in out] == ["help_point.press"]
+    assert out[0].alert is not None and out[0].alert.press_count == 1
+    assert not logic.pressed
+
+
+def test_hold_upgrades_the_same_request_to_p0() -> None:
+    out = run(HelpPointLogic(RULES), tap(1.0, length=3.0), until=10)
+    assert [h.kind for h in out] == ["help_point.press", "help_point.hold"]
+    first, hold = (h.alert for h in out)
+    assert first is not None and hold is not None
+    assert hold.alert_id == first.alert_id and hold.priority == Priority.P0 and hold.held
+
+
+def test_release_before_hold_time_is_no_hold() -> None:
+    out = run(HelpPointLogic(RULES), tap(1.0, length=1.9), until=10)
+    assert [h.kind for h in out] == ["help_point.press"]
+
+
+def test_repeats_coalesce_and_escalate_at_the_configured_count() -> None:
+    edges = tap(1.0) + tap(3.0) + tap(5.0) + tap(7.0)
+    out = run(HelpPointLogic(RULES), edges, until=20)
+    assert [h.kind for h in out] == ["help_point.press"] + ["help_point.repeat"] * 3
+    alerts = [h.alert for h in out]
+    assert len({a.alert_id for a in alerts if a}) == 1
+    assert [a.press_count for a in alerts if a] == [1, 2, 3, 4]
+    assert [a.priority for a in alerts if a] == [Priority.P1, Priority.P1, Priority.P0, Priority.P0]
+    assert [a.escalated for a in alerts if a] == [False, False, True, True]
+
+
+def test_press_after_the_window_is_a_new_request() -> None:
+    out = run(HelpPointLogic(RULES), tap(1.0) + tap(70.0), until=80)
+    assert [h.kind for h in out] == ["help_point.press", "help_point.press"]
+    a, b = (h.alert for h in out)
+    assert a is not None and b is not None and a.alert_id != b.alert_id
+
+
+def test_stuck_button_is_one_fault_then_clears_on_release() -> None:
+    logic = HelpPointLogic(RULES)
+    out = run(logic, [(1.0, True)], until=300)
+    assert [h.kind for h in out] == ["help_point.press", "help_point.hold", "help_point.stuck"]
+    assert logic.stuck
+    out = run(logic, [(300.0, False)], until=301)
+    assert [h.kind for h in out] == ["help_point.unstuck"]
+    # usable again afterwards
+    out = run(logic, tap(400.0), until=410)
+    assert [h.kind for h in out] == ["help_point.press"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0.0005, max_value=0.04), min_size=1, max_size=60))
+def test_any_burst_of_bounces_is_exactly_one_press(gaps: list[float]) -> None:
+    t, edges = 1.0, []
+    for i, gap in enumerate(gaps):
+        edges.append((t, i % 2 == 0))
+        t += gap
+    edges.append((t, False))
+    out = run(HelpPointLogic(RULES), edges, until=t + 1.0)
+    assert [h.kind for h in out] == ["help_point.press"]
