@@ -145,6 +145,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole flow on this machine: Mosquitto, a simulated station, a dispatch view."""
+    from gateway.demo import run_demo  # noqa: PLC0415
+
+    try:
+        return asyncio.run(run_demo(args.interactive))
+    except KeyboardInterrupt:
+        print("\ninterrupted: broker, daemon and dispatch view stopped", file=sys.stderr)
+        return 130
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -241,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
     p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="run the demo (no Pi needed)", description=cmd_demo.__doc__)
+    p.add_argument("--interactive", action="store_true", help="press buttons from the keyboard")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")

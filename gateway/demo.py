@@ -1,0 +1,352 @@
+"""`stationgw demo`: the whole flow on one machine, with no Pi.
+
+It starts a real Mosquitto on a free port, the daemon (`stationgw run`, as its own process)
+for a simulated station on gpiozero mock pins, and a dispatch view that prints each alert as
+it arrives. Then it plays a scene through the simulate socket, as a technician would: a press,
+a hold, a chattering button, a stuck button, and a broker outage with catch-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.broker import Mosquitto
+from gateway.config import load_config
+from gateway.simulate import send, socket_path
+
+STATION = "demo-central"
+HELP_POINTS = {
+    "hp-p1-north": ("platform 1, north stairs", 17, 27, 22),
+    "hp-p1-south": ("platform 1, south lift", 5, 6, 13),
+    "hp-p2-east": ("platform 2, east exit", 19, 26, None),
+    "hp-concourse": ("concourse, ticket hall", 23, 24, None),
+}
+LABELS = {
+    "help_point.press": "crisis request",
+    "help_point.repeat": "pressed again",
+    "help_point.hold": "EMERGENCY (button held)",
+    "help_point.stuck": "FAULT: button stuck",
+    "help_point.unstuck": "fault cleared: button released",
+}
+RESPONSE = {
+    "emergency_services": "send emergency services",
+    "crisis_team": "send crisis team",
+    "ambassador": "send community ambassador",
+    "none": "no response needed",
+}
+
+
+def demo_config(folder: Path, broker_url: str) -> Path:
+    """Write the simulated station's config and return its path."""
+    lines = [
+        f'station_id = "{STATION}"',
+        'gpio_pin_factory = "mock"',
+        "[[brokers]]",
+        f'url = "{broker_url}"',
+        "[mqtt]",
+        "health_interval_s = 5",
+        "reconnect_initial_s = 0.2",
+        "reconnect_max_s = 1.0",
+        "[store]",
+        f'path = "{folder / "outbox.db"}"',
+        "[press]",
+        "repeat_window_s = 6",
+        "stuck_after_s = 3",
+    ]
+    for hp_id, (location, pin, lamp, sounder) in HELP_POINTS.items():
+        lines += [
+            "[[help_points]]",
+            f'id = "{hp_id}"',
+            f'location = "{location}"',
+            f"pin = {pin}",
+            f"lamp_pin = {lamp}",
+            "hold_time_s = 1.5",
+        ]
+        if sounder is not None:
+            lines.append(f"sounder_pin = {sounder}")
+    path = folder / "station.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def clock(ts: float) -> str:
+    """HH:MM:SS.mmm of a Unix time."""
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+
+
+def say(text: str) -> None:
+    """Narration."""
+    print(f"\n== {text}", flush=True)
+
+
+class DispatchView:
+    """A dispatcher's screen: every alert once, readably, as it arrives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.alerts: set[str] = set()
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Stay subscribed (persistent session) through broker outages."""
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1", self.port, identifier="demo-dispatch",
+                    protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
+                ) as client:
+                    await client.subscribe(f"stationgw/v1/{STATION}/events/#", qos=1)
+                    async for message in client.messages:
+                        if isinstance(message.payload, bytes):
+                            self.show(json.loads(message.payload))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.3)
+
+    def show(self, event: dict[str, Any]) -> None:
+        """Print one event, once (re-sends carry the same event_id)."""
+        if event["event_id"] in self.seen:
+            return
+        self.seen[event["event_id"]] = event
+        body = event.get("body", {})
+        if "alert_id" in body:
+            self.alerts.add(body["alert_id"])
+        label = LABELS.get(event["kind"], event["kind"])
+        line = (
+            f"   [dispatch {clock(time.time())}] {event['class']} {label:<30} "
+            f"{event['source']} ({body.get('location', '')})"
+        )
+        if "press_count" in body and event["kind"] in ("help_point.press", "help_point.repeat",
+                                                        "help_point.hold"):
+            line += (
+                f"\n{'':27}presses={body['press_count']} alert={body['alert_id'][:8]} "
+                f"first={clock(body['first_press'])} last={clock(body['last_press'])} "
+                f"-> {RESPONSE.get(event['requested_response'], '')}"
+            )
+        print(line, flush=True)
+        self.changed.set()
+
+    async def wait(self, predicate: Callable[[], bool], limit_s: float = 15) -> None:
+        """Wait until `predicate()` holds, or give up after `limit_s` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit_s):
+                while not predicate():
+                    self.changed.clear()
+                    await self.changed.wait()
+
+    def count(self, kind: str, source: str) -> int:
+        """How many distinct events of a kind a help point raised."""
+        return sum(1 for e in self.seen.values() if e["kind"] == kind and e["source"] == source)
+
+
+class Demo:
+    """The running pieces of the demo."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.broker = Mosquitto(persistence=True, workdir=folder)
+        self.config_path = demo_config(folder, self.broker.url)
+        self.config = load_config(self.config_path)
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.view = DispatchView(self.broker.port)
+
+    def start_daemon(self) -> None:
+        """Start `stationgw run` as its own process, logging to a file."""
+        log = (self.folder / "daemon.log").open("ab")
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def stop_daemon(self) -> None:
+        """SIGTERM the daemon and wait for it."""
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        self.daemon = None
+
+    async def simulate(self, cmd: str, hp: str | None = None) -> dict[str, Any]:
+        """Drive the daemon's mock pins through its simulate socket."""
+        return await asyncio.to_thread(send, self.config, {"cmd": cmd, "help_point": hp})
+
+    async def lamps(self) -> str:
+        """The lamps, as the rider sees them."""
+        reply = await self.simulate("status")
+        return ", ".join(f"{hp}={state}" for hp, state in reply["lamps"].items())
+
+    async def wait_ready(self, limit_s: float = 20) -> None:
+        """Wait for the daemon's simulate socket."""
+        path = socket_path(self.config)
+        async with asyncio.timeout(limit_s):
+            while not path.exists():
+                if self.daemon is not None and self.daemon.poll() is not None:
+                    raise RuntimeError(
+                        "the daemon exited; its log:\n" + (self.folder / "daemon.log").read_text()
+                    )
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def demo_station() -> AsyncIterator[Demo]:
+    """Start broker, daemon and dispatch view; stop all of them however the block ends."""
+    folder = Path(tempfile.mkdtemp(prefix="stationgw-demo-"))
+    demo = Demo(folder)
+    view_task: asyncio.Task[None] | None = None
+    try:
+        say(f"Starting a real Mosquitto on port {demo.broker.port}")
+        demo.broker.start()
+        view_task = asyncio.create_task(demo.view.run(), name="demo.dispatch_view")
+        say(f"Starting the gateway daemon for station {STATION!r} (mock GPIO pins)")
+        demo.start_daemon()
+        await demo.wait_ready()
+        print(f"   config {demo.config_path}, daemon log {folder / 'daemon.log'}")
+        print(f"   help points: {', '.join(HELP_POINTS)}")
+        yield demo
+    finally:
+        if view_task is not None:
+            view_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view_task
+        demo.stop_daemon()
+        demo.broker.close()
+        if os.environ.get("STATIONGW_DEMO_KEEP"):
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+async def scene(demo: Demo) -> bool:
+    """The scripted scene; returns True if dispatch saw everything it should have."""
+    view = demo.view
+    say("Scene 1: a rider presses the help point on platform 1 (north stairs)")
+    await demo.simulate("press", "hp-p1-north")
+    await view.wait(lambda: view.count("help_point.press", "hp-p1-north") == 1)
+    await asyncio.sleep(0.3)
+    print(f"   lamps: {await demo.lamps()}")
+
+    say("Scene 2: a rider holds the button on platform 1 south: an emergency")
+    await demo.simulate("hold", "hp-p1-south")
+    await view.wait(lambda: view.count("help_point.hold", "hp-p1-south") == 1)
+    print("   the same request was upgraded to P0; no second request was raised")
+
+    say("Scene 3: worn wiring on platform 2 chatters: 20 edges in 200 ms")
+    chatter_at = time.monotonic()
+    await demo.simulate("chatter", "hp-p2-east")
+    await view.wait(lambda: view.count("help_point.press", "hp-p2-east") == 1)
+    await asyncio.sleep(0.5)
+    print(f"   requests from hp-p2-east: {view.count('help_point.press', 'hp-p2-east')} "
+          "(bounce is debounced into one press)")
+
+    say("Scene 4: the concourse button jams (vandalism)")
+    await demo.simulate("stuck", "hp-concourse")
+    await view.wait(lambda: view.count("help_point.stuck", "hp-concourse") == 1)
+    print("   held past 1.5 s it first looks like an emergency; held past 3 s it is reported")
+    print(f"   stuck: one fault, no flood of requests. lamps: {await demo.lamps()}")
+    print("   a technician frees the button:")
+    await demo.simulate("release", "hp-concourse")
+    await view.wait(lambda: view.count("help_point.unstuck", "hp-concourse") == 1)
+
+    say("Scene 5: the dispatch broker goes down")
+    demo.broker.stop()
+    await asyncio.sleep(0.5)
+    print("   two riders press while the broker is unreachable:")
+    # Past the 6 s repeat window, so these are new requests rather than repeats.
+    await asyncio.sleep(max(0.0, chatter_at + 6.5 - time.monotonic()))
+    await demo.simulate("press", "hp-p1-north")
+    await demo.simulate("press", "hp-p2-east")
+    await asyncio.sleep(0.3)
+    print(f"   lamps: {await demo.lamps()}  (accepted = safely on disk, not yet sent)")
+    say("The broker comes back: the gateway catches up, alerts first")
+    demo.broker.start()
+    await view.wait(
+        lambda: view.count("help_point.press", "hp-p1-north") == 2
+        and view.count("help_point.press", "hp-p2-east") == 2,
+        limit_s=20,
+    )
+    await asyncio.sleep(0.5)
+    print(f"   lamps: {await demo.lamps()}")
+
+    expected = {
+        ("help_point.press", "hp-p1-north"): 2,
+        ("help_point.hold", "hp-p1-south"): 1,
+        ("help_point.press", "hp-p2-east"): 2,
+        ("help_point.stuck", "hp-concourse"): 1,
+        ("help_point.unstuck", "hp-concourse"): 1,
+    }
+    missing = {k: v for k, v in expected.items() if view.count(*k) != v}
+    say(
+        f"Done: dispatch received {len(view.seen)} events about {len(view.alerts)} requests"
+        + ("" if not missing else f"; MISSING {missing}")
+    )
+    return not missing
+
+
+async def interactive(demo: Demo) -> None:
+    """Press buttons from the keyboard."""
+    names = list(HELP_POINTS)
+    keys = "\n".join(f"     {i + 1} = {hp}" for i, hp in enumerate(names))
+    print(
+        "\nType a command and Enter:  p N (press)  h N (hold)  c N (chatter)  s N (stuck)  "
+        f"r N (release)  o (broker off/on)  l (lamps)  q (quit)\n{keys}"
+    )
+    actions = {"p": "press", "h": "hold", "c": "chatter", "s": "stuck", "r": "release"}
+    while True:
+        try:
+            line = (await asyncio.to_thread(input, "demo> ")).split()
+        except EOFError:
+            return
+        if not line:
+            continue
+        if line[0] == "q":
+            return
+        if line[0] == "l":
+            print(f"   lamps: {await demo.lamps()}")
+        elif line[0] == "o":
+            if demo.broker.process is None:
+                demo.broker.start()
+                print("   broker started")
+            else:
+                demo.broker.stop()
+                print("   broker stopped")
+        elif line[0] in actions and len(line) == 2 and line[1].isdigit() and (
+            1 <= int(line[1]) <= len(names)
+        ):
+            reply = await demo.simulate(actions[line[0]], names[int(line[1]) - 1])
+            print(f"   lamp now {reply.get('lamp')}")
+        else:
+            print("   ?")
+
+
+async def run_demo(interactive_mode: bool) -> int:
+    """Run the demo; exit code 0 when the scene completed as expected."""
+    async with demo_station() as demo:
+        if interactive_mode:
+            await interactive(demo)
+            return 0
+        ok = await scene(demo)
+    say("Everything stopped: broker, daemon and dispatch view")
+    return 0 if ok else 1
