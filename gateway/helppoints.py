@@ -39,7 +39,7 @@ def make_pin_factory(config: StationConfig) -> Any:
     """The gpiozero pin factory the config asks for (None: gpiozero's default)."""
     name: str = config.gpio_pin_factory
     if name == "auto":
-        name = os.environ.get("GPIOZERO_PIN_FACTORY", "auto").lower()
+        name = (os.environ.get("GPIOZERO_PIN_FACTORY") or "auto").lower()
     if name == "mock":
         from gpiozero.pins.mock import MockFactory, MockPWMPin  # noqa: PLC0415
 
@@ -151,8 +151,10 @@ class HelpPoints:
 
     async def __aenter__(self) -> HelpPoints:
         from gpiozero import LED, PWMLED, Button, Buzzer  # noqa: PLC0415
+        from gpiozero.exc import BadPinFactory, GPIOZeroError  # noqa: PLC0415
 
         loop = asyncio.get_running_loop()
+        hp = None
         try:
             for hp in self.config.help_points:
                 devices: list[Any] = []
@@ -178,6 +180,16 @@ class HelpPoints:
                 self.units[hp.id] = HelpPointUnit(
                     hp, HelpPointLogic(press_rules(self.config, hp)), lamp, bridge, devices, button
                 )
+        except BadPinFactory as exc:
+            self._close()
+            raise PinFactoryError(
+                f"no GPIO pin factory could be loaded ({exc}); on a Pi install the [pi] extra "
+                "(lgpio), elsewhere set gpio_pin_factory = 'mock'"
+            ) from exc
+        except GPIOZeroError as exc:
+            self._close()
+            where = f"help point {hp.id}" if hp is not None else "help points"
+            raise PinFactoryError(f"{where}: cannot set up its pins: {exc}") from exc
         except BaseException:
             self._close()
             raise

@@ -1,0 +1,137 @@
+"""The daemon and the demo as separate processes, as a technician runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.broker import Mosquitto
+from gateway.config import load_config
+from gateway.simulate import socket_path
+from tests.helpers import subscribe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
+    )
+
+
+def write_config(tmp_path: Path, url: str, factory: str = "mock") -> Path:
+    path = tmp_path / "station.toml"
+    path.write_text(
+        f'''station_id = "proc-{os.getpid()}"
+gpio_pin_factory = "{factory}"
+[[brokers]]
+url = "{url}"
+[store]
+path = "{tmp_path / "outbox.db"}"
+[[help_points]]
+id = "hp-1"
+pin = 17
+lamp_pin = 27
+hold_time_s = 0.5
+'''
+    )
+    return path
+
+
+@pytest.fixture
+def daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    config = write_config(tmp_path, broker.url)
+    log = (tmp_path / "daemon.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    try:
+        yield config, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+        log.close()
+
+
+async def test_simulate_drives_a_daemon_in_another_process(
+    broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
+    config_path, proc = daemon
+    config = load_config(config_path)
+    async with asyncio.timeout(20):
+        while not socket_path(config).exists():
+            assert proc.poll() is None, "daemon exited"
+            await asyncio.sleep(0.05)
+    async with subscribe(broker.port, f"stationgw/v1/{config.station_id}/events/#") as sub:
+        done = await asyncio.to_thread(stationgw, "simulate", "press", "hp-1", "--config",
+                                       str(config_path))
+        assert done.returncode == 0, done.stderr
+        assert "press hp-1: lamp now" in done.stdout
+        await sub.wait_for(lambda m: len(m) >= 1)
+        assert sub.events()[0]["kind"] == "help_point.press"
+        async with asyncio.timeout(10):
+            while True:
+                lamp = await asyncio.to_thread(stationgw, "simulate", "lamp", "hp-1",
+                                               "--config", str(config_path))
+                if lamp.stdout.strip() == "sent":
+                    break
+                await asyncio.sleep(0.1)
+        bad = await asyncio.to_thread(stationgw, "simulate", "press", "nope", "--config",
+                                      str(config_path))
+        assert bad.returncode == 1 and "unknown help point 'nope'" in bad.stderr
+    assert proc.poll() is None  # still running after a bad command
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert not socket_path(config).exists()  # removed on a clean stop
+
+
+def test_simulate_without_a_mock_daemon_says_so(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1")
+    done = stationgw("simulate", "press", "hp-1", "--config", str(config))
+    assert done.returncode == 1
+    assert "no mock-mode daemon is listening" in done.stderr
+
+
+def test_real_pin_factory_opens_no_simulate_socket(tmp_path: Path) -> None:
+    # This machine has no GPIO chip, so lgpio cannot start: the daemon must say why, and
+    # must not have opened the mock-only socket on the way.
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1", factory="lgpio")
+    done = stationgw("run", "--config", str(config), timeout=30)
+    assert done.returncode != 0
+    assert "lgpio" in done.stdout + done.stderr
+    assert not socket_path(load_config(config)).exists()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.slow
+def test_demo_runs_its_scene_unattended_and_leaves_nothing_behind() -> None:
+    before = set(_processes_mentioning("stationgw-demo-"))
+    done = stationgw("demo", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Done: dispatch received" in done.stdout and "MISSING" not in done.stdout
+    for scene in ("Scene 1", "Scene 2", "Scene 3", "Scene 4", "Scene 5"):
+        assert scene in done.stdout
+    assert set(_processes_mentioning("stationgw-demo-")) <= before
