@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,3 +136,65 @@ def test_demo_runs_its_scene_unattended_and_leaves_nothing_behind() -> None:
     for scene in ("Scene 1", "Scene 2", "Scene 3", "Scene 4", "Scene 5"):
         assert scene in done.stdout
     assert set(_processes_mentioning("stationgw-demo-")) <= before
+
+
+async def test_killed_daemon_leaves_retained_offline_will(
+    broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
+    config_path, proc = daemon
+    config = load_config(config_path)
+    status = f"stationgw/v1/{config.station_id}/status"
+    async with subscribe(broker.port, status) as sub:
+        await sub.wait_for(lambda m: any(p["state"] == "online" for _, p in m))
+        proc.kill()
+        proc.wait(timeout=10)
+        await sub.wait_for(lambda m: m[-1][1]["state"] == "offline")
+    async with subscribe(broker.port, status) as late:  # retained for whoever looks later
+        await late.wait_for(lambda m: len(m) >= 1)
+        assert late.messages[0][1]["state"] == "offline"
+
+
+def test_outbox_command_reads_the_store_and_run_overrides(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    # Point the daemon at a dead broker and a scratch store through the overrides only.
+    config = write_config(tmp_path, broker.url)
+    scratch = tmp_path / "scratch" / "other.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config),
+         "--broker", "mqtt://127.0.0.1:1", "--store", str(scratch)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    try:
+        loaded = load_config(config)
+        sim = socket_path(
+            loaded.model_copy(update={"store": loaded.store.model_copy(update={"path": scratch})})
+        )
+        deadline = time.monotonic() + 20
+        while not sim.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        pressed = stationgw("simulate", "press", "hp-1", "--config", str(config),
+                            "--store", str(scratch))
+        assert pressed.returncode == 0, pressed.stderr
+        assert "lamp now accepted" in pressed.stdout  # no broker: committed, not sent
+        shown = stationgw("outbox", "--config", str(config), "--store", str(scratch))
+        assert shown.returncode == 0, shown.stderr
+        assert "P1: 1 pending" in shown.stdout
+        assert "help_point.press" in shown.stdout
+        assert "broker_unreachable" in shown.stdout  # recent faults, from the database
+        as_json = stationgw("outbox", "--config", str(config), "--store", str(scratch), "--json")
+        assert '"P1": {\n      "pending": 1' in as_json.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert not (tmp_path / "outbox.db").exists()  # the configured store was never touched
+    bad = stationgw("run", "--config", str(config), "--broker", "http://x")
+    assert bad.returncode == 78 and "--broker" in bad.stderr
+
+
+def test_version() -> None:
+    from gateway import __version__
+
+    done = stationgw("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"stationgw {__version__}"
