@@ -99,6 +99,8 @@ def normalize_pin(pin: int | str) -> str:
 
 
 def _check_pin(pin: int | str) -> int | str:
+    if isinstance(pin, bool):  # noqa: TRY004 - pydantic reports ValueError, not TypeError
+        raise ValueError("a pin is a number or a name like 'GPIO17', not true/false")
     name = normalize_pin(pin)
     match = re.fullmatch(r"GPIO(\d+)", name)
     if match is None or not 0 <= int(match.group(1)) <= 27:
@@ -166,17 +168,25 @@ class MqttConfig(_Frozen):
     )
     client_id: str | None = Field(default=None, description="default: stationgw-STATION_ID")
     topic_prefix: str = Field(default="stationgw/v1", description="root of every topic")
-    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    keepalive_s: int = Field(
+        default=30, ge=5, le=3600, description="MQTT keepalive; a dead link is noticed within 1.5x"
+    )
     inflight_window: int = Field(
         default=32, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once"
     )
-    health_interval_s: float = Field(default=30.0, gt=0, le=3600)
-    reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    health_interval_s: float = Field(
+        default=30.0, gt=0, le=3600, description="how often the retained health report goes out"
+    )
+    reconnect_initial_s: float = Field(
+        default=0.5, gt=0, le=60, description="first reconnect backoff bound (doubles per round)"
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=3600, description="cap of the jittered reconnect backoff"
+    )
     refused_retry_s: float = Field(
         default=60.0, gt=0, description="how often rows the broker refused are tried again"
     )
-    username: str | None = None
+    username: str | None = Field(default=None, description="broker user name, if it uses passwords")
     password_file: ReadableFile | None = Field(
         default=None, description="file holding the broker password (never put it in the config)"
     )
@@ -216,7 +226,7 @@ class StoreConfig(_Frozen):
                     f"{name} alerts never expire (remove store.ttl_s.{name}; only P2 and P3 "
                     "may have a TTL)"
                 )
-            if seconds <= 0:
+            if not 0 < seconds < float("inf"):  # also refuses nan
                 raise ValueError(f"store.ttl_s.{name} = {seconds} must be a positive number")
         return ttl
 
@@ -224,15 +234,19 @@ class StoreConfig(_Frozen):
 class HelpPoint(_Frozen):
     """A help point on GPIO: a button, its lamp and optionally a sounder."""
 
-    id: str = Field(pattern=_ID)
+    id: str = Field(pattern=_ID, description="help point id; appears in alerts")
     location: str = Field(default="", description="where it is, e.g. 'platform 1 north'")
-    platform: str = ""
+    platform: str = Field(default="", description="platform name or number")
     pin: Pin = Field(description="BCM pin of the button (pulled up; press pulls it low)")
     lamp_pin: Pin = Field(description="BCM pin of the lamp")
     lamp_pwm: bool = Field(default=False, description="drive the lamp as a PWMLED")
     sounder_pin: Pin | None = Field(default=None, description="BCM pin of a buzzer, if fitted")
-    bounce_time_s: float = Field(default=0.05, ge=0, le=1)
-    hold_time_s: float = Field(default=2.0, gt=0, le=30)
+    bounce_time_s: float = Field(
+        default=0.05, ge=0, le=1, description="a press ends once released this long (debounce)"
+    )
+    hold_time_s: float = Field(
+        default=2.0, gt=0, le=30, description="held this long, a request becomes an emergency"
+    )
 
 
 class PressConfig(_Frozen):
@@ -255,8 +269,8 @@ class PressConfig(_Frozen):
 class BlinkPattern(_Frozen):
     """A lamp pattern: on_s = 0 is off, off_s = 0 is solid, otherwise a blink."""
 
-    on_s: float = Field(ge=0, le=60)
-    off_s: float = Field(ge=0, le=60)
+    on_s: float = Field(ge=0, le=60, description="seconds on per cycle (0: off)")
+    off_s: float = Field(ge=0, le=60, description="seconds off per cycle (0: solid)")
 
 
 class LampConfig(_Frozen):
@@ -272,9 +286,9 @@ class LampConfig(_Frozen):
 class BeepCue(_Frozen):
     """An audible cue: `beeps` beeps of on_s seconds with off_s gaps; 0 beeps is silent."""
 
-    beeps: int = Field(ge=0, le=20)
-    on_s: float = Field(default=0.1, gt=0, le=5)
-    off_s: float = Field(default=0.1, gt=0, le=5)
+    beeps: int = Field(ge=0, le=20, description="number of beeps (0: silent)")
+    on_s: float = Field(default=0.1, gt=0, le=5, description="seconds per beep")
+    off_s: float = Field(default=0.1, gt=0, le=5, description="seconds between beeps")
 
 
 class SounderConfig(_Frozen):
@@ -290,19 +304,21 @@ class SounderConfig(_Frozen):
 class Sensor(_Frozen):
     """A microcontroller board on a serial port."""
 
-    id: str = Field(pattern=_ID)
+    id: str = Field(pattern=_ID, description="sensor board id; appears in alerts")
     port: str = Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
-    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = 115200
-    location: str = ""
-    platform: str = ""
+    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = Field(
+        default=115200, description="serial speed"
+    )
+    location: str = Field(default="", description="where it is")
+    platform: str = Field(default="", description="platform name or number")
 
 
 class Rule(_Frozen):
     """Maps an input kind (optionally from one source) to a priority class."""
 
-    input: InputKind
+    input: InputKind = Field(description="the kind of input this rule classifies")
     source: str = Field(default="*", description="help point or sensor id, or '*' for any")
-    priority: PriorityName = Field(alias="class")
+    priority: PriorityName = Field(alias="class", description="the class it gets: P0-P3")
 
 
 class StationConfig(_Frozen):
@@ -346,7 +362,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("int", "str") or part.startswith(("function-after", "literal")):
+        elif part in ("int", "str", "[key]") or part.startswith(("function-after", "literal")):
             continue  # pydantic's union-branch labels are not config keys
         else:
             out += f".{part}" if out else str(part)
