@@ -99,8 +99,9 @@ def normalize_pin(pin: int | str) -> str:
 
 
 def _check_pin(pin: int | str) -> int | str:
-    if isinstance(pin, bool):  # noqa: TRY004 - pydantic reports ValueError, not TypeError
-        raise ValueError("a pin is a number or a name like 'GPIO17', not true/false")
+    if isinstance(pin, bool):  # TOML true would otherwise pass as pin 1
+        # pydantic turns ValueError (not TypeError) into a reported problem
+        raise ValueError("a pin is a number or a name like 'GPIO17', not true/false")  # noqa: TRY004
     name = normalize_pin(pin)
     match = re.fullmatch(r"GPIO(\d+)", name)
     if match is None or not 0 <= int(match.group(1)) <= 27:
