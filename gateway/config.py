@@ -184,6 +184,10 @@ class MqttConfig(_Frozen):
     reconnect_max_s: float = Field(
         default=30.0, gt=0, le=3600, description="cap of the jittered reconnect backoff"
     )
+    session_expiry_s: int = Field(
+        default=3600, ge=0, le=7 * 86400,
+        description="MQTT 5 session expiry: how long the broker keeps commands for us offline",
+    )
     refused_retry_s: float = Field(
         default=60.0, gt=0, description="how often rows the broker refused are tried again"
     )
@@ -302,6 +306,26 @@ class SounderConfig(_Frozen):
     fault: BeepCue = BeepCue(beeps=5, on_s=0.05, off_s=0.05)
 
 
+class DispatchConfig(_Frozen):
+    """The loop with dispatch: acknowledgement timeout and command checks."""
+
+    ack_timeout_s: float = Field(
+        default=120.0, gt=0, le=86400,
+        description="an alert not acknowledged this long is re-announced, escalated; again "
+        "after each further timeout",
+    )
+    escalate_to: PriorityName = Field(
+        default="P0", description="class an unacknowledged alert is raised to (never lowered)"
+    )
+    command_max_age_s: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="commands issued longer ago than this are stale and refused (needs NTP)",
+    )
+    max_command_bytes: int = Field(
+        default=4096, ge=256, le=65536, description="larger commands are refused unread"
+    )
+
+
 class Sensor(_Frozen):
     """A microcontroller board on a serial port."""
 
@@ -333,6 +357,7 @@ class StationConfig(_Frozen):
         default="auto", description="'auto' honours GPIOZERO_PIN_FACTORY, else gpiozero's default"
     )
     press: PressConfig = Field(default_factory=PressConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     lamp: LampConfig = Field(default_factory=LampConfig)
     sounder: SounderConfig = Field(default_factory=SounderConfig)
     help_points: list[HelpPoint] = Field(default_factory=list)

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from gateway.config import StationConfig
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
+from gateway.lifecycle import Lifecycle
 from gateway.model import Event, Priority
 from gateway.mqtt import make_client
 from gateway.outbox import Outbox, Row
@@ -39,6 +40,10 @@ class Gateway:
         )
         self.outbox = AsyncOutbox(outbox, self.health)
         self.publisher = Publisher(config, self.outbox, self.health, client_factory=client_factory)
+        self.lifecycle = Lifecycle(config, self.outbox, self.health)
+        self.publisher.subscriptions.append(
+            (self.lifecycle.command_topic, self.lifecycle.on_message)
+        )
         self.help_points: HelpPoints | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -53,12 +58,18 @@ class Gateway:
                 "outbox open path=%s rows=%d by_class=%s",
                 self.config.store.path, depth.rows, depth.by_class,
             )
+            open_alerts = await self.lifecycle.restore()
             if self.config.help_points:
                 factory = make_pin_factory(self.config)
                 self.help_points = await stack.enter_async_context(
-                    HelpPoints(self.config, self.accept, self._help_point_fault, factory)
+                    HelpPoints(
+                        self.config, self.accept, self.lifecycle, self._help_point_fault, factory
+                    )
                 )
                 self.publisher.delivered_listeners.append(self.help_points.on_delivered)
+                self.lifecycle.book.listeners.append(self.help_points.on_alert_change)
+                for record, all_sent in open_alerts:
+                    self.help_points.restore(record, all_sent)
                 if is_mock(factory):
                     from gateway.simulate import SimulateServer  # noqa: PLC0415
 
@@ -97,6 +108,7 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.publisher.run(), name="gateway.publisher")
             tg.create_task(self._maintain(), name="gateway.maintain")
+            tg.create_task(self.lifecycle.escalate_forever(), name="gateway.escalation")
             if self.help_points is not None:
                 tg.create_task(self.help_points.run(), name="gateway.help_points")
         raise AssertionError("unreachable")  # pragma: no cover

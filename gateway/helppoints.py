@@ -12,23 +12,21 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
 from gateway.errors import GatewayError
 from gateway.lamp import Cue, Lamp, LampState, Pattern
-from gateway.model import Event, Priority
+from gateway.lifecycle import Lifecycle, alert_body
+from gateway.model import AlertRecord, Event, Priority
 from gateway.outbox import Row
-from gateway.presses import Happening, HelpPointLogic, PressRules
+from gateway.presses import Alert, Happening, HelpPointLogic, PressRules
 
 log = logging.getLogger(__name__)
 
 Accept = Callable[[Event], Awaitable[Row]]
 FaultHook = Callable[[str, str | None], None]  # (code, message or None to clear)
-
-
-_FAULT_KINDS = ("help_point.stuck", "help_point.unstuck")
 
 
 class PinFactoryError(GatewayError):
@@ -140,10 +138,16 @@ class HelpPoints:
     """All help points of the station. Use as an async context manager, then `run()`."""
 
     def __init__(
-        self, config: StationConfig, accept: Accept, fault: FaultHook, pin_factory: Any
+        self,
+        config: StationConfig,
+        accept: Accept,
+        lifecycle: Lifecycle,
+        fault: FaultHook,
+        pin_factory: Any,
     ) -> None:
         self.config = config
         self._accept_event = accept
+        self._lifecycle = lifecycle
         self._fault = fault
         self.pin_factory = pin_factory
         self.units: dict[str, HelpPointUnit] = {}
@@ -158,8 +162,12 @@ class HelpPoints:
         try:
             for hp in self.config.help_points:
                 devices: list[Any] = []
+                # No driver debounce: lgpio and pigpio report an edge only once the level
+                # has been stable for the debounce time, which would delay every press by
+                # bounce_time_s. The press logic counts a press on its leading edge and
+                # debounces the release itself, the same on every pin factory.
                 button = Button(
-                    hp.pin, pull_up=True, bounce_time=hp.bounce_time_s,
+                    hp.pin, pull_up=True, bounce_time=None,
                     hold_time=hp.hold_time_s, pin_factory=self.pin_factory,
                 )
                 devices.append(button)
@@ -170,8 +178,6 @@ class HelpPoints:
                     sounder = Buzzer(hp.sounder_pin, pin_factory=self.pin_factory)
                     devices.append(sounder)
                 bridge = _EdgeBridge(loop)
-                # gpiozero debounces in the pin driver where the factory supports it; the
-                # press logic debounces again so every factory (mock included) behaves alike.
                 button.when_pressed = lambda _d=None, b=bridge: b.post(True)
                 button.when_released = lambda _d=None, b=bridge: b.post(False)
                 lamp = Lamp(
@@ -228,6 +234,7 @@ class HelpPoints:
     async def _raise(self, unit: HelpPointUnit, happening: Happening) -> None:
         hp = unit.config
         rules = unit.logic.rules
+        place = {"help_point": hp.id, "location": hp.location, "platform": hp.platform}
         if happening.kind == "help_point.stuck":
             self._fault(
                 f"help_point_stuck:{hp.id}",
@@ -235,44 +242,78 @@ class HelpPoints:
                 f"{rules.stuck_after_s:g}s: button stuck?",
             )
             unit.lamp.set_fault(True)
-            await self._accept(unit, happening, rules.stuck_class)
-        elif happening.kind == "help_point.unstuck":
+            await self._accept_event(Event(happening.kind, hp.id, rules.stuck_class, place))
+            return
+        if happening.kind == "help_point.unstuck":
             self._fault(f"help_point_stuck:{hp.id}", None)
             unit.lamp.set_fault(False)
-            await self._accept(unit, happening, Priority.P3)
-        else:
-            assert happening.alert is not None
-            await self._accept(unit, happening, happening.alert.priority)
-
-    async def _accept(self, unit: HelpPointUnit, happening: Happening, priority: Priority) -> None:
-        hp = unit.config
+            await self._accept_event(Event(happening.kind, hp.id, Priority.P3, place))
+            return
         alert = happening.alert
-        body: dict[str, Any] = {
-            "help_point": hp.id,
-            "location": hp.location,
-            "platform": hp.platform,
+        assert alert is not None
+        now_wall, now_mono = time.time(), time.monotonic()
+        details = place | {
+            "press_count": alert.press_count,
+            "first_press": round(now_wall - (now_mono - alert.first_press), 3),
+            "last_press": round(now_wall - (now_mono - alert.last_press), 3),
+            "held": alert.held,
+            "escalated": alert.escalated,
+            "evidence": list(alert.evidence),
         }
-        if alert is not None:
-            now_wall, now_mono = time.time(), time.monotonic()
-            body |= {
-                "alert_id": alert.alert_id,
-                "press_count": alert.press_count,
-                "first_press": round(now_wall - (now_mono - alert.first_press), 3),
-                "last_press": round(now_wall - (now_mono - alert.last_press), 3),
-                "held": alert.held,
-                "escalated": alert.escalated,
-                "evidence": list(alert.evidence),
-            }
-        event = Event(happening.kind, hp.id, priority, body)
-        request = alert is not None and happening.kind not in _FAULT_KINDS
-        if request:
-            assert alert is not None
-            # Registered before the commit: the PUBACK may come back before we resume.
-            self._alert_of_event[event.event_id] = (hp.id, alert.alert_id)
+        record = self._lifecycle.raised(alert.alert_id, hp.id, alert.priority, details)
+        event = Event(
+            happening.kind, hp.id, record.priority, alert_body(record), alert=record
+        )
+        # Registered before the commit: the PUBACK may come back before we resume.
+        self._alert_of_event[event.event_id] = (hp.id, alert.alert_id)
         row = await self._accept_event(event)
-        if request and row.durable:
-            assert alert is not None
+        if row.durable:
             unit.lamp.advance(alert.alert_id, "accepted")
+
+    def on_alert_change(self, record: AlertRecord) -> None:
+        """Lifecycle listener: dispatch acted on an alert, or it was escalated."""
+        unit = self.units.get(record.source)
+        if unit is None:
+            return
+        current = unit.logic.alert
+        mine = current is not None and current.alert_id == record.alert_id
+        if record.closed:
+            unit.lamp.close(record.alert_id)
+            if mine:
+                unit.logic.close()
+        elif record.state in ("acknowledged", "assigned"):
+            unit.lamp.advance(record.alert_id, "acknowledged")
+            if mine:
+                unit.logic.awaiting_ack = False
+        elif mine and current is not None and record.priority < current.priority:
+            unit.logic.alert = replace(current, priority=record.priority, escalated=True)
+
+    def restore(self, record: AlertRecord, all_sent: bool) -> None:
+        """After a restart: reopen a help point's alert and show its lamp state again."""
+        unit = self.units.get(record.source)
+        if unit is None:
+            return
+        details = record.details
+        now_wall, now_mono = time.time(), time.monotonic()
+
+        def mono(key: str) -> float:
+            return now_mono - (now_wall - float(details.get(key, now_wall)))
+
+        unit.logic.alert = Alert(
+            alert_id=record.alert_id,
+            priority=record.priority,
+            press_count=int(details.get("press_count", 1)),
+            first_press=mono("first_press"),
+            last_press=mono("last_press"),
+            held=bool(details.get("held", False)),
+            escalated=bool(details.get("escalated", False)),
+            evidence=tuple(details.get("evidence", ())),
+        )
+        unit.logic.awaiting_ack = record.state == "open"
+        if record.state == "open":
+            unit.lamp.advance(record.alert_id, "sent" if all_sent else "accepted")
+        else:
+            unit.lamp.advance(record.alert_id, "acknowledged")
 
     def on_delivered(self, row: Row) -> None:
         """Publisher listener: a PUBACK arrived; the lamp may now say "sent"."""

@@ -57,6 +57,27 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+AlertState = Literal["open", "acknowledged", "assigned", "resolved", "cancelled"]
+CLOSED_STATES: tuple[AlertState, ...] = ("resolved", "cancelled")
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """An alert's lifecycle state, stored with the event that announces it (atomically)."""
+
+    alert_id: str
+    source: str
+    state: AlertState
+    priority: Priority
+    details: dict[str, JSONValue] = field(default_factory=dict)
+    command_id: str | None = None  # the dispatch command that caused this change, if any
+
+    @property
+    def closed(self) -> bool:
+        """Resolved or cancelled."""
+        return self.state in CLOSED_STATES
+
+
 @dataclass(frozen=True)
 class Event:
     """An input the rules have classified, ready to be accepted into the outbox."""
@@ -66,6 +87,7 @@ class Event:
     priority: Priority
     body: dict[str, JSONValue] = field(default_factory=dict)
     event_id: str = field(default_factory=uuid7)
+    alert: AlertRecord | None = None  # stored in the same transaction as the event
 
 
 class EventMessage(BaseModel):

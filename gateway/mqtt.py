@@ -107,14 +107,21 @@ def make_client(
     config: StationConfig, endpoint: BrokerEndpoint, will: aiomqtt.Will | None = None
 ) -> GatewayClient:
     """A client for one endpoint, configured from the station config."""
-    protocol = (
-        aiomqtt.ProtocolVersion.V5 if config.mqtt.protocol == "5" else aiomqtt.ProtocolVersion.V311
-    )
+    v5 = config.mqtt.protocol == "5"
+    properties = None
+    if v5:
+        # A persistent session: the broker keeps dispatch's commands while the link is down.
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = config.mqtt.session_expiry_s
     return GatewayClient(
         endpoint.host,
         endpoint.port,
         identifier=config.client_id,
-        protocol=protocol,
+        protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+        # paho refuses clean_start on 3.1.1, where clean_session=False asks for the same.
+        clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        clean_session=None if v5 else False,
+        properties=properties,
         keepalive=config.mqtt.keepalive_s,
         username=config.mqtt.username,
         password=read_password(config),

@@ -11,6 +11,7 @@ dedicated thread so the event loop never waits on fsync.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.errors import StoreError
-from gateway.model import Event, Priority
+from gateway.model import AlertRecord, Event, Priority
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,27 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        "0002_alerts",
+        """
+        ALTER TABLE outbox ADD COLUMN alert_id TEXT;
+        CREATE INDEX outbox_alert ON outbox (alert_id) WHERE alert_id IS NOT NULL;
+        CREATE TABLE alerts (
+            alert_id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            state TEXT NOT NULL,
+            class INTEGER NOT NULL,
+            details TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX alerts_open ON alerts (state) WHERE state NOT IN ('resolved', 'cancelled');
+        CREATE TABLE commands (
+            command_id TEXT PRIMARY KEY,
+            alert_id TEXT NOT NULL,
+            received_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 
@@ -73,6 +95,7 @@ class Row:
     attempts: int = 0
     state: State = "pending"
     durable: bool = True
+    alert: AlertRecord | None = None  # written with the row; not read back from the outbox
 
     @property
     def key(self) -> Key:
@@ -113,6 +136,20 @@ def _row(rec: tuple[int, str, int, str, str, bytes, float, int, State]) -> Row:
     return Row(
         seq, event_id, Priority(cls), kind, topic, bytes(payload), wall_time, attempts, state
     )
+
+
+def _store_alert(conn: sqlite3.Connection, alert: AlertRecord, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO alerts (alert_id, source, state, class, details, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (alert.alert_id, alert.source, alert.state, int(alert.priority),
+         json.dumps(alert.details), now),
+    )
+    if alert.command_id is not None:
+        conn.execute(
+            "INSERT OR IGNORE INTO commands (command_id, alert_id, received_at) VALUES (?, ?, ?)",
+            (alert.command_id, alert.alert_id, now),
+        )
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -238,7 +275,8 @@ class Outbox:
             self._next_seq += 1
             topic, payload = self._render(event, seq, wall_time)
             rows.append(
-                Row(seq, event.event_id, event.priority, event.kind, topic, payload, wall_time)
+                Row(seq, event.event_id, event.priority, event.kind, topic, payload, wall_time,
+                    alert=event.alert)
             )
         try:
             evicted = self._write([*self._memory.values(), *rows])
@@ -254,13 +292,16 @@ class Outbox:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
-                f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO outbox ({_COLUMNS}, alert_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.seq, r.event_id, int(r.priority), r.kind, r.topic, r.payload,
-                     r.wall_time, r.attempts, r.state)
+                     r.wall_time, r.attempts, r.state, r.alert.alert_id if r.alert else None)
                     for r in rows
                 ],
             )
+            for row in rows:
+                if row.alert is not None:
+                    _store_alert(conn, row.alert, row.wall_time)
             added = sum(r.size for r in rows)
             evicted = self._evict(self._rows + len(rows), self._bytes + added)
             conn.execute("COMMIT")
@@ -451,6 +492,32 @@ class Outbox:
             rows.sort(key=lambda r: r.key)
             del rows[limit:]
         return rows
+
+    def open_alerts(self) -> list[tuple[AlertRecord, bool]]:
+        """Alerts not yet resolved or cancelled, each with whether all its events were sent."""
+        unsent = {r.alert.alert_id for r in self._memory.values() if r.alert is not None}
+        unsent.update(
+            a for (a,) in self.conn.execute(
+                "SELECT DISTINCT alert_id FROM outbox WHERE alert_id IS NOT NULL"
+            )
+        )
+        alerts = []
+        for alert_id, source, state, cls, details in self.conn.execute(
+            "SELECT alert_id, source, state, class, details FROM alerts "
+            "WHERE state NOT IN ('resolved', 'cancelled') ORDER BY updated_at"
+        ):
+            record = AlertRecord(alert_id, source, state, Priority(cls), json.loads(details))
+            alerts.append((record, alert_id not in unsent))
+        return alerts
+
+    def command_seen(self, command_id: str) -> bool:
+        """True if a dispatch command with this id was already applied."""
+        found = self.conn.execute(
+            "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
+        ).fetchone()
+        return found is not None or any(
+            r.alert is not None and r.alert.command_id == command_id for r in self._memory.values()
+        )
 
     def depth(self) -> Depth:
         """Rows by class and state, and the wall time of the oldest unsent row."""

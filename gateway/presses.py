@@ -7,8 +7,9 @@ is testable with plain numbers.
 - Debounce: a press counts on its leading edge (no added latency); it ends only once the
   line has stayed released for `bounce_time_s`. Chatter and bounce are one press.
 - A press with no open request raises a crisis request (P1 by default).
-- Presses within `repeat_window_s` of the request's last press coalesce into it: the press
-  count rises, and at `escalate_after_presses` the class is raised (P0 by default).
+- Presses while the request waits for dispatch's acknowledgement, or within
+  `repeat_window_s` of its last press, coalesce into it: the press count rises, and at
+  `escalate_after_presses` the class is raised (P0 by default).
 - Holding past `hold_time_s` upgrades the same request to an emergency (P0); no new request.
 - Held past `stuck_after_s`, the button is reported stuck once; the fault clears on release.
 """
@@ -76,6 +77,7 @@ class HelpPointLogic:
     pressed: bool = False  # debounced state
     stuck: bool = False
     raw_pressed: bool = False
+    awaiting_ack: bool = False  # dispatch has not acknowledged the open request yet
     _press_at: float = 0.0
     _release_at: float | None = None  # line went high here; release once stable
     chatter_edges: int = field(default=0)
@@ -143,7 +145,11 @@ class HelpPointLogic:
         self._press_at = now
         self._release_at = None
         alert = self.alert
-        if alert is None or now - alert.last_press > self.rules.repeat_window_s:
+        joins = alert is not None and (
+            self.awaiting_ack or now - alert.last_press <= self.rules.repeat_window_s
+        )
+        if alert is None or not joins:
+            self.awaiting_ack = True
             self.alert = Alert(
                 alert_id=str(uuid.uuid4()),
                 priority=self.rules.press_class,
@@ -168,3 +174,4 @@ class HelpPointLogic:
     def close(self) -> None:
         """Forget the open request (dispatch resolved or cancelled it)."""
         self.alert = None
+        self.awaiting_ack = False

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 256  # rows loaded from the database at a time
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
-SessionHook = Callable[[GatewayClient], Coroutine[Any, Any, None]]
+Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -59,7 +59,7 @@ class Publisher:
         self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
         self._client_factory = client_factory
         self._properties = json_properties(config.mqtt.protocol)
-        self.session_hooks: list[SessionHook] = []  # run in the connection's TaskGroup
+        self.subscriptions: list[tuple[str, Handler]] = []  # (topic filter, handler), QoS 1
         self.delivered_listeners: list[Callable[[Row], None]] = []  # after a success PUBACK
         self.connected = asyncio.Event()
         # Drain state of the current connection.
@@ -144,6 +144,8 @@ class Publisher:
                 self.topics.status, self._status("online"), retain=True,
                 properties=self._properties,
             )
+            for topic, _handler in self.subscriptions:
+                await client.subscribe(topic, qos=1)
             self._reset_drain()
             self.connected.set()
             try:
@@ -151,8 +153,6 @@ class Publisher:
                     tg.create_task(self._watch(client), name="publisher.watch")
                     tg.create_task(self._drain(client, tg), name="publisher.drain")
                     tg.create_task(self._health_loop(client), name="publisher.health")
-                    for hook in self.session_hooks:
-                        tg.create_task(hook(client), name=f"publisher.hook.{hook.__name__}")
             except asyncio.CancelledError:
                 # Clean shutdown: say so (the retained Will only covers a lost connection).
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -169,9 +169,11 @@ class Publisher:
                 self._inflight.clear()  # still pending in the outbox: re-sent on reconnect
 
     async def _watch(self, client: GatewayClient) -> None:
-        """End the session when the connection drops (aiomqtt raises MqttError)."""
-        async for _message in client.messages:
-            pass  # incoming messages are read by session hooks that subscribe
+        """Hand incoming messages to their handlers, in order; ends when the link drops."""
+        async for message in client.messages:
+            for topic, handler in self.subscriptions:
+                if message.topic.matches(topic):
+                    await handler(client, message)
 
     async def _drain(self, client: GatewayClient, tg: asyncio.TaskGroup) -> None:
         window = asyncio.Semaphore(self.config.mqtt.inflight_window)

@@ -78,7 +78,8 @@ class Subscriber:
 
 @contextlib.asynccontextmanager
 async def subscribe(
-    url_port: int, topic: str, *, client_id: str | None = None, persistent: bool = False
+    url_port: int, topic: str | list[str], *, client_id: str | None = None,
+    persistent: bool = False,
 ) -> AsyncIterator[Subscriber]:
     """Subscribe at QoS 1 (optionally with a persistent MQTT 5 session) and collect."""
     from paho.mqtt.packettypes import PacketTypes
@@ -97,7 +98,8 @@ async def subscribe(
         properties=props,
     )
     async with client:
-        await client.subscribe(topic, qos=1)
+        for one in [topic] if isinstance(topic, str) else topic:
+            await client.subscribe(one, qos=1)
         sub = Subscriber(client)
         task = asyncio.create_task(sub._collect())
         try:

@@ -35,10 +35,12 @@ def unit(gw: Gateway, hp: str) -> HelpPointUnit:
 
 
 async def tap(gw: Gateway, hp: str, length: float = 0.15) -> None:
+    """Press for `length`, release, and stay released past the bounce time (0.05 s)."""
     pin = unit(gw, hp).button.pin
     pin.drive_low()
     await asyncio.sleep(length)
     pin.drive_high()
+    await asyncio.sleep(0.1)
 
 
 async def lamp_becomes(gw: Gateway, hp: str, state: str, timeout: float = 10) -> None:
@@ -76,6 +78,8 @@ async def test_press_is_exactly_one_crisis_request(station: tuple[Gateway, Subsc
     assert body["first_press"] <= body["last_press"]
     await lamp_becomes(gw, "hp-1", "sent")
     assert unit(gw, "hp-2").lamp.state == "idle"
+    # The pin driver must not debounce: lgpio would delay every press by the bounce time.
+    assert unit(gw, "hp-1").button.pin.bounce is None
 
 
 async def test_hold_upgrades_the_request_to_p0(station: tuple[Gateway, Subscriber]) -> None:

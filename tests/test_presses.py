@@ -67,11 +67,20 @@ def test_repeats_coalesce_and_escalate_at_the_configured_count() -> None:
     assert [a.escalated for a in alerts if a] == [False, False, True, True]
 
 
-def test_press_after_the_window_is_a_new_request() -> None:
-    out = run(HelpPointLogic(RULES), tap(1.0) + tap(70.0), until=80)
-    assert [h.kind for h in out] == ["help_point.press", "help_point.press"]
-    a, b = (h.alert for h in out)
+def test_acknowledged_request_and_a_press_after_the_window_is_a_new_request() -> None:
+    logic = HelpPointLogic(RULES)
+    first = run(logic, tap(1.0), until=10)
+    logic.awaiting_ack = False  # dispatch acknowledged it
+    second = run(logic, tap(70.0), until=80)
+    assert [h.kind for h in first + second] == ["help_point.press", "help_point.press"]
+    a, b = (h.alert for h in first + second)
     assert a is not None and b is not None and a.alert_id != b.alert_id
+
+
+def test_presses_while_waiting_for_dispatch_join_the_request_however_late() -> None:
+    out = run(HelpPointLogic(RULES), tap(1.0) + tap(500.0), until=510)
+    assert [h.kind for h in out] == ["help_point.press", "help_point.repeat"]
+    assert out[1].alert is not None and out[1].alert.press_count == 2
 
 
 def test_stuck_button_is_one_fault_then_clears_on_release() -> None:
@@ -81,9 +90,9 @@ def test_stuck_button_is_one_fault_then_clears_on_release() -> None:
     assert logic.stuck
     out = run(logic, [(300.0, False)], until=301)
     assert [h.kind for h in out] == ["help_point.unstuck"]
-    # usable again afterwards
+    # usable again afterwards: the press joins the request still waiting for dispatch
     out = run(logic, tap(400.0), until=410)
-    assert [h.kind for h in out] == ["help_point.press"]
+    assert [h.kind for h in out] == ["help_point.repeat"]
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,0 +1,49 @@
+"""Dispatch side helpers: build and send commands, read replies (used by the console/demo)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import aiomqtt
+
+from gateway.commands import Action, Command, Team
+
+
+def make_command(
+    station: str,
+    alert_id: str,
+    action: Action,
+    *,
+    team: Team | None = None,
+    eta_s: int | None = None,
+    dispatcher: str = "console",
+) -> Command:
+    """A new command with a fresh id, issued now."""
+    return Command(
+        command_id=uuid.uuid4().hex,
+        station=station,
+        alert_id=alert_id,
+        action=action,
+        team=team,
+        eta_s=eta_s,
+        issued_at=time.time(),
+        dispatcher=dispatcher,
+    )
+
+
+def command_topic(prefix: str, station: str) -> str:
+    """The topic a station's gateway takes commands on."""
+    return f"{prefix}/{station}/commands"
+
+
+def reply_topic(prefix: str, station: str) -> str:
+    """The topic a station's gateway answers commands on."""
+    return f"{prefix}/{station}/replies"
+
+
+async def send_command(client: aiomqtt.Client, prefix: str, command: Command) -> None:
+    """Publish a command at QoS 1."""
+    payload = json.dumps(command.model_dump(by_alias=True, mode="json")).encode()
+    await client.publish(command_topic(prefix, command.station), payload, qos=1)

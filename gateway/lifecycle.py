@@ -1,0 +1,155 @@
+"""Closes the loop with dispatch: commands in, alert state out, escalation on silence.
+
+Each applied change is an event (`alert.acknowledged`, `alert.assigned`, `alert.resolved`,
+`alert.cancelled`, `alert.escalated`) accepted into the outbox together with the alert's
+new record, so the published state and the stored state never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, NoReturn
+
+import aiomqtt
+
+from gateway.alerts import AlertBook
+from gateway.commands import Command, Rejection, Reply, parse_command
+from gateway.config import StationConfig
+from gateway.health import Health
+from gateway.model import AlertRecord, Event, Priority
+from gateway.mqtt import GatewayClient, json_properties
+from gateway.store import AsyncOutbox
+from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def alert_body(record: AlertRecord) -> dict[str, Any]:
+    """The event body that announces an alert's record."""
+    return {**record.details, "alert_id": record.alert_id, "state": record.state}
+
+
+class Lifecycle:
+    """Alert lifecycle service: owns the `AlertBook`, handles commands, escalates."""
+
+    def __init__(self, config: StationConfig, outbox: AsyncOutbox, health: Health) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.health = health
+        self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
+        self.book = AlertBook(
+            config.dispatch.ack_timeout_s, Priority.parse(config.dispatch.escalate_to)
+        )
+        self._changed = asyncio.Event()
+        self._properties = json_properties(config.mqtt.protocol)
+
+    async def restore(self) -> list[tuple[AlertRecord, bool]]:
+        """Load open alerts after a restart; returns them with whether all were sent."""
+        found = await self.outbox.call(lambda box: box.open_alerts())
+        now = time.monotonic()
+        for record, _sent in found:
+            self.book.restore(record, now)
+        if found:
+            log.info("restored %d open alert(s) from the database", len(found))
+        self._changed.set()
+        return found
+
+    def raised(
+        self, alert_id: str, source: str, priority: Priority, details: dict[str, Any]
+    ) -> AlertRecord:
+        """A source raised or updated an alert; returns its record for the event."""
+        record = self.book.raised(alert_id, source, priority, details, time.monotonic())
+        self._changed.set()
+        return record
+
+    # ------------------------------------------------------------------ escalation
+
+    async def escalate_forever(self) -> NoReturn:
+        """Re-announce and escalate alerts that wait too long for an acknowledgement."""
+        while True:
+            deadline = self.book.deadline()
+            self._changed.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+                continue  # something changed: recompute the deadline
+            except TimeoutError:
+                pass
+            for record in self.book.escalate_due(time.monotonic()):
+                log.warning(
+                    "escalated alert_id=%s class=%s escalations=%s: no acknowledgement",
+                    record.alert_id, record.priority.name, record.details.get("escalations"),
+                )
+                self.health.count("alerts_escalated")
+                await self._announce("alert.escalated", record)
+
+    async def _announce(self, kind: str, record: AlertRecord) -> None:
+        event = Event(kind, record.source, record.priority, alert_body(record), alert=record)
+        await self.outbox.accept(event)
+        self.book.apply(record)
+
+    # ------------------------------------------------------------------ commands
+
+    @property
+    def command_topic(self) -> str:
+        """Where dispatch sends commands for this station."""
+        return f"{self.topics.root}/commands"
+
+    @property
+    def reply_topic(self) -> str:
+        """Where the gateway answers commands."""
+        return f"{self.topics.root}/replies"
+
+    async def on_message(self, client: GatewayClient, message: aiomqtt.Message) -> None:
+        """Handle one message from the command topic; never raises for bad input."""
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        parsed = parse_command(
+            payload,
+            station=self.config.station_id,
+            now=time.time(),
+            max_age_s=self.config.dispatch.command_max_age_s,
+            max_bytes=self.config.dispatch.max_command_bytes,
+        )
+        if isinstance(parsed, Command):
+            command_id = parsed.command_id
+            replay = await self.outbox.call(lambda box: box.command_seen(command_id))
+            decision = self.book.decide(parsed, replay=replay)
+            if isinstance(decision, AlertRecord):
+                await self._announce(f"alert.{decision.state}", decision)
+                self.health.count(f"commands_applied_{parsed.action}")
+                log.info(
+                    "command applied command_id=%s alert_id=%s action=%s state=%s",
+                    parsed.command_id, parsed.alert_id, parsed.action, decision.state,
+                )
+                await self._reply(client, Reply(
+                    command_id=parsed.command_id, alert_id=parsed.alert_id, status="applied",
+                    station=self.config.station_id, wall_time=time.time(),
+                ))
+                return
+            parsed = decision
+        await self._reject(client, parsed)
+
+    async def _reject(self, client: GatewayClient, rejection: Rejection) -> None:
+        self.health.count(f"commands_rejected_{rejection.reason}")
+        log.warning(
+            "command rejected command_id=%s alert_id=%s reason=%s detail=%s",
+            rejection.command_id, rejection.alert_id, rejection.reason, rejection.detail[:200],
+        )
+        await self._reply(client, Reply(
+            command_id=rejection.command_id, alert_id=rejection.alert_id, status="rejected",
+            reason=rejection.reason, detail=rejection.detail, station=self.config.station_id,
+            wall_time=time.time(),
+        ))
+
+    async def _reply(self, client: GatewayClient, reply: Reply) -> None:
+        payload = json.dumps(reply.model_dump(by_alias=True, mode="json")).encode()
+        rc = await client.publish_confirmed(
+            self.reply_topic, payload, properties=self._properties
+        )
+        if rc.is_failure:
+            self.health.count("replies_refused")
+            log.warning("reply to %s refused by broker: %s", reply.command_id, rc.getName())
