@@ -16,6 +16,7 @@ from gateway.model import Event, Priority
 from gateway.mqtt import make_client
 from gateway.outbox import Outbox, Row
 from gateway.publisher import ClientFactory, Publisher
+from gateway.sdnotify import Notifier
 from gateway.store import AsyncOutbox
 from gateway.topics import Topics
 
@@ -27,8 +28,15 @@ MAINTENANCE_INTERVAL_S = 30.0
 class Gateway:
     """One station gateway. Use as `async with Gateway(config) as gw: await gw.run()`."""
 
-    def __init__(self, config: StationConfig, *, client_factory: ClientFactory = make_client):
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        client_factory: ClientFactory = make_client,
+        notifier: Notifier | None = None,
+    ):
         self.config = config
+        self.notifier = notifier or Notifier()
         self.health = Health()
         self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
         outbox = Outbox(
@@ -75,11 +83,13 @@ class Gateway:
 
                     await stack.enter_async_context(SimulateServer(self.config, self.help_points))
             self._stack = stack.pop_all()
+        self.notifier.notify(READY="1", STATUS=f"station {self.config.station_id} running")
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.notifier.notify(STOPPING="1")
         await self._stack.__aexit__(et, e, tb)
 
     def _help_point_fault(self, code: str, message: str | None) -> None:
@@ -111,7 +121,15 @@ class Gateway:
             tg.create_task(self.lifecycle.escalate_forever(), name="gateway.escalation")
             if self.help_points is not None:
                 tg.create_task(self.help_points.run(), name="gateway.help_points")
+            if self.notifier.watchdog_s is not None:
+                tg.create_task(self._watchdog(self.notifier.watchdog_s), name="gateway.watchdog")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _watchdog(self, interval_s: float) -> NoReturn:
+        # Sent from the loop: if the loop hangs, the pings stop and systemd restarts us.
+        while True:
+            self.notifier.notify(WATCHDOG="1")
+            await asyncio.sleep(interval_s / 2)
 
     async def _maintain(self) -> NoReturn:
         while True:
