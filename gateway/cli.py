@@ -156,6 +156,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the running daemon's health: links, outbox, faults, lamps (exit 0 ok, 1 faults,
+    3 not running)."""
+    from gateway.status import EXIT_NOT_RUNNING, render, status_path  # noqa: PLC0415
+
+    try:
+        config = load_with_overrides(args.config, store=args.store)
+    except ConfigError as err:
+        return _print_problems(args.config, err)
+    path = status_path(config)
+    try:
+        report = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"station {config.station_id}: not running (no {path})")
+        return EXIT_NOT_RUNNING
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"{path}: cannot read status: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print(json.dumps(report, indent=2))
+    text, code = render(report, age)
+    if not args.json:
+        print(text)
+    return code
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -256,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo (no Pi needed)", description=cmd_demo.__doc__)
     p.add_argument("--interactive", action="store_true", help="press buttons from the keyboard")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="the running daemon's health", description=cmd_status.__doc__)
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
+    p.add_argument("--json", action="store_true", help="print the raw report")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")

@@ -17,6 +17,8 @@ from gateway.mqtt import make_client
 from gateway.outbox import Outbox, Row
 from gateway.publisher import ClientFactory, Publisher
 from gateway.sdnotify import Notifier
+from gateway.status import INTERVAL_S as STATUS_INTERVAL_S
+from gateway.status import status_path, write_status
 from gateway.store import AsyncOutbox
 from gateway.topics import Topics
 
@@ -118,6 +120,7 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.publisher.run(), name="gateway.publisher")
             tg.create_task(self._maintain(), name="gateway.maintain")
+            tg.create_task(self._write_status(), name="gateway.status")
             tg.create_task(self.lifecycle.escalate_forever(), name="gateway.escalation")
             if self.help_points is not None:
                 tg.create_task(self.help_points.run(), name="gateway.help_points")
@@ -130,6 +133,28 @@ class Gateway:
         while True:
             self.notifier.notify(WATCHDOG="1")
             await asyncio.sleep(interval_s / 2)
+
+    async def status_report(self) -> dict[str, Any]:
+        """The health report plus what only the station can see (lamps)."""
+        report = await self.publisher.health_report()
+        report["state"] = "running"
+        if self.help_points is not None:
+            report["lamps"] = {hp: u.lamp.state for hp, u in self.help_points.units.items()}
+        return report
+
+    async def _write_status(self) -> NoReturn:
+        path = status_path(self.config)
+        try:
+            while True:
+                self.health.changed.clear()
+                await asyncio.to_thread(write_status, path, await self.status_report())
+                # Rewritten at once when a fault or link changes, else every few seconds.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STATUS_INTERVAL_S):
+                        await self.health.changed.wait()
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     async def _maintain(self) -> NoReturn:
         while True:

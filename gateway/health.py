@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -31,6 +32,7 @@ class Health:
         self.counters: Counter[str] = Counter()
         self.links: dict[str, str] = {}
         self.listeners: list[FaultListener] = []
+        self.changed = asyncio.Event()  # set on every fault or link change
 
     def raise_fault(self, code: str, message: str) -> None:
         """Raise (or update the message of) a fault; logged once when it first appears."""
@@ -39,6 +41,7 @@ class Health:
             since = time.time() if new else self.faults[code].since
             self.faults[code] = Fault(code, message, since)
             log.error("fault raised code=%s %s", code, message)
+            self.changed.set()
             for listener in self.listeners:
                 listener(code, True, message)
 
@@ -46,6 +49,7 @@ class Health:
         """Clear a fault if it is active."""
         if self.faults.pop(code, None) is not None:
             log.warning("fault cleared code=%s", code)
+            self.changed.set()
             for listener in self.listeners:
                 listener(code, False, "cleared")
 
@@ -57,6 +61,7 @@ class Health:
         """Record a link state (broker endpoint, serial device)."""
         if self.links.get(name) != state:
             log.info("link %s state=%s", name, state)
+            self.changed.set()
         self.links[name] = state
 
     @property

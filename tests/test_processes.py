@@ -198,3 +198,44 @@ def test_version() -> None:
 
     done = stationgw("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"stationgw {__version__}"
+
+
+def test_status_shows_the_running_daemon_and_its_faults(
+    broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    config_path, proc = daemon
+    config = load_config(config_path)
+    deadline = time.monotonic() + 20
+    while True:
+        shown = stationgw("status", "--config", str(config_path))
+        if shown.returncode == 0 and f"link broker:{broker.url}: up" in shown.stdout:
+            break
+        assert time.monotonic() < deadline, shown.stdout + shown.stderr
+        time.sleep(0.2)
+    assert f"station {config.station_id}" in shown.stdout and "running" in shown.stdout
+    assert f"link broker:{broker.url}: up" in shown.stdout
+    assert "lamps: hp-1=idle" in shown.stdout and "faults: none" in shown.stdout
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    stopped = stationgw("status", "--config", str(config_path))
+    assert stopped.returncode == 3 and "not running" in stopped.stdout
+    # a daemon that cannot reach its broker: running, but with a fault (exit 1)
+    other = tmp_path / "dead"
+    other.mkdir()
+    dead = write_config(other, "mqtt://127.0.0.1:1")
+    lonely = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(dead)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            shown = stationgw("status", "--config", str(dead))
+            if shown.returncode == 1:
+                break
+            assert time.monotonic() < deadline, shown.stdout + shown.stderr
+            time.sleep(0.2)
+        assert "broker_unreachable" in shown.stdout
+    finally:
+        lonely.send_signal(signal.SIGTERM)
+        lonely.wait(timeout=10)
