@@ -102,6 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             "stationgw %s starting station=%s brokers=%s",
             __version__, config.station_id, ",".join(b.url for b in config.brokers),
         )
+        for endpoint in config.brokers:
+            if not endpoint.tls:
+                log.log(
+                    logging.INFO if endpoint.loopback else logging.WARNING,
+                    "broker %s is plaintext: alerts and credentials are not encrypted%s",
+                    endpoint.url, " (on this machine only)" if endpoint.loopback else "",
+                )
         async with Gateway(config) as gateway:
             await gateway.run()
 

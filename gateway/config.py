@@ -149,6 +149,11 @@ class BrokerEndpoint(_Frozen):
         """True for mqtts:// endpoints."""
         return urlsplit(self.url).scheme == "mqtts"
 
+    @property
+    def loopback(self) -> bool:
+        """True for a broker on this machine, where plaintext never leaves the host."""
+        return self.host in ("localhost", "127.0.0.1", "::1") or self.host.startswith("127.")
+
 
 class TLSConfig(_Frozen):
     """TLS files for mqtts:// endpoints; server certificates are always verified."""
@@ -196,6 +201,10 @@ class MqttConfig(_Frozen):
         default=None, description="file holding the broker password (never put it in the config)"
     )
     tls: TLSConfig = Field(default_factory=TLSConfig)
+    allow_plaintext: bool = Field(
+        default=False,
+        description="allow mqtt:// (no TLS) to brokers off this machine; logs a warning at start",
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -461,6 +470,7 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                 else:
                     ports[port] = f"{where}.port"
     problems.extend(_distinct_lamp_patterns(raw))
+    problems.extend(_plaintext_needs_opt_in(raw))
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     for i, rule in _dict_items(raw, "rules"):
         kind, source, cls = rule.get("input"), rule.get("source", "*"), rule.get("class")
@@ -478,6 +488,29 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                 f"rules[{i}].source: {source!r} is not a configured help point or sensor id "
                 "(use one of their ids, or '*')"
             )
+    return problems
+
+
+def _plaintext_needs_opt_in(raw: dict[str, Any]) -> list[str]:
+    """mqtt:// to another machine only with mqtt.allow_plaintext = true."""
+    mqtt = raw.get("mqtt", {})
+    if isinstance(mqtt, dict) and mqtt.get("allow_plaintext") is True:
+        return []
+    problems = []
+    for i, item in _dict_items(raw, "brokers"):
+        url = item.get("url")
+        if not isinstance(url, str) or not url.startswith("mqtt://"):
+            continue
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            continue  # a malformed URL is reported by the field check
+        if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+            continue
+        problems.append(
+            f"brokers[{i}].url: {url!r} sends alerts unencrypted (use mqtts:// with "
+            "[mqtt.tls], or set mqtt.allow_plaintext = true on a trusted network)"
+        )
     return problems
 
 

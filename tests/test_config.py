@@ -66,7 +66,7 @@ def valid_raw(store_dir: Path) -> dict[str, Any]:
     """A small valid station config, as parsed TOML, with its store under `store_dir`."""
     return {
         "station_id": "central-north",
-        "brokers": [{"url": "mqtt://dispatch-a.example:1883"}, {"url": "mqtts://dispatch-b.example"}],
+        "brokers": [{"url": "mqtts://dispatch-a.example:8883"}, {"url": "mqtts://dispatch-b.example"}],
         "store": {"path": str(store_dir / "outbox.db"), "ttl_s": {"P3": 3600}},
         "help_points": [
             {"id": "hp-north", "pin": 17, "lamp_pin": 27, "sounder_pin": 22},
@@ -584,3 +584,16 @@ def test_any_two_spellings_of_one_pin_collide(
         f"help_points[1].{key}: pin {spellings[second]!r} is already used by help_points[0].pin "
         "(each button, lamp and sounder needs its own pin)"
     ]
+
+
+def test_plaintext_to_another_machine_needs_an_explicit_opt_in(
+    tmp_path: Path, valid: dict[str, Any]
+) -> None:
+    valid["brokers"] = [{"url": "mqtt://dispatch-a.example:1883"}]
+    refused = stationgw("check-config", write_config(tmp_path, valid))
+    assert_refused(refused, "brokers[0].url", "unencrypted", "allow_plaintext")
+    valid["mqtt"] = {"allow_plaintext": True}
+    assert stationgw("check-config", write_config(tmp_path, valid)).returncode == 0
+    valid["brokers"] = [{"url": "mqtt://127.0.0.1:1883"}]  # on this machine only
+    del valid["mqtt"]
+    assert stationgw("check-config", write_config(tmp_path, valid)).returncode == 0
