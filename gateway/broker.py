@@ -47,7 +47,9 @@ class Mosquitto:
         persistence: bool = False,
         extra: str = "",
         workdir: Path | None = None,
+        listeners: str | None = None,
     ) -> None:
+        """`listeners` replaces the default anonymous plaintext listener on `port`."""
         self.port = port or free_port()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
@@ -56,8 +58,7 @@ class Mosquitto:
         self.workdir = workdir
         self.log_path = workdir / "mosquitto.log"
         lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            listeners or f"listener {self.port} 127.0.0.1\nallow_anonymous true",
             # Queue deeply for offline persistent sessions. Not 0 (unlimited): Mosquitto 2.0.11
             # then drops the connection of a client whose publish the ACL denies.
             "max_queued_messages 1000000",

@@ -26,10 +26,30 @@ log = logging.getLogger(__name__)
 NO_MATCHING_SUBSCRIBERS = 0x10
 
 
+class _ErrorMemo(logging.Logger):
+    """paho's logger for one client: passes records on, and remembers the last error.
+
+    paho reports a TLS alert from the broker (expired, revoked or unknown client
+    certificate) only as a log line; the publisher needs it to say why a connect failed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("gateway.mqtt.paho")
+        self.parent = logging.getLogger("gateway.mqtt.paho")
+        self.last_error: str | None = None
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.last_error = record.getMessage()
+        super().handle(record)
+
+
 class GatewayClient(aiomqtt.Client):
     """aiomqtt client whose `publish_confirmed` returns the broker's PUBACK reason code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._errors = _ErrorMemo()
+        kwargs.setdefault("logger", self._errors)
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
         # aiomqtt owns these callbacks; wrap them rather than replace them.
@@ -49,6 +69,10 @@ class GatewayClient(aiomqtt.Client):
             self._aiomqtt_on_publish(client, userdata, mid, rc, props)
 
     def _on_lost(self, *args: Any) -> None:
+        if not self._connected.done():
+            # aiomqtt would wait out its timeout: fail the connect now, saying why.
+            reason = self._errors.last_error or "connection closed before CONNACK"
+            self._connected.set_exception(aiomqtt.MqttError(reason))
         acks, self._acks = self._acks, {}
         for future in acks.values():
             if not future.done():
@@ -129,5 +153,4 @@ def make_client(
         will=will,
         max_inflight_messages=config.mqtt.inflight_window,
         timeout=10,
-        logger=logging.getLogger("gateway.mqtt.paho"),
     )

@@ -115,6 +115,12 @@ class Publisher:
                 reason = "; ".join(str(e) for e in group.exceptions)
                 self.health.link(f"broker:{endpoint.url}", f"down ({reason})")
                 self.health.count("broker_disconnects")
+                if any(word in reason for word in ("SSL", "certificate", "TLS")):
+                    self.health.raise_fault(
+                        "broker_tls",
+                        f"TLS with {endpoint.url} failed: {reason} (check the broker's name, "
+                        "the CA file, and the client certificate's expiry, CA and revocation)",
+                    )
             finally:
                 self.connected.clear()
             if time.monotonic() - started > 30:
@@ -140,6 +146,7 @@ class Publisher:
         async with client:
             self.health.link(f"broker:{endpoint.url}", "up")
             self.health.clear_fault("broker_unreachable")
+            self.health.clear_fault("broker_tls")
             await client.publish_confirmed(
                 self.topics.status, self._status("online"), retain=True,
                 properties=self._properties,
