@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.config import EX_CONFIG, BrokerEndpoint, StationConfig, config_schema, load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.outbox import connect, read_depth
 
 log = logging.getLogger("gateway")
@@ -190,6 +190,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Commission the station: lamp walk, a press on every help point, broker round trip,
+    certificates, clock, disk and database; a pass/fail table and a JSON report. Run it with
+    the daemon stopped."""
+    from gateway.selftest import run_selftest, table, write_report  # noqa: PLC0415
+
+    try:
+        config = load_with_overrides(args.config, args.broker, args.store)
+    except ConfigError as err:
+        return _print_problems(args.config, err)
+    try:
+        checks = asyncio.run(run_selftest(
+            config, press_timeout_s=args.press_timeout, lamp_step_s=args.lamp_step,
+            say=lambda text: print(text, flush=True),
+        ))
+    except GatewayError as err:
+        print(f"selftest cannot run: {err}", file=sys.stderr)
+        return 1
+    print()
+    print(table(checks))
+    report = args.report or Path(
+        f"stationgw-selftest-{config.station_id}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    write_report(report, config, checks)
+    print(f"report: {report}")
+    return 1 if any(c.outcome == "fail" for c in checks) else 0
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -200,7 +228,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"{path}: no outbox database yet (the daemon creates it on first start)")
         return 1
-    conn = connect(path, readonly=True)
+    try:
+        conn = connect(path, readonly=True)
+    except StoreError as exc:
+        print(f"cannot read outbox: {exc}", file=sys.stderr)
+        return 1
     try:
         depth = read_depth(conn)
         oldest = conn.execute(
@@ -290,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo (no Pi needed)", description=cmd_demo.__doc__)
     p.add_argument("--interactive", action="store_true", help="press buttons from the keyboard")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "selftest", help="commission the station (daemon stopped)",
+        description=cmd_selftest.__doc__,
+    )
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--broker", metavar="URL", help="test against this broker instead")
+    p.add_argument("--store", type=Path, metavar="PATH", help="check this outbox database")
+    p.add_argument("--press-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for each help point's press (default 30)")
+    p.add_argument("--lamp-step", type=float, default=1.0, metavar="S",
+                   help="seconds per lamp state in the walk (default 1)")
+    p.add_argument("--report", type=Path, metavar="PATH", help="where to write the JSON report")
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("status", help="the running daemon's health", description=cmd_status.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")

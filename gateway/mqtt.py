@@ -128,23 +128,28 @@ def read_password(config: StationConfig) -> str | None:
 
 
 def make_client(
-    config: StationConfig, endpoint: BrokerEndpoint, will: aiomqtt.Will | None = None
+    config: StationConfig,
+    endpoint: BrokerEndpoint,
+    will: aiomqtt.Will | None = None,
+    *,
+    identifier: str | None = None,
+    persistent: bool = True,
 ) -> GatewayClient:
     """A client for one endpoint, configured from the station config."""
     v5 = config.mqtt.protocol == "5"
     properties = None
-    if v5:
+    if v5 and persistent:
         # A persistent session: the broker keeps dispatch's commands while the link is down.
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = config.mqtt.session_expiry_s
     return GatewayClient(
         endpoint.host,
         endpoint.port,
-        identifier=config.client_id,
+        identifier=identifier or config.client_id,
         protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         # paho refuses clean_start on 3.1.1, where clean_session=False asks for the same.
-        clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-        clean_session=None if v5 else False,
+        clean_start=(not persistent) if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        clean_session=None if v5 else not persistent,
         properties=properties,
         keepalive=config.mqtt.keepalive_s,
         username=config.mqtt.username,

@@ -1,0 +1,112 @@
+"""Commissioning: `stationgw selftest` against real Mosquitto and mock pins."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import trustme
+
+from gateway.broker import Mosquitto
+from gateway.helppoints import HelpPoints
+from gateway.selftest import certificates, run_selftest, storage
+from gateway.status import status_path
+from tests.helpers import station_config
+from tests.test_helppoints import HELP_POINTS
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+async def press_everything(help_points: HelpPoints) -> None:
+    """A technician walking the platform, pressing each help point when asked."""
+    while True:
+        for unit in help_points.units.values():
+            unit.button.pin.drive_low()
+            await asyncio.sleep(0.05)
+            unit.button.pin.drive_high()
+        await asyncio.sleep(0.1)
+
+
+async def test_selftest_passes_a_healthy_station(broker: Mosquitto, tmp_path: Path) -> None:
+    config = station_config(tmp_path, [broker.url], gpio_pin_factory="mock",
+                            help_points=HELP_POINTS)
+    said: list[str] = []
+    checks = await run_selftest(config, press_timeout_s=5, lamp_step_s=0.01,
+                                say=said.append, during_presses=press_everything)
+    by_name = {c.name: c for c in checks}
+    for name in ("lamp hp-1", "lamp hp-2", "press hp-1", "press hp-2",
+                 f"broker {broker.url}", "free disk", "database"):
+        assert by_name[name].outcome == "pass", by_name[name]
+    assert "accepted, sent, acknowledged, fault, idle" in by_name["lamp hp-1"].detail
+    assert "round trip" in by_name[f"broker {broker.url}"].detail
+    assert by_name["clock"].outcome in ("pass", "warn", "fail")  # depends on this machine
+    assert any("press the help point hp-1" in line for line in said)
+
+
+def test_selftest_without_presses_fails_and_writes_a_report(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    config = tmp_path / "station.toml"
+    config.write_text(
+        f'station_id = "selftest-cli"\ngpio_pin_factory = "mock"\n[[brokers]]\n'
+        f'url = "{broker.url}"\n[store]\npath = "{tmp_path / "outbox.db"}"\n'
+        '[[help_points]]\nid = "hp-1"\npin = 17\nlamp_pin = 27\n'
+    )
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "selftest", "--config", str(config),
+         "--press-timeout", "0.3", "--lamp-step", "0.01", "--report", str(report)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "press hp-1" in done.stdout and "FAIL" in done.stdout
+    data = json.loads(report.read_text())
+    assert data["passed"] is False and data["station"] == "selftest-cli"
+    outcomes = {c["name"]: c["outcome"] for c in data["checks"]}
+    assert outcomes["press hp-1"] == "fail"
+    assert outcomes["lamp hp-1"] == "pass"
+    assert outcomes[f"broker {broker.url}"] == "pass"
+
+
+async def test_selftest_refuses_while_the_daemon_runs(tmp_path: Path) -> None:
+    config = station_config(tmp_path, ["mqtt://127.0.0.1:1"])
+    status_path(config).write_text("{}")
+    (check,) = await run_selftest(config)
+    assert check.outcome == "fail" and "systemctl stop stationgw" in check.detail
+
+
+async def test_unreachable_broker_fails_the_round_trip(tmp_path: Path) -> None:
+    config = station_config(tmp_path, ["mqtt://127.0.0.1:1"])
+    checks = await run_selftest(config, broker_timeout_s=2)
+    (broker_check,) = [c for c in checks if c.name.startswith("broker ")]
+    assert broker_check.outcome == "fail"
+
+
+def test_certificate_expiry_is_warned_under_30_days(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    soon = ca.issue_cert("st", not_after=NOW + datetime.timedelta(days=10))
+    soon.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))
+    config = station_config(tmp_path, ["mqtts://localhost:8883"],
+                            mqtt={"tls": {"ca_file": str(tmp_path / "ca.pem"),
+                                          "cert_file": str(tmp_path / "client.pem")}})
+    checks = {c.name: c for c in certificates(config, NOW)}
+    assert checks["CA certificate"].outcome == "pass"
+    assert checks["client certificate"].outcome == "warn"
+    assert "10 days" in checks["client certificate"].detail or "9 days" in checks[
+        "client certificate"].detail
+    later = certificates(config, NOW + datetime.timedelta(days=11))
+    assert {c.name: c.outcome for c in later}["client certificate"] == "fail"
+
+
+def test_corrupt_database_fails_integrity(tmp_path: Path) -> None:
+    config = station_config(tmp_path, ["mqtt://127.0.0.1:1"])
+    config.store.path.write_bytes(b"SQLite format 3\0" + b"\x13" * 8192)
+    checks = {c.name: c for c in storage(config)}
+    assert checks["free disk"].outcome == "pass"
+    assert checks["database"].outcome == "fail"
