@@ -90,6 +90,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_with_overrides(args.config, args.broker, args.store)
     except ConfigError as err:
         return _print_problems(args.config, err)
+    from gateway.install import permission_problems  # noqa: PLC0415
+
+    secrets = [p for p in (config.mqtt.password_file, config.mqtt.tls.key_file) if p]
+    too_open = permission_problems(args.config, secrets)
+    if too_open:
+        return _print_problems(args.config, ConfigError(too_open))
     setup_logging(args.log_level)
     from gateway.daemon import Gateway  # noqa: PLC0415 - keep `check-config` light
 
@@ -218,6 +224,36 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return 1 if any(c.outcome == "fail" for c in checks) else 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    """Set up this machine (or --root): user, /etc/stationgw, /var/lib/stationgw, the venv
+    in /opt/stationgw and the systemd unit. Safe to run again."""
+    from gateway.install import Installer  # noqa: PLC0415
+
+    installer = Installer(root=args.root, extras=args.extras, config_source=args.config)
+    try:
+        done = installer.install(with_venv=not args.no_venv)
+    except (GatewayError, OSError) as err:
+        print(f"install failed: {err}", file=sys.stderr)
+        return 1
+    for step in done or ["nothing to do: already installed"]:
+        print(step)
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    """Remove the unit and the venv; keep config and data unless --purge."""
+    from gateway.install import Installer  # noqa: PLC0415
+
+    try:
+        done = Installer(root=args.root).uninstall(purge=args.purge)
+    except (GatewayError, OSError) as err:
+        print(f"uninstall failed: {err}", file=sys.stderr)
+        return 1
+    for step in done:
+        print(step)
+    return 0
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -336,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per lamp state in the walk (default 1)")
     p.add_argument("--report", type=Path, metavar="PATH", help="where to write the JSON report")
     p.set_defaults(func=cmd_selftest)
+
+    p = sub.add_parser("install", help="set up this machine", description=cmd_install.__doc__)
+    p.add_argument("--root", type=Path, default=Path("/"), help="install into this root")
+    p.add_argument("--config", type=Path, help="initial station config (default: the example)")
+    p.add_argument("--extras", default="pi", help="package extras for the venv (default: pi)")
+    p.add_argument("--no-venv", action="store_true", help="skip the virtualenv step")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="remove the service", description=cmd_uninstall.__doc__)
+    p.add_argument("--root", type=Path, default=Path("/"), help="uninstall from this root")
+    p.add_argument("--purge", action="store_true", help="also remove config, data and user")
+    p.set_defaults(func=cmd_uninstall)
 
     p = sub.add_parser("status", help="the running daemon's health", description=cmd_status.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
