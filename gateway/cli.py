@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.config import EX_CONFIG, BrokerEndpoint, StationConfig, config_schema, load_config
 from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.install import PACKAGE_ROOT
 from gateway.outbox import connect, read_depth
 
 log = logging.getLogger("gateway")
@@ -229,7 +230,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     in /opt/stationgw and the systemd unit. Safe to run again."""
     from gateway.install import Installer  # noqa: PLC0415
 
-    installer = Installer(root=args.root, extras=args.extras, config_source=args.config)
+    installer = Installer(
+        root=args.root, source=args.source, extras=args.extras, config_source=args.config
+    )
     try:
         done = installer.install(with_venv=not args.no_venv)
     except (GatewayError, OSError) as err:
@@ -377,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=Path("/"), help="install into this root")
     p.add_argument("--config", type=Path, help="initial station config (default: the example)")
     p.add_argument("--extras", default="pi", help="package extras for the venv (default: pi)")
+    p.add_argument("--source", type=Path, default=PACKAGE_ROOT,
+                   help="checkout to install from (default: this one)")
     p.add_argument("--no-venv", action="store_true", help="skip the virtualenv step")
     p.set_defaults(func=cmd_install)
 

@@ -144,6 +144,11 @@ class Installer:
 
     def venv(self) -> None:
         """The virtualenv with the package (and lgpio on a Pi)."""
+        if not (self.source / "pyproject.toml").exists():
+            raise InstallError(
+                f"{self.source} is not a station-gateway checkout: run `stationgw install` "
+                "from a checkout's venv (pip install -e .), or pass --source"
+            )
         venv = self.path("/opt/stationgw/venv")
         python = venv / "bin" / "python"
         if not python.exists():
