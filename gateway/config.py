@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from gateway.errors import ConfigError
@@ -345,6 +346,58 @@ class Sensor(_Frozen):
     )
     location: str = Field(default="", description="where it is")
     platform: str = Field(default="", description="platform name or number")
+    help_points: list[str] = Field(
+        default_factory=list,
+        description="help points at the same place: its correlation rules raise their requests",
+    )
+    thresholds: list[ThresholdRule] = Field(default_factory=list)
+    telemetry: list[TelemetryRule] = Field(default_factory=list)
+
+
+class ThresholdRule(_Frozen):
+    """An alert when a channel stays past a threshold; cleared with hysteresis."""
+
+    channel: str = Field(description="the board's sensor channel (READ frame `sensor` field)")
+    above: float | None = Field(default=None, description="trigger at or above this value")
+    below: float | None = Field(default=None, description="trigger at or below this value")
+    clear_at: float = Field(
+        description="hysteresis: clears once the value is back past this (below `above`, or "
+        "above `below`)"
+    )
+    min_duration_s: float = Field(
+        default=0.0, ge=0, le=3600, description="must hold this long before it triggers"
+    )
+    priority: PriorityName = Field(alias="class", description="class of the alert, e.g. P0")
+    label: str = Field(
+        default="", max_length=80, description="what it means, e.g. 'edge intrusion'"
+    )
+    correlate: bool = Field(
+        default=False,
+        description="instead of its own alert, raise concurrent requests at the sensor's "
+        "help points to `class`, with this reading as evidence",
+    )
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> ThresholdRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of `above` or `below`")
+        if self.above is not None and self.clear_at > self.above:
+            raise ValueError(f"clear_at {self.clear_at} must be at most above = {self.above}")
+        if self.below is not None and self.clear_at < self.below:
+            raise ValueError(f"clear_at {self.clear_at} must be at least below = {self.below}")
+        return self
+
+
+class TelemetryRule(_Frozen):
+    """Plain readings published as P3 telemetry, rate-limited with an on-change deadband."""
+
+    channel: str = Field(description="the board's sensor channel")
+    min_interval_s: float = Field(
+        default=60.0, gt=0, le=86400, description="at most one reading per this many seconds"
+    )
+    deadband: float = Field(
+        default=0.0, ge=0, description="publish only when the value moved at least this much"
+    )
 
 
 class Rule(_Frozen):
@@ -461,6 +514,15 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                 else:
                     pins[name] = f"{where}.{pin_key}"
             port = item.get("port")
+            if section == "sensors":
+                hps = {h.get("id") for _, h in _dict_items(raw, "help_points")}
+                near = item.get("help_points")
+                for j, hp in enumerate(near if isinstance(near, list) else []):
+                    if hp not in hps:
+                        problems.append(
+                            f"{where}.help_points[{j}]: {hp!r} is not a configured help point "
+                            "(use one of the [[help_points]] ids)"
+                        )
             if section == "sensors" and isinstance(port, str):
                 if port in ports:
                     problems.append(
