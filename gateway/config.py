@@ -336,24 +336,6 @@ class DispatchConfig(_Frozen):
     )
 
 
-class Sensor(_Frozen):
-    """A microcontroller board on a serial port."""
-
-    id: str = Field(pattern=_ID, description="sensor board id; appears in alerts")
-    port: str = Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
-    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = Field(
-        default=115200, description="serial speed"
-    )
-    location: str = Field(default="", description="where it is")
-    platform: str = Field(default="", description="platform name or number")
-    help_points: list[str] = Field(
-        default_factory=list,
-        description="help points at the same place: its correlation rules raise their requests",
-    )
-    thresholds: list[ThresholdRule] = Field(default_factory=list)
-    telemetry: list[TelemetryRule] = Field(default_factory=list)
-
-
 class ThresholdRule(_Frozen):
     """An alert when a channel stays past a threshold; cleared with hysteresis."""
 
@@ -398,6 +380,24 @@ class TelemetryRule(_Frozen):
     deadband: float = Field(
         default=0.0, ge=0, description="publish only when the value moved at least this much"
     )
+
+
+class Sensor(_Frozen):
+    """A microcontroller board on a serial port."""
+
+    id: str = Field(pattern=_ID, description="sensor board id; appears in alerts")
+    port: str = Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
+    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = Field(
+        default=115200, description="serial speed"
+    )
+    location: str = Field(default="", description="where it is")
+    platform: str = Field(default="", description="platform name or number")
+    help_points: list[str] = Field(
+        default_factory=list,
+        description="help points at the same place: its correlation rules raise their requests",
+    )
+    thresholds: list[ThresholdRule] = Field(default_factory=list)
+    telemetry: list[TelemetryRule] = Field(default_factory=list)
 
 
 class Rule(_Frozen):
