@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,16 +30,6 @@ from gateway.model import Priority, PriorityName
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's unit does not restart on it
 
-INPUT_KINDS = (
-    "help_point.press",
-    "help_point.hold",
-    "help_point.repeat",
-    "help_point.stuck",
-    "sensor.threshold",
-    "sensor.reading",
-    "device.fault",
-    "device.offline",
-)
 InputKind = Literal[
     "help_point.press",
     "help_point.hold",
@@ -49,7 +39,9 @@ InputKind = Literal[
     "sensor.reading",
     "device.fault",
     "device.offline",
+    "device.online",
 ]
+INPUT_KINDS: tuple[str, ...] = get_args(InputKind)
 
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_HELP = "use 1-63 lowercase letters, digits, '-' or '_'"
@@ -515,10 +507,11 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                     pins[name] = f"{where}.{pin_key}"
             port = item.get("port")
             if section == "sensors":
-                hps = {h.get("id") for _, h in _dict_items(raw, "help_points")}
+                hps = {h["id"] for _, h in _dict_items(raw, "help_points")
+                       if isinstance(h.get("id"), str)}
                 near = item.get("help_points")
                 for j, hp in enumerate(near if isinstance(near, list) else []):
-                    if hp not in hps:
+                    if isinstance(hp, str) and hp not in hps:
                         problems.append(
                             f"{where}.help_points[{j}]: {hp!r} is not a configured help point "
                             "(use one of the [[help_points]] ids)"

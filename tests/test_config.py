@@ -572,7 +572,7 @@ def test_any_two_spellings_of_one_pin_collide(
     others = [p for p in range(28) if p != n][:4]
     raw = {
         "station_id": "s",
-        "brokers": [{"url": "mqtt://h"}],
+        "brokers": [{"url": "mqtts://h"}],
         "help_points": [
             {"id": "a", "pin": spellings[first], "lamp_pin": others[0]},
             {"id": "b", "pin": others[1], "lamp_pin": others[2], key: spellings[second]},
