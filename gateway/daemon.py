@@ -8,6 +8,7 @@ import logging
 from types import TracebackType
 from typing import Any, NoReturn
 
+from gateway.boards import Boards
 from gateway.config import StationConfig
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
@@ -55,6 +56,7 @@ class Gateway:
             (self.lifecycle.command_topic, self.lifecycle.on_message)
         )
         self.help_points: HelpPoints | None = None
+        self.boards: Boards | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Gateway:
@@ -69,11 +71,15 @@ class Gateway:
                 self.config.store.path, depth.rows, depth.by_class,
             )
             open_alerts = await self.lifecycle.restore()
+            if self.config.sensors:
+                self.boards = Boards(self.config, self.accept, self.health)
             if self.config.help_points:
                 factory = make_pin_factory(self.config)
                 self.help_points = await stack.enter_async_context(
                     HelpPoints(
-                        self.config, self.accept, self.lifecycle, self._help_point_fault, factory
+                        self.config, self.accept, self.lifecycle, self._help_point_fault,
+                        pin_factory=factory,
+                        correlate=self.boards.correlations if self.boards else None,
                     )
                 )
                 self.publisher.delivered_listeners.append(self.help_points.on_delivered)
@@ -124,6 +130,8 @@ class Gateway:
             tg.create_task(self.lifecycle.escalate_forever(), name="gateway.escalation")
             if self.help_points is not None:
                 tg.create_task(self.help_points.run(), name="gateway.help_points")
+            if self.boards is not None:
+                tg.create_task(self.boards.run(), name="gateway.boards")
             if self.notifier.watchdog_s is not None:
                 tg.create_task(self._watchdog(self.notifier.watchdog_s), name="gateway.watchdog")
         raise AssertionError("unreachable")  # pragma: no cover
@@ -140,6 +148,8 @@ class Gateway:
         report["state"] = "running"
         if self.help_points is not None:
             report["lamps"] = {hp: u.lamp.state for hp, u in self.help_points.units.items()}
+        if self.boards is not None:
+            report["boards"] = self.boards.counters()
         return report
 
     async def _write_status(self) -> NoReturn:

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 Accept = Callable[[Event], Awaitable[Row]]
 FaultHook = Callable[[str, str | None], None]  # (code, message or None to clear)
+# Active sensor correlations at a help point: (class to raise its request to, evidence).
+Correlate = Callable[[str], list[tuple[Priority, str]]]
 
 
 class PinFactoryError(GatewayError):
@@ -143,9 +145,12 @@ class HelpPoints:
         accept: Accept,
         lifecycle: Lifecycle,
         fault: FaultHook,
+        *,
         pin_factory: Any,
+        correlate: Correlate | None = None,
     ) -> None:
         self.config = config
+        self._correlate = correlate
         self._accept_event = accept
         self._lifecycle = lifecycle
         self._fault = fault
@@ -251,6 +256,11 @@ class HelpPoints:
             return
         alert = happening.alert
         assert alert is not None
+        for priority, evidence in self._correlate(hp.id) if self._correlate else []:
+            if priority < alert.priority or evidence not in alert.evidence:
+                alert = replace(alert, priority=min(alert.priority, priority),
+                                evidence=(*alert.evidence, evidence))
+                unit.logic.alert = alert
         now_wall, now_mono = time.time(), time.monotonic()
         details = place | {
             "press_count": alert.press_count,

@@ -235,7 +235,7 @@ async def run_selftest(
         lifecycle = Lifecycle(config, outbox, health)
         factory = make_pin_factory(config)
         async with HelpPoints(
-            config, accept, lifecycle, lambda code, msg: None, factory
+            config, accept, lifecycle, lambda code, msg: None, pin_factory=factory
         ) as help_points:
             checks += await lamp_walk(help_points, lamp_step_s, say)
             helper: asyncio.Task[None] | None = None

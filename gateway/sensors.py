@@ -58,6 +58,7 @@ class _Telemetry:
     deadband: float
     last_at: float | None = None
     last_value: float | None = None
+    pending: tuple[float, str] | None = None  # moved enough, but too soon: sent when due
 
 
 @dataclass
@@ -94,30 +95,32 @@ class SensorRules:
                     state.past_since = now
             else:
                 state.past_since = None
-        out += self.tick(now)
         tele = self.telemetry.get(channel)
-        if tele is not None and self._due(tele, value, now):
-            tele.last_at, tele.last_value = now, value
-            out.append(SensorHappening("sensor.reading", self.sensor.id, channel, Priority.P3,
-                                       value, unit))
+        if tele is not None:
+            moved = tele.last_value is None or abs(value - tele.last_value) >= tele.deadband
+            tele.pending = (value, unit) if moved else None
+        out += self.tick(now)
         return out
 
-    @staticmethod
-    def _due(tele: _Telemetry, value: float, now: float) -> bool:
-        if tele.last_at is None or tele.last_value is None:
-            return True
-        return (now - tele.last_at >= tele.min_interval_s
-                and abs(value - tele.last_value) >= tele.deadband)
-
     def deadline(self) -> float | None:
-        """When a pending threshold's minimum duration runs out."""
+        """When a pending threshold's minimum duration, or a held-back reading, is due."""
         times = [s.past_since + s.rule.min_duration_s for s in self.thresholds
                  if s.past_since is not None and not s.active]
+        times += [t.last_at + t.min_interval_s for t in self.telemetry.values()
+                  if t.pending is not None and t.last_at is not None]
         return min(times) if times else None
 
     def tick(self, now: float) -> list[SensorHappening]:
-        """Let time pass: thresholds held long enough trigger."""
+        """Let time pass: thresholds held long enough trigger, held-back readings go out."""
         out = []
+        for channel, tele in self.telemetry.items():
+            if tele.pending is None:
+                continue
+            if tele.last_at is None or now >= tele.last_at + tele.min_interval_s:
+                (value, unit), tele.pending = tele.pending, None
+                tele.last_at, tele.last_value = now, value
+                out.append(SensorHappening("sensor.reading", self.sensor.id, channel,
+                                           Priority.P3, value, unit))
         for state in self.thresholds:
             if state.active or state.past_since is None:
                 continue

@@ -60,9 +60,11 @@ def test_hysteresis_holds_the_alert_between_the_two_values() -> None:
 def test_telemetry_is_rate_limited_with_a_deadband() -> None:
     rules = SensorRules.from_config(sensor(telemetry=[
         {"channel": "spl", "min_interval_s": 10, "deadband": 3}]))
-    got = [h.value for h in feed(rules, [(0, 60), (5, 70), (11, 61), (22, 62), (40, 70)],
-                                 channel="spl")]
-    assert got == [60, 70]  # 5 s: too soon; 11 s/22 s: moved less than 3
+    got = list(feed(rules, [(0, 60), (5, 70), (11, 61), (22, 62), (40, 70)],
+                           channel="spl", until=100))
+    # 70 at 5 s is too soon: held back, and sent when due at 10 s; 61 likewise at 20 s;
+    # 62 at 22 s moved less than 3 from 61, so nothing; 70 at 40 s goes out at once.
+    assert [h.value for h in got] == [60, 70, 61, 70]
 
 
 def test_correlation_raises_no_alert_but_gives_evidence() -> None:
