@@ -227,10 +227,12 @@ class Publisher:
             return
         if rc.value == NO_MATCHING_SUBSCRIBERS and row.priority <= Priority.P2:
             self.health.count("no_matching_subscribers")
+            # A fixed message: the fault is raised once, not re-raised (and logged) per event.
             self.health.raise_fault(
                 "dispatch_not_listening",
-                f"broker had no subscriber for {row.topic} (event_id={row.event_id})",
+                "the broker had no subscriber for P0-P2 events; alerts stay open",
             )
+            log.info("no subscriber event_id=%s topic=%s", row.event_id, row.topic)
         elif row.priority <= Priority.P2:
             self.health.clear_fault("dispatch_not_listening")
         self.health.count(f"delivered_{row.priority.name}")

@@ -72,7 +72,9 @@ class AsyncOutbox:
         future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
         self._queue.append((event, future))
         async with self._commit_lock:
-            if self._queue:
+            # A caller whose event went out in the previous batch must not start a commit of
+            # its own; otherwise every waiter commits one row (a lock convoy).
+            if not future.done() and self._queue:
                 batch, self._queue = self._queue, []
                 done = asyncio.get_running_loop().run_in_executor(
                     self._executor, self.outbox.accept, [e for e, _ in batch]
