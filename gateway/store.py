@@ -11,7 +11,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from functools import partial
 from types import TracebackType
 from typing import ParamSpec, TypeVar
@@ -20,6 +20,7 @@ from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.model import Event
 from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State
+from gateway.worker import URGENT, PriorityWorker
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -35,16 +36,16 @@ class AsyncOutbox:
         self.outbox = outbox
         self.health = health
         self.listeners: list[RowListener] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: PriorityWorker | None = None
         self._queue: list[tuple[Event, asyncio.Future[Row]]] = []
         self._commit_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncOutbox:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._executor = PriorityWorker("outbox")
         try:
             await self._run(self.outbox.open)
         except BaseException:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown()
             raise
         self.health.listeners.append(self._record_fault)
         return self
@@ -56,12 +57,11 @@ class AsyncOutbox:
         if self._executor is not None:
             # The worker may be mid-commit: let it finish, then close on the same thread.
             await asyncio.shield(self._run(self.outbox.close))
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown()
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         assert self._executor is not None, "AsyncOutbox used outside `async with`"
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._executor.submit(partial(fn, *args, **kwargs)))
 
     async def accept(self, event: Event) -> Row:
         """Accept an event: committed (row.durable) or, if the disk fails, held in memory.
@@ -76,9 +76,11 @@ class AsyncOutbox:
             # its own; otherwise every waiter commits one row (a lock convoy).
             if not future.done() and self._queue:
                 batch, self._queue = self._queue, []
-                done = asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.outbox.accept, [e for e, _ in batch]
-                )
+                assert self._executor is not None, "AsyncOutbox used outside `async with`"
+                # Urgent: a new alert's commit goes ahead of queued reads and deletes.
+                done = asyncio.wrap_future(self._executor.submit(
+                    partial(self.outbox.accept, [e for e, _ in batch]), URGENT
+                ))
                 # Settled by callback so that a cancelled caller cannot strand the others.
                 done.add_done_callback(partial(self._settle, batch))
                 await asyncio.wait([done])
@@ -189,7 +191,9 @@ class AsyncOutbox:
         """Health listener: keep a fault log in the database for `stationgw outbox`."""
         if self._executor is None:
             return
-        future = self._executor.submit(self.outbox.record_fault, code, active, message)
+        future = self._executor.submit(
+            partial(self.outbox.record_fault, code, active, message)
+        )
         future.add_done_callback(_ignore_store_error)
 
 
