@@ -68,6 +68,7 @@ class Publisher:
         self._cursor: Key | None = None
         self._exhausted = False
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # a window slot freed, or a new row arrived
         self._inflight: dict[int, Row] = {}
         self._acked: list[int] = []
         self._acked_wake = asyncio.Event()
@@ -83,6 +84,7 @@ class Publisher:
             self._known.add(row.seq)
             heapq.heappush(self._heap, (row.key, row))
             self._wake.set()
+            self._room.set()
 
     def _reset_drain(self) -> None:
         """Forget queued rows (they are still in the outbox) and reload from the start."""
@@ -182,13 +184,27 @@ class Publisher:
                 if message.topic.matches(topic):
                     await handler(client, message)
 
+    def _may_send(self, row: Row) -> bool:
+        """Room in the window; P2/P3 leave its last eighth free for P0/P1 alerts."""
+        window = self.config.mqtt.inflight_window
+        if len(self._inflight) >= window:
+            return False
+        if row.priority <= Priority.P1:
+            return True
+        low = sum(1 for r in self._inflight.values() if r.priority > Priority.P1)
+        return low < window - window // 8
+
     async def _drain(self, client: GatewayClient, tg: asyncio.TaskGroup) -> None:
-        window = asyncio.Semaphore(self.config.mqtt.inflight_window)
         while True:
-            await window.acquire()
             row = await self._next_row()
+            while not self._may_send(row):
+                # Put it back and wait for a PUBACK or a new (perhaps more urgent) row.
+                heapq.heappush(self._heap, (row.key, row))
+                self._room.clear()
+                await self._room.wait()
+                row = await self._next_row()
             self._inflight[row.seq] = row
-            tg.create_task(self._send(client, row, window), name=f"publisher.send.{row.seq}")
+            tg.create_task(self._send(client, row), name=f"publisher.send.{row.seq}")
 
     async def _next_row(self) -> Row:
         while True:
@@ -208,7 +224,7 @@ class Publisher:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _send(self, client: GatewayClient, row: Row, window: asyncio.Semaphore) -> None:
+    async def _send(self, client: GatewayClient, row: Row) -> None:
         attempts = row.attempts + 1
         try:
             rc = await client.publish_confirmed(row.topic, row.payload, properties=self._properties)
@@ -220,7 +236,7 @@ class Publisher:
             return
         finally:
             self._inflight.pop(row.seq, None)
-            window.release()
+            self._room.set()
         if rc.is_failure:
             self._on_refused(row, attempts, rc.getName(), rc.value)
             await self.outbox.mark([(row.seq, attempts, "refused", rc.getName())])
