@@ -257,6 +257,15 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate_device(args: argparse.Namespace) -> int:
+    """Run a simulated sensor board on a pseudo-terminal, at a stable path (--link) that a
+    gateway's [[sensors]] port points to. Its options follow `--`; `-- --help` lists them."""
+    from firmware_bridge.simulator import main as simulator  # noqa: PLC0415
+
+    rest = args.options[1:] if args.options[:1] == ["--"] else args.options
+    return simulator(rest)
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -395,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
     p.add_argument("--json", action="store_true", help="print the raw report")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "simulate-device", help="a simulated sensor board on a pty",
+        description=cmd_simulate_device.__doc__,
+    )
+    p.add_argument("options", nargs=argparse.REMAINDER,
+                   help="simulator options, e.g. -- --link /tmp/by-id/usb-sim --device-id b1")
+    p.set_defaults(func=cmd_simulate_device)
 
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
