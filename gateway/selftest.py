@@ -5,7 +5,8 @@ a pass/fail table, writes a JSON report, and exits non-zero if anything failed:
 
 - lamp walk: every lamp (and sounder) through every state;
 - each help point pressed within a timeout;
-- each serial board's HELLO, heartbeat and self-test result;
+- each serial board's HELLO, a heartbeat, and its self-test result (ACK, then no failed
+  FAULT frames within a second);
 - broker connect and a round trip of its own test message;
 - certificate expiry (warn under 30 days), the clock's NTP sync, free disk, database integrity.
 """
@@ -29,7 +30,10 @@ from typing import Any, Literal
 import aiomqtt
 from cryptography import x509
 
-from gateway.config import StationConfig
+from firmware_bridge import Fault, Hello, Nak
+from firmware_bridge.link import BoardEvent, BoardLink, CommandError, LinkEvents
+from firmware_bridge.protocol import HEARTBEAT_INTERVAL_S
+from gateway.config import Sensor, StationConfig
 from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
@@ -200,13 +204,79 @@ def storage(config: StationConfig) -> list[Check]:
                            f"{path}: quick_check {result}")]
 
 
-def serial_boards(config: StationConfig) -> list[Check]:
-    """Serial boards: the firmware bridge is not wired into the gateway yet."""
-    return [
-        Check(f"board {sensor.id}", "skip",
-              "serial board checks arrive with the firmware bridge (not wired yet)")
-        for sensor in config.sensors
-    ]
+class _BoardWatch(LinkEvents):
+    """Collects what one board's link reports during the selftest."""
+
+    def __init__(self) -> None:
+        self.hello: Hello | None = None
+        self.welcomed = asyncio.Event()
+        self.faults: list[Fault] = []
+
+    def online(self, link: BoardLink, hello: Hello) -> None:
+        self.hello = hello
+        self.welcomed.set()
+
+    def frame(self, link: BoardLink, device_id: str, frame: BoardEvent) -> None:
+        if isinstance(frame, Fault):
+            self.faults.append(frame)
+
+
+async def _check_board(sensor: Sensor, timeout_s: float, say: Say) -> list[Check]:
+    watch = _BoardWatch()
+    link = BoardLink(sensor.port, sensor.baud, watch)
+    name = f"board {sensor.id}"
+    say(f"{name}: waiting for HELLO on {sensor.port}")
+    task = asyncio.create_task(link.run(), name=f"selftest.{sensor.id}")
+    try:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await watch.welcomed.wait()
+        except TimeoutError:
+            return [Check(f"{name} hello", "fail",
+                          f"no HELLO within {timeout_s:g}s ({link.state}: {link.detail})")]
+        hello = watch.hello
+        assert hello is not None
+        checks = [Check(f"{name} hello", "pass", f"{hello.device_id} firmware {hello.firmware} "
+                        f"protocol {hello.protocol}")]
+        seen = link.counters()["frames"]
+        try:
+            async with asyncio.timeout(3 * HEARTBEAT_INTERVAL_S + 1):
+                # The link offers counters, not an event; a short one-off wait.
+                while link.counters()["frames"] == seen:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            checks.append(Check(f"{name} heartbeat", "pass", "heartbeat received"))
+        except TimeoutError:
+            checks.append(Check(f"{name} heartbeat", "fail",
+                                f"no heartbeat within {3 * HEARTBEAT_INTERVAL_S + 1:g}s"))
+        try:
+            answer = await link.self_test()
+        except CommandError as exc:
+            checks.append(Check(f"{name} self-test", "fail", str(exc)))
+            return checks
+        if isinstance(answer, Nak):
+            checks.append(Check(f"{name} self-test", "fail",
+                                f"refused: {answer.code} {answer.detail}".strip()))
+            return checks
+        await asyncio.sleep(1.0)  # results arrive as FAULT frames (pass/fail)
+        failed = [f for f in watch.faults if f.state in ("fail", "set")]
+        checks.append(Check(
+            f"{name} self-test", "fail" if failed else "pass",
+            "; ".join(f"{f.code} {f.source} {f.state} {f.detail}".strip() for f in failed)
+            or "acknowledged, no failures reported",
+        ))
+        return checks
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def serial_boards(config: StationConfig, timeout_s: float, say: Say) -> list[Check]:
+    """Each board's HELLO, a heartbeat, and its self-test result."""
+    checks = []
+    for sensor in config.sensors:
+        checks += await _check_board(sensor, timeout_s, say)
+    return checks
 
 
 async def run_selftest(
@@ -215,6 +285,7 @@ async def run_selftest(
     press_timeout_s: float = 30.0,
     lamp_step_s: float = 1.0,
     broker_timeout_s: float = 10.0,
+    board_timeout_s: float = 10.0,
     say: Say = print,
     during_presses: Callable[[HelpPoints], Coroutine[Any, Any, None]] | None = None,
 ) -> list[Check]:
@@ -246,7 +317,7 @@ async def run_selftest(
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
-    checks += serial_boards(config)
+    checks += await serial_boards(config, board_timeout_s, say)
     checks += await broker_round_trip(config, broker_timeout_s)
     checks += certificates(config, datetime.datetime.now(datetime.UTC))
     checks.append(clock())

@@ -110,3 +110,23 @@ def test_corrupt_database_fails_integrity(tmp_path: Path) -> None:
     checks = {c.name: c for c in storage(config)}
     assert checks["free disk"].outcome == "pass"
     assert checks["database"].outcome == "fail"
+
+
+async def test_selftest_checks_each_serial_board(broker: Mosquitto, tmp_path: Path) -> None:
+    from firmware_bridge.simulator import BoardSimulator
+
+    port = tmp_path / "by-id" / "usb-edge"
+    port.parent.mkdir()
+    missing = tmp_path / "by-id" / "usb-gone"
+    config = station_config(tmp_path, [broker.url], sensors=[
+        {"id": "edge-p1", "port": str(port)}, {"id": "gone-p2", "port": str(missing)}])
+    async with BoardSimulator(port, device_id="edge-7f3a") as board:
+        checks = {c.name: c for c in await run_selftest(config, board_timeout_s=3,
+                                                         say=lambda _: None)}
+        assert any(type(f).__name__ == "SelfTest" for f in board.carried_out)
+    assert checks["board edge-p1 hello"].outcome == "pass"
+    assert "edge-7f3a" in checks["board edge-p1 hello"].detail
+    assert checks["board edge-p1 heartbeat"].outcome == "pass"
+    assert checks["board edge-p1 self-test"].outcome == "pass"
+    assert checks["board gone-p2 hello"].outcome == "fail"
+    assert "no HELLO" in checks["board gone-p2 hello"].detail
