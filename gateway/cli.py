@@ -266,6 +266,95 @@ def cmd_simulate_device(args: argparse.Namespace) -> int:
     return simulator(rest)
 
 
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    """The dispatch console: the live queue of every station's alerts (the default), a JSON
+    stream for scripts (`watch --json`), or one command (`ack`, `assign`, `resolve`)."""
+    from gateway.console import (  # noqa: PLC0415 - keep the other commands light
+        ConsoleUsageError,
+        interactive,
+        one_shot,
+        parse_broker_url,
+        watch_json,
+    )
+
+    try:
+        host, port = parse_broker_url(args.broker)
+    except ConsoleUsageError as err:
+        print(f"stationgw dispatch: {err}", file=sys.stderr)
+        return 2
+    if args.action is None:
+        return interactive(host, port, share=args.share, prefix=args.prefix,
+                           client_id=args.client_id)
+    if args.action == "watch":
+        return watch_json(host, port, share=args.share, prefix=args.prefix,
+                          client_id=args.client_id)
+    eta_min = getattr(args, "eta_min", None)
+    return one_shot(
+        host, port, args.action, args.alert_id, args.station,
+        team=getattr(args, "team", None),
+        eta_s=None if eta_min is None else round(eta_min * 60),
+        prefix=args.prefix, timeout=args.timeout,
+    )
+
+
+def _dispatch_options(p: argparse.ArgumentParser, *, stream: bool, top: bool) -> None:
+    """--broker/--prefix (and --share/--client-id for the streams), before or after the
+    action: sub-parsers default to SUPPRESS so they keep the top-level value."""
+
+    def default(value: str | None) -> str | None:
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument("--broker", metavar="URL", default=default("mqtt://127.0.0.1:1883"),
+                   help="dispatch broker, mqtt://HOST[:PORT] (default mqtt://127.0.0.1:1883)")
+    p.add_argument("--prefix", metavar="PREFIX", default=default("stationgw/v1"),
+                   help="topic prefix of the gateways (their mqtt.topic_prefix)")
+    if stream:
+        p.add_argument("--share", metavar="GROUP", default=default(None),
+                       help="join the MQTT 5 shared subscription $share/GROUP/...: consoles "
+                       "in one group split the events between them")
+        p.add_argument("--client-id", metavar="ID", default=default(None),
+                       help="stable client id: the broker keeps this console's session for "
+                       "a day, so nothing published while it is away is missed")
+
+
+def _add_dispatch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "dispatch", help="the dispatch console: live queue, JSON stream, one-shot commands",
+        description=cmd_dispatch.__doc__,
+    )
+    _dispatch_options(p, stream=True, top=True)
+    p.set_defaults(func=cmd_dispatch, action=None)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    w = actions.add_parser(
+        "watch", help="print every new event once, as one JSON line, for scripts",
+        description="One JSON line per new event (schema stationgw/event/1) on stdout, "
+        "flushed as it comes; re-sends are printed once. Runs until SIGINT/SIGTERM, stdout "
+        "closes, or stdin reaches EOF when it is a pipe. Status goes to stderr.",
+    )
+    w.add_argument("--json", action="store_true", required=True,
+                   help="one JSON object per line (the only format)")
+    _dispatch_options(w, stream=True, top=False)
+    for name, verb in (("ack", "acknowledge"), ("assign", "assign a team to"),
+                       ("resolve", "resolve")):
+        c = actions.add_parser(
+            name, help=f"{verb} an alert and wait for the station's reply",
+            description=f"{verb.capitalize()} an alert, then wait for the gateway's reply. "
+            "Exit 0 applied, 1 rejected (the reason is printed), 2 no reply in time.",
+        )
+        c.add_argument("alert_id", metavar="ALERT_ID", help="body.alert_id of the alert")
+        c.add_argument("--station", required=True,
+                       help="the station that raised it (events carry it as `station`)")
+        if name == "assign":
+            c.add_argument("--team", required=True,
+                           choices=["crisis_team", "co_response", "ambassador",
+                                    "emergency_services"], help="the team sent")
+            c.add_argument("--eta-min", type=float, metavar="M",
+                           help="expected arrival in minutes")
+        c.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                       help="seconds to wait for the reply (default 10)")
+        _dispatch_options(c, stream=False, top=False)
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
@@ -412,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs=argparse.REMAINDER,
                    help="simulator options, e.g. -- --link /tmp/by-id/usb-sim --device-id b1")
     p.set_defaults(func=cmd_simulate_device)
+
+    _add_dispatch(sub)
 
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
