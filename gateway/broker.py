@@ -63,6 +63,9 @@ class Mosquitto:
             # then drops the connection of a client whose publish the ACL denies.
             "max_queued_messages 1000000",
             "max_inflight_messages 0",
+            # Nagle off: a command that follows a PUBACK to the gateway within its delayed-ACK
+            # time (~40 ms) would otherwise wait for that ACK (bench.ack_roundtrip).
+            "set_tcp_nodelay true",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {workdir}/",
             f"log_dest file {self.log_path}",
