@@ -7,9 +7,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
+
+from gateway.commands import Team
 
 PriorityName = Literal["P0", "P1", "P2", "P3"]
 JSONValue = Any  # a JSON-serialisable value; pydantic checks it on the way out
@@ -107,3 +110,39 @@ class EventMessage(BaseModel):
     seq: int = Field(description="gateway-local monotonic sequence; orders events of one gateway")
     wall_time: float = Field(description="Unix time at acceptance; may jump before NTP sync")
     body: dict[str, JSONValue] = Field(default_factory=dict, description="kind-specific details")
+
+
+# TypedDicts, not models: bodies are built and merged as dicts (AlertRecord.details is
+# stored as JSON), and NotRequired keys are absent on the wire until something sets them.
+# Their docstrings and descriptions are published in docs/asyncapi.yaml.
+@with_config(ConfigDict(extra="forbid"))
+class HelpPointPlace(TypedDict):
+    """Body of `help_point.stuck` and `help_point.unstuck`: which help point, and where."""
+
+    help_point: Annotated[str, Field(description="help point id")]
+    location: Annotated[str, Field(description="where it is, from the config")]
+    platform: Annotated[str, Field(description="platform name or number, from the config")]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class AlertBody(HelpPointPlace):
+    """Body of every event about an alert: its id, state, presses and what dispatch did."""
+
+    alert_id: Annotated[str, Field(description="one rider's request; updates keep it")]
+    state: Annotated[AlertState, Field(description="lifecycle state after this event")]
+    press_count: Annotated[int, Field(ge=1, description="presses joined into this request")]
+    first_press: Annotated[float, Field(description="Unix time of the first press")]
+    last_press: Annotated[float, Field(description="Unix time of the latest press")]
+    held: Annotated[bool, Field(description="held past hold_time_s")]
+    escalated: Annotated[bool, Field(description="raised by repeats or by dispatch silence")]
+    evidence: Annotated[list[str], Field(description="why it has its class, oldest first")]
+    escalations: NotRequired[
+        Annotated[int, Field(ge=1, description="re-announcements for want of an ack")]
+    ]
+    dispatcher: NotRequired[
+        Annotated[str, Field(description="desk of the last command applied to it")]
+    ]
+    team: NotRequired[Annotated[Team, Field(description="the team assigned")]]
+    eta_s: NotRequired[
+        Annotated[int | None, Field(ge=0, description="expected arrival, if dispatch gave one")]
+    ]

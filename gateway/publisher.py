@@ -17,12 +17,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import aiomqtt
 
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
+from gateway.contract import FaultReport, HealthReport, OutboxReport, StatusMessage
 from gateway.health import Health
 from gateway.model import Priority
 from gateway.mqtt import NO_MATCHING_SUBSCRIBERS, GatewayClient, json_properties, make_client
@@ -40,6 +41,23 @@ Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, initial * 2**attempt)]."""
     return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
+
+
+def _cancel_requests() -> int:
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
+def _honour_lost_cancel(before: int) -> None:
+    """Raise CancelledError if this task was cancelled after `before` but the cancel got lost.
+
+    aiomqtt waits for CONNACK and SUBACK with asyncio.wait_for, which on Python 3.11 swallows
+    a cancel that lands just as the reply arrives (cpython gh-86296); the daemon would then
+    ignore its stop. Counts are compared because on 3.11 a TaskGroup whose child failed
+    leaves `cancelling()` raised for good.
+    """
+    if _cancel_requests() > before:
+        raise asyncio.CancelledError
 
 
 class Publisher:
@@ -145,19 +163,23 @@ class Publisher:
             properties=self._properties,
         )
         client = self._client_factory(self.config, endpoint, will)
+        cancels = _cancel_requests()
         async with client:
-            self.health.link(f"broker:{endpoint.url}", "up")
-            self.health.clear_fault("broker_unreachable")
-            self.health.clear_fault("broker_tls")
-            await client.publish_confirmed(
-                self.topics.status, self._status("online"), retain=True,
-                properties=self._properties,
-            )
-            for topic, _handler in self.subscriptions:
-                await client.subscribe(topic, qos=1)
-            self._reset_drain()
-            self.connected.set()
+            # From here on a stop must say offline: leaving `async with client` sends a clean
+            # DISCONNECT, after which the broker drops the Will and "online" stays retained.
             try:
+                self.health.link(f"broker:{endpoint.url}", "up")
+                self.health.clear_fault("broker_unreachable")
+                self.health.clear_fault("broker_tls")
+                await client.publish_confirmed(
+                    self.topics.status, self._status("online"), retain=True,
+                    properties=self._properties,
+                )
+                for topic, _handler in self.subscriptions:
+                    await client.subscribe(topic, qos=1)
+                _honour_lost_cancel(cancels)
+                self._reset_drain()
+                self.connected.set()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watch(client), name="publisher.watch")
                     tg.create_task(self._drain(client, tg), name="publisher.drain")
@@ -298,11 +320,12 @@ class Publisher:
 
     # ------------------------------------------------------------------ status and health
 
-    def _status(self, state: str) -> bytes:
-        return json.dumps(
-            {"state": state, "station": self.config.station_id, "version": __version__,
-             "wall_time": round(time.time(), 3)}
-        ).encode()
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
+        status = StatusMessage(
+            state=state, station=self.config.station_id, version=__version__,
+            wall_time=round(time.time(), 3),
+        )
+        return json.dumps(status.model_dump(mode="json")).encode()
 
     async def _health_loop(self, client: GatewayClient) -> NoReturn:
         while True:
@@ -317,12 +340,15 @@ class Publisher:
         """The health message: depth by class, oldest unsent age, faults, links, counters."""
         depth = await self.outbox.depth()
         now = time.time()
-        return {
-            "station": self.config.station_id,
-            "version": __version__,
-            "uptime_s": round(self.health.uptime_s, 1),
-            "wall_time": round(now, 3),
-            "outbox": {
+        # Built through the contract's models, so the report cannot drift from
+        # docs/asyncapi.yaml. The daemon adds its own keys to the dict for the status file.
+        report = HealthReport(
+            station=self.config.station_id,
+            version=__version__,
+            uptime_s=round(self.health.uptime_s, 1),
+            wall_time=round(now, 3),
+            # by_class keys come from SQLite as str: validating checks them against the enums.
+            outbox=OutboxReport.model_validate({
                 "by_class": depth.by_class,
                 "rows": depth.rows,
                 "bytes": depth.bytes,
@@ -332,11 +358,12 @@ class Publisher:
                     None if depth.oldest_unsent_wall_time is None
                     else round(max(0.0, now - depth.oldest_unsent_wall_time), 3)
                 ),
-            },
-            "faults": [
-                {"code": f.code, "message": f.message, "since": round(f.since, 3)}
+            }),
+            faults=[
+                FaultReport(code=f.code, message=f.message, since=round(f.since, 3))
                 for f in self.health.faults.values()
             ],
-            "links": dict(self.health.links),
-            "counters": dict(self.health.counters),
-        }
+            links=dict(self.health.links),
+            counters=dict(self.health.counters),
+        )
+        return report.model_dump(mode="json")

@@ -1,0 +1,565 @@
+"""The message contract as an AsyncAPI 3.0 document, generated from the models the code uses.
+
+`python -m gateway.contract > docs/asyncapi.yaml` regenerates the checked-in copy, and a test
+fails when that copy and the models disagree. The output is JSON, which is also YAML 1.2, so
+the gateway needs no YAML library.
+
+Payload schemas come from pydantic (`EventMessage`, `Command`, `Reply`, and `StatusMessage`
+and `HealthReport` below). Event bodies are free-form in `EventMessage`; the document ties
+each kind the gateway raises to its body type (`AlertBody`, `HelpPointPlace` in gateway.model).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
+from pydantic_core import core_schema
+
+from gateway import __version__
+from gateway.commands import Command, Reply
+from gateway.config import MqttConfig, StationConfig
+from gateway.dispatch import command_topic, reply_topic
+from gateway.model import (
+    REQUESTED_RESPONSE,
+    AlertBody,
+    AlertState,
+    EventMessage,
+    HelpPointPlace,
+    Priority,
+    PriorityName,
+)
+from gateway.outbox import State
+from gateway.presses import Kind
+from gateway.topics import Topics
+
+JSONObject = dict[str, Any]
+
+ASYNCAPI_VERSION = "3.0.0"
+MQTT_BINDING_VERSION = "0.2.0"
+CONTENT_TYPE = "application/json"  # what gateway.mqtt.json_properties puts on every publish
+DRAFT_07 = "http://json-schema.org/draft-07/schema#"
+_SCHEMAS = "#/components/schemas/"
+
+# ---------------------------------------------------------------------- payload models
+
+
+class StatusMessage(BaseModel):
+    """The retained status: `online` after each connect, `offline` on shutdown and as the Will."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state: Literal["online", "offline"] = Field(description="whether the gateway is connected")
+    station: str = Field(description="station id from the gateway's config")
+    version: str = Field(description="gateway software version")
+    wall_time: float = Field(
+        description="Unix time it was made; in the Last Will, the time of the connect that "
+        "registered the Will"
+    )
+
+
+class FaultReport(BaseModel):
+    """An active fault in the health report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(description="fault code, e.g. broker_unreachable or help_point_stuck:ID")
+    message: str = Field(description="what a technician needs to know")
+    since: float = Field(description="Unix time the fault was raised")
+
+
+# Rows only in memory are counted under "memory" (see gateway.outbox.read_depth).
+OutboxState = Literal[State, "memory"]
+
+
+class OutboxReport(BaseModel):
+    """The outbox part of the health report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    by_class: dict[PriorityName, dict[OutboxState, int]] = Field(
+        description="rows by class, then by state (states with no rows are left out)"
+    )
+    rows: int = Field(ge=0, description="rows in the outbox")
+    bytes: int = Field(ge=0, description="bytes the rows count against store.max_bytes")
+    memory_rows: int = Field(ge=0, description="rows held only in memory (database unwritable)")
+    in_flight: int = Field(ge=0, description="publishes awaiting their PUBACK")
+    oldest_unsent_age_s: float | None = Field(
+        description="age of the oldest row not yet confirmed, or null when the outbox is empty"
+    )
+
+
+class HealthReport(BaseModel):
+    """The retained health report, published every `mqtt.health_interval_s`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    station: str = Field(description="station id from the gateway's config")
+    version: str = Field(description="gateway software version")
+    uptime_s: float = Field(ge=0, description="seconds since the daemon started")
+    wall_time: float = Field(description="Unix time of the report")
+    outbox: OutboxReport
+    faults: list[FaultReport] = Field(description="active faults")
+    links: dict[str, str] = Field(description="link states, e.g. broker:URL -> up")
+    counters: dict[str, int] = Field(description="event counters since start")
+
+
+# Which body each kind the gateway raises carries; other kinds (sensors) are free-form.
+PLACE_KINDS: tuple[str, ...] = ("help_point.stuck", "help_point.unstuck")
+ALERT_KINDS: tuple[str, ...] = (
+    *(kind for kind in get_args(Kind) if kind not in PLACE_KINDS),
+    *(f"alert.{state}" for state in get_args(AlertState) if state != "open"),
+    "alert.escalated",
+)
+
+# ---------------------------------------------------------------------- schema generation
+
+
+class _WireSchema(GenerateJsonSchema):
+    """JSON Schema of what goes on the wire.
+
+    The gateway dumps its models whole (no `exclude_*`), so in serialization mode every model
+    field is required, defaults included. `NotRequired` keys of a TypedDict body stay optional:
+    they are absent until something sets them.
+    """
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        """Every model field is on the wire in serialization mode."""
+        if self.mode == "serialization" and field["type"] != "typed-dict-field":
+            return True
+        return super().field_is_required(field, total)
+
+
+# (schema name, mode, type): Command is what the gateway accepts, the rest what it sends.
+_PAYLOAD_TYPES: tuple[tuple[str, JsonSchemaMode, Any], ...] = (
+    ("EventMessage", "serialization", EventMessage),
+    ("AlertBody", "serialization", AlertBody),
+    ("HelpPointPlace", "serialization", HelpPointPlace),
+    ("StatusMessage", "serialization", StatusMessage),
+    ("HealthReport", "serialization", HealthReport),
+    ("Command", "validation", Command),
+    ("Reply", "serialization", Reply),
+)
+
+# AsyncAPI's default schema format is a superset of JSON Schema draft 07, while pydantic
+# writes draft 2020-12; the document must not use what draft 07 lacks (e.g. prefixItems).
+_DRAFT_07_KEYWORDS = frozenset({
+    "$id", "$schema", "$ref", "$comment", "title", "description", "default", "readOnly",
+    "writeOnly", "examples", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
+    "exclusiveMinimum", "maxLength", "minLength", "pattern", "additionalItems", "items",
+    "maxItems", "minItems", "uniqueItems", "contains", "maxProperties", "minProperties",
+    "required", "additionalProperties", "definitions", "properties", "patternProperties",
+    "dependencies", "propertyNames", "const", "enum", "type", "format", "contentMediaType",
+    "contentEncoding", "if", "then", "else", "allOf", "anyOf", "oneOf", "not",
+    "discriminator", "externalDocs", "deprecated",  # AsyncAPI additions
+})
+_SCHEMA_MAPS = ("properties", "patternProperties", "definitions", "dependencies")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "items")
+_SUBSCHEMAS = (
+    "additionalProperties", "additionalItems", "contains", "propertyNames", "not", "if",
+    "then", "else", "items",
+)
+
+
+def check_draft_07(schema: Any, where: str) -> None:
+    """Raise ValueError naming the path of any keyword AsyncAPI's schema format lacks."""
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key not in _DRAFT_07_KEYWORDS and not key.startswith("x-"):
+            raise ValueError(
+                f"{where}: JSON Schema keyword {key!r} is not in draft 07, which AsyncAPI "
+                "schemas use (change the model or convert the keyword in gateway/contract.py)"
+            )
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                check_draft_07(sub, f"{where}.{key}.{name}")
+        if key in _SCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                check_draft_07(sub, f"{where}.{key}[{i}]")
+        if key in _SUBSCHEMAS:
+            check_draft_07(value, f"{where}.{key}")
+
+
+def _event_rules(body_refs: dict[str, str]) -> list[JSONObject]:
+    """Conditions the field types cannot say: the body of each kind, the response of each class."""
+    rules: list[JSONObject] = [
+        {
+            "if": {"properties": {"kind": {"enum": list(kinds)}}, "required": ["kind"]},
+            "then": {"properties": {"body": {"$ref": body_refs[body]}}},
+        }
+        for body, kinds in (("AlertBody", ALERT_KINDS), ("HelpPointPlace", PLACE_KINDS))
+    ]
+    rules += [
+        {
+            "if": {"properties": {"class": {"const": priority.name}}, "required": ["class"]},
+            "then": {"properties": {"requested_response": {"const": response}}},
+        }
+        for priority, response in REQUESTED_RESPONSE.items()
+    ]
+    return rules
+
+
+def component_schemas() -> tuple[dict[str, str], dict[str, JSONObject]]:
+    """The payload schemas: (name -> $ref of its payload, components/schemas)."""
+    keyed, top = TypeAdapter.json_schemas(
+        [(name, mode, TypeAdapter(tp)) for name, mode, tp in _PAYLOAD_TYPES],
+        by_alias=True,
+        ref_template=_SCHEMAS + "{model}",
+        schema_generator=_WireSchema,
+    )
+    refs = {name: keyed[(name, mode)]["$ref"] for name, mode, _ in _PAYLOAD_TYPES}
+    schemas: dict[str, JSONObject] = top["$defs"]
+    event = schemas[refs["EventMessage"].removeprefix(_SCHEMAS)]
+    event["properties"]["body"]["description"] = (
+        "kind-specific details: AlertBody for alert kinds, HelpPointPlace for stuck and "
+        "unstuck, free-form for other kinds"
+    )
+    event["properties"]["requested_response"]["enum"] = list(REQUESTED_RESPONSE.values())
+    event["allOf"] = _event_rules(refs)
+    for name, schema in schemas.items():
+        check_draft_07(schema, f"components.schemas.{name}")
+    return refs, schemas
+
+
+# ---------------------------------------------------------------------- examples
+
+
+def _examples() -> dict[str, list[JSONObject]]:
+    """One or two real payloads per message, built through the models."""
+    station = "central-north"
+    press = AlertBody(
+        help_point="hp-p1-north", location="platform 1, north stairs", platform="1",
+        alert_id="0194c5a2-7b10-7c41-9a2f-3d1e5c6b7a80", state="open", press_count=1,
+        first_press=1795700000.101, last_press=1795700000.101, held=False, escalated=False,
+        evidence=["button pressed"],
+    )
+    assigned = press.copy()
+    assigned.update(
+        {"state": "assigned", "dispatcher": "desk-3", "team": "co_response", "eta_s": 420}
+    )
+
+    def event(seq: int, kind: str, priority: Priority, body: dict[str, Any]) -> JSONObject:
+        return EventMessage(
+            event_id=f"0194c5a2-7b{seq:02d}-7c41-9a2f-3d1e5c6b7a81", station=station,
+            priority=priority.name, requested_response=REQUESTED_RESPONSE[priority], kind=kind,
+            source=press["help_point"], seq=seq, wall_time=round(1795700000.123 + seq, 3),
+            body=body,
+        ).model_dump(mode="json", by_alias=True)
+
+    def status(state: Literal["online", "offline"]) -> JSONObject:
+        return StatusMessage(
+            state=state, station=station, version=__version__, wall_time=1795699000.5
+        ).model_dump(mode="json")
+
+    command = Command(
+        command_id="c7d1e2f3a4b5c6d7", station=station, alert_id=press["alert_id"],
+        action="assign", team="co_response", eta_s=420, issued_at=1795700030.0,
+        dispatcher="desk-3",
+    )
+    health = HealthReport(
+        station=station, version=__version__, uptime_s=86400.0, wall_time=1795700040.0,
+        outbox=OutboxReport(
+            by_class={"P0": {}, "P1": {"pending": 1}, "P2": {}, "P3": {}}, rows=1, bytes=612,
+            memory_rows=0, in_flight=1, oldest_unsent_age_s=0.052,
+        ),
+        faults=[FaultReport(code="dispatch_not_listening", since=1795699500.0, message=(
+            "broker had no subscriber for stationgw/v1/central-north/events/P1"))],
+        links={"broker:mqtts://dispatch.example:8883": "up"},
+        counters={"delivered_P1": 12, "commands_applied_acknowledge": 3},
+    )
+    return {
+        "event": [
+            {"name": "press", "summary": "a rider pressed a help point",
+             "payload": event(42, "help_point.press", Priority.P1, dict(press))},
+            {"name": "assigned", "summary": "dispatch assigned a co-response team",
+             "payload": event(45, "alert.assigned", Priority.P1, dict(assigned))},
+        ],
+        "status": [
+            {"name": "online", "payload": status("online")},
+            {"name": "offline", "summary": "clean shutdown, or the Last Will",
+             "payload": status("offline")},
+        ],
+        "health": [{"name": "healthy", "payload": health.model_dump(mode="json")}],
+        "command": [
+            {"name": "assign", "payload": command.model_dump(mode="json", by_alias=True)}
+        ],
+        "reply": [
+            {"name": "applied", "payload": Reply(
+                command_id=command.command_id, alert_id=command.alert_id, status="applied",
+                station=station, wall_time=1795700030.2,
+            ).model_dump(mode="json", by_alias=True)},
+            {"name": "rejected", "payload": Reply(
+                command_id=command.command_id, alert_id=command.alert_id, status="rejected",
+                reason="replay", detail="this command id was already applied",
+                station=station, wall_time=1795700031.0,
+            ).model_dump(mode="json", by_alias=True)},
+        ],
+    }
+
+
+# ---------------------------------------------------------------------- the document
+
+_INFO = """\
+How a station gateway talks to the dispatch centre over MQTT 5: the crisis alerts and other
+events it publishes, its retained status and health, and the commands dispatch sends back.
+
+Generated by `python -m gateway.contract` from the models the gateway uses; do not edit.
+This file is JSON, which is also YAML 1.2.
+
+- Every payload is UTF-8 JSON (MQTT 5 content type `application/json`).
+- Events are delivered at least once: de-duplicate on `event_id`, which re-sends keep.
+- Every topic starts with `{prefix}`, the default `mqtt.topic_prefix`; its last segment is the
+  version of this contract.
+- Dispatch subscribes by class, e.g. `{prefix}/+/events/P0` for life safety from every
+  station, and should use a persistent session so the broker queues while it is away."""
+
+
+def _mqtt(**binding: Any) -> dict[str, Any]:
+    return {"mqtt": {**binding, "bindingVersion": MQTT_BINDING_VERSION}}
+
+
+def _message(
+    name: str, title: str, summary: str, payload_ref: str, examples: list[JSONObject],
+    *, sent_by_gateway: bool = True, correlated: bool = False,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "name": name,
+        "title": title,
+        "summary": summary,
+        "contentType": CONTENT_TYPE,
+        "payload": {"$ref": payload_ref},
+    }
+    if correlated:
+        message["correlationId"] = {
+            "description": "a reply carries the command_id of the command it answers",
+            "location": "$message.payload#/command_id",
+        }
+    if sent_by_gateway:
+        message["bindings"] = _mqtt(payloadFormatIndicator=1, contentType=CONTENT_TYPE)
+    message["examples"] = examples
+    return message
+
+
+def _operation(
+    action: Literal["send", "receive"], channel: str, message: str, summary: str, *,
+    retain: bool,
+) -> dict[str, Any]:
+    return {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{channel}"},
+        "summary": summary,
+        "messages": [{"$ref": f"#/channels/{channel}/messages/{message}"}],
+        "bindings": _mqtt(qos=1, retain=retain),
+    }
+
+
+def asyncapi_document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of every topic and message, as a JSON-compatible dict."""
+    prefix = MqttConfig.model_fields["topic_prefix"].default
+    mqtt_protocol = MqttConfig.model_fields["protocol"].default
+    station_pattern = StationConfig.model_json_schema()["properties"]["station_id"]["pattern"]
+    topics = Topics(prefix, "{station}")
+    refs, schemas = component_schemas()
+    examples = _examples()
+    station_param = {"$ref": "#/components/parameters/station"}
+
+    channels = {
+        "events": {
+            "address": f"{topics.root}/events/{{priority}}",
+            "title": "Events",
+            "description": "Every event the gateway accepted, on the topic of its priority "
+            "class, so dispatch can subscribe by class. A row leaves the gateway's outbox only "
+            "after the broker's PUBACK; after a crash or disconnect it is sent again with the "
+            "same event_id.",
+            "parameters": {"station": station_param, "priority": {
+                "description": "priority class: P0 life safety, P1 crisis request, "
+                "P2 assistance, P3 telemetry and health (the payload's `class`)",
+                "enum": [p.name for p in Priority],
+            }},
+            "messages": {"event": {"$ref": "#/components/messages/event"}},
+        },
+        "status": {
+            "address": topics.status,
+            "title": "Status",
+            "description": "Retained. `online` after every connect; `offline` on a clean "
+            "shutdown and, as the MQTT Last Will, when the connection is lost.",
+            "parameters": {"station": station_param},
+            "messages": {"status": {"$ref": "#/components/messages/status"}},
+        },
+        "health": {
+            "address": topics.health,
+            "title": "Health",
+            "description": "Retained health report: at each connect, then every "
+            "`mqtt.health_interval_s`.",
+            "parameters": {"station": station_param},
+            "messages": {"health": {"$ref": "#/components/messages/health"}},
+        },
+        "commands": {
+            "address": command_topic(prefix, "{station}"),
+            "title": "Commands",
+            "description": "Dispatch's commands about an alert, QoS 1. The gateway checks "
+            "size, JSON, schema, station, age, replay and the alert's state, and answers "
+            "every command on the replies topic; a refused one changes nothing.",
+            "parameters": {"station": station_param},
+            "messages": {"command": {"$ref": "#/components/messages/command"}},
+        },
+        "replies": {
+            "address": reply_topic(prefix, "{station}"),
+            "title": "Replies",
+            "description": "The gateway's answer to each command: applied, or rejected "
+            "with a reason code.",
+            "parameters": {"station": station_param},
+            "messages": {"reply": {"$ref": "#/components/messages/reply"}},
+        },
+    }
+    operations = {
+        "sendEvent": _operation(
+            "send", "events", "event", "Publish an accepted event on its class's topic.",
+            retain=False,
+        ),
+        "sendStatus": _operation(
+            "send", "status", "status", "Publish the retained online/offline status.",
+            retain=True,
+        ),
+        "sendHealth": _operation(
+            "send", "health", "health", "Publish the retained health report.", retain=True
+        ),
+        "receiveCommand": {
+            **_operation(
+                "receive", "commands", "command",
+                "Take a command from dispatch (the gateway subscribes at QoS 1).",
+                retain=False,
+            ),
+            "reply": {
+                "channel": {"$ref": "#/channels/replies"},
+                "messages": [{"$ref": "#/channels/replies/messages/reply"}],
+            },
+        },
+        "sendReply": _operation(
+            "send", "replies", "reply", "Answer a command: applied or rejected.", retain=False
+        ),
+    }
+    messages = {
+        "event": _message(
+            "event", "Event", "An alert, a change of its state, or another input.",
+            refs["EventMessage"], examples["event"],
+        ),
+        "status": _message(
+            "status", "Status", "Whether the gateway is connected.",
+            refs["StatusMessage"], examples["status"],
+        ),
+        "health": _message(
+            "health", "Health report", "Outbox depth, faults, links and counters.",
+            refs["HealthReport"], examples["health"],
+        ),
+        "command": _message(
+            "command", "Command", "Acknowledge, assign, resolve or cancel an alert.",
+            refs["Command"], examples["command"], sent_by_gateway=False, correlated=True,
+        ),
+        "reply": _message(
+            "reply", "Reply", "Whether a command was applied, and if not, why.",
+            refs["Reply"], examples["reply"], correlated=True,
+        ),
+    }
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": "Station gateway",
+            "version": __version__,
+            "description": _INFO.format(prefix=prefix),
+            "license": {"name": "Apache-2.0"},
+        },
+        "defaultContentType": CONTENT_TYPE,
+        "servers": {
+            "dispatch": {
+                "host": "{broker}",
+                "protocol": "mqtt",
+                "protocolVersion": mqtt_protocol,
+                "title": "Dispatch broker",
+                "description": "Each `[[brokers]]` URL of the station config, tried in order. "
+                "`mqtts://` URLs use TLS (`mqtt.tls`). MQTT 3.1.1 is selectable but cannot "
+                "report refusals. Binding values are the config defaults.",
+                "variables": {"broker": {
+                    "description": "host:port of a broker",
+                    "examples": ["dispatch.example:8883"],
+                }},
+                "bindings": _mqtt(
+                    cleanSession=False,
+                    keepAlive=MqttConfig.model_fields["keepalive_s"].default,
+                    sessionExpiryInterval=MqttConfig.model_fields["session_expiry_s"].default,
+                    lastWill={
+                        "topic": topics.status,
+                        "qos": 1,
+                        "retain": True,
+                        "message": "a status message with state offline",
+                    },
+                ),
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": schemas,
+            "messages": messages,
+            "parameters": {"station": {
+                "description": f"station id (`station_id` in the config, {station_pattern})",
+                "examples": ["central-north"],
+            }},
+        },
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    """The document as the text of docs/asyncapi.yaml (JSON, which is YAML 1.2)."""
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _to_definitions(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: (
+                "#/definitions/" + sub.removeprefix(_SCHEMAS)
+                if key == "$ref" and isinstance(sub, str) and sub.startswith(_SCHEMAS)
+                else _to_definitions(sub)
+            )
+            for key, sub in value.items()
+        }
+    if isinstance(value, list):
+        return [_to_definitions(sub) for sub in value]
+    return value
+
+
+def schemas_for_validation(document: dict[str, Any] | None = None) -> dict[str, JSONObject]:
+    """Message name -> a standalone draft-07 JSON Schema of its payload.
+
+    Taken from `document` (by default the generated one; tests pass the checked-in file), with
+    components/schemas inlined as `definitions`, for any JSON Schema validator.
+    """
+    doc = asyncapi_document() if document is None else document
+    definitions = _to_definitions(doc["components"]["schemas"])
+    return {
+        name: {
+            "$schema": DRAFT_07,
+            "title": f"{message.get('title', name)} payload ({doc['info']['version']})",
+            "allOf": [_to_definitions(message["payload"])],
+            "definitions": definitions,
+        }
+        for name, message in doc["components"]["messages"].items()
+    }
+
+
+def main() -> None:
+    """Print the document (`python -m gateway.contract > docs/asyncapi.yaml`)."""
+    sys.stdout.write(render(asyncapi_document()))
+
+
+if __name__ == "__main__":
+    main()
