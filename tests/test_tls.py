@@ -212,3 +212,43 @@ async def test_station_cannot_read_another_stations_commands(
         assert str(message.topic) == "stationgw/v1/station-a/commands"  # B's came first
         with pytest.raises(TimeoutError):
             await _next(station_a, timeout=0.5)
+
+
+@pytest.fixture
+def passwords(tmp_path: Path) -> Path:
+    """A Mosquitto password file with one station user."""
+    import subprocess
+
+    path = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(path), "central-north", "s3cret"],
+                   check=True, capture_output=True)
+    return path
+
+
+async def test_password_auth_reads_the_password_from_a_file(
+    tmp_path: Path, passwords: Path
+) -> None:
+    port = free_port()
+    listeners = (f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                 f"password_file {passwords}")
+    with Mosquitto(port, listeners=listeners):
+        for secret, connects in (("s3cret\n", True), ("wrong\n", False)):
+            password_file = tmp_path / "mqtt-password"
+            password_file.write_text(secret)
+            config = parse_config({
+                "station_id": "central-north",
+                "brokers": [{"url": f"mqtt://127.0.0.1:{port}"}],
+                "store": {"path": str(tmp_path / f"{connects}.db")},
+                "mqtt": {"username": "central-north", "password_file": str(password_file),
+                         "reconnect_initial_s": 0.1, "reconnect_max_s": 0.3},
+            })
+            async with running(Gateway(config)) as gw:
+                if connects:
+                    await asyncio.wait_for(gw.publisher.connected.wait(), 10)
+                else:
+                    link = f"broker:mqtt://127.0.0.1:{port}"
+                    async with asyncio.timeout(10):
+                        while "down" not in gw.health.links.get(link, ""):
+                            await asyncio.sleep(0.05)
+                    assert "Not authorized" in gw.health.links[link]  # CONNACK 0x87
+                    assert not gw.publisher.connected.is_set()
