@@ -335,7 +335,3 @@ class HelpPoints:
         if unit is None or unit.logic.alert is None or unit.logic.alert.alert_id != alert_id:
             return  # an older request of this help point: the lamp shows the newer one
         unit.lamp.advance(alert_id, "sent")
-
-    def lamp_state(self, hp_id: str) -> LampState:
-        """What a help point's lamp shows now."""
-        return self.units[hp_id].lamp.state
