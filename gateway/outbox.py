@@ -11,11 +11,12 @@ dedicated thread so the event loop never waits on fsync.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -138,6 +139,21 @@ def _row(rec: tuple[int, str, int, str, str, bytes, float, int, State]) -> Row:
     )
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """An explicit write transaction: committed at the end, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("rollback after a failed write also failed", exc_info=True)
+        raise
+
+
 def _store_alert(conn: sqlite3.Connection, alert: AlertRecord, now: float) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO alerts (alert_id, source, state, class, details, updated_at) "
@@ -186,16 +202,11 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     for name, sql in MIGRATIONS:
         if name in done:
             continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in sql.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         applied.append(name)
     return applied
 
@@ -288,9 +299,7 @@ class Outbox:
         return AcceptResult(rows, evicted)
 
     def _write(self, rows: list[Row]) -> list[Row]:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             conn.executemany(
                 f"INSERT INTO outbox ({_COLUMNS}, alert_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -304,19 +313,9 @@ class Outbox:
                     _store_alert(conn, row.alert, row.wall_time)
             added = sum(r.size for r in rows)
             evicted = self._evict(self._rows + len(rows), self._bytes + added)
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
         self._rows += len(rows) - len(evicted)
         self._bytes += added - sum(r.size for r in evicted)
         return evicted
-
-    def _rollback(self) -> None:
-        try:
-            self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.debug("rollback after a failed write also failed", exc_info=True)
 
     def _evict(self, rows: int, size: int) -> list[Row]:
         """Delete the oldest rows of the lowest evictable class until within bounds."""
@@ -379,8 +378,7 @@ class Outbox:
         conn.execute("PRAGMA synchronous = NORMAL")
         count = size = 0
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 for start in range(0, len(db_seqs), 500):
                     chunk = db_seqs[start : start + 500]
                     gone = conn.execute(
@@ -390,10 +388,6 @@ class Outbox:
                     ).fetchone()
                     count, size = count + gone[0], size + gone[1]
                     conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in chunk])
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
         finally:
             conn.execute("PRAGMA synchronous = FULL")
         self._rows -= count
@@ -409,16 +403,10 @@ class Outbox:
                 batch.append((attempts, state, error, seq))
         if not batch:
             return
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             conn.executemany(
                 "UPDATE outbox SET attempts = ?, state = ?, last_error = ? WHERE seq = ?", batch
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     def requeue_refused(self) -> int:
         """Make refused rows pending again so they are retried; returns how many."""
@@ -440,8 +428,7 @@ class Outbox:
             for seq, row in list(self._memory.items()):
                 if row.priority == priority and row.wall_time < cutoff:
                     expired.append(self._memory.pop(seq))
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 rows = [
                     _row(rec)
                     for rec in conn.execute(
@@ -452,10 +439,6 @@ class Outbox:
                 conn.execute(
                     "DELETE FROM outbox WHERE class = ? AND wall_time < ?", (int(priority), cutoff)
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
             self._rows -= len(rows)
             self._bytes -= sum(r.size for r in rows)
             expired.extend(rows)
@@ -463,20 +446,12 @@ class Outbox:
 
     def record_fault(self, code: str, active: bool, message: str) -> None:
         """Append a fault change to the fault log, keeping the newest 1000 entries."""
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn) as conn:
             conn.execute(
                 "INSERT INTO faults (wall_time, code, active, message) VALUES (?, ?, ?, ?)",
                 (time.time(), code, int(active), message),
             )
-            conn.execute(
-                "DELETE FROM faults WHERE id <= (SELECT MAX(id) FROM faults) - 1000"
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
+            conn.execute("DELETE FROM faults WHERE id <= (SELECT MAX(id) FROM faults) - 1000")
 
     # ------------------------------------------------------------------ reads
 
