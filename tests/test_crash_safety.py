@@ -182,6 +182,13 @@ async def test_sigkill_between_commit_and_puback_loses_no_accepted_event(
         drain = Flood(config, accepted_path, tmp_path / "drain.log", 0)
         await drain.start()
         try:
+            # Its SIGTERM handler must be in place before the stop below, even when earlier
+            # runs already delivered everything.
+            await poll_until(
+                lambda: not drain.alive()
+                or "flooding" in (tmp_path / "drain.log").read_text(errors="replace"),
+                limit_s=30, every_s=0.05,
+            )
             await poll_until(
                 lambda: not drain.alive() or expected <= set(delivered(sub)),
                 limit_s=DRAIN_TIMEOUT_S, every_s=0.1,
