@@ -1,25 +1,39 @@
-"""Sensor boards on serial links, wired into the gateway.
+"""Serial boards (sensors and help-point controllers), wired into the gateway.
 
-Each configured sensor gets a `firmware_bridge.BoardLink` that keeps its port open (reopening
+Each configured board gets a `firmware_bridge.BoardLink` that keeps its port open (reopening
 it by its stable path when the adapter vanishes) and speaks the protocol. The link's callbacks
 run on the loop and must not await, so they queue what happened; one task per board turns it
 into events: sensor alerts, telemetry, faults, and the board going offline (a device-offline
 fault is published, in the spirit of Sparkplug's DDEATH) and coming back.
+
+Help points wired to a board: their BTN frames go to the help point's press logic (the same
+as a GPIO button's edges, `button_handler`), and their lamps are `BoardLamp`s, which send the
+lamp's state as a LAMP command until the board ACKs it, and again after every WELCOME.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
-from firmware_bridge import Fault, Hello, Reading
-from firmware_bridge.link import BoardEvent, BoardLink, LinkEvents, LinkState
+from firmware_bridge import Button, ButtonEvent, Fault, Hello, Nak, Reading
+from firmware_bridge.link import (
+    BoardEvent,
+    BoardLink,
+    CommandTimeoutError,
+    CommandUnsupportedError,
+    DeviceOfflineError,
+    LinkEvents,
+    LinkState,
+)
 from gateway.config import Sensor, StationConfig
 from gateway.health import Health
+from gateway.lamp import LampState
 from gateway.model import Event, Priority
 from gateway.outbox import Row
 from gateway.sensors import SensorHappening, SensorRules
@@ -27,6 +41,99 @@ from gateway.sensors import SensorHappening, SensorRules
 log = logging.getLogger(__name__)
 
 Accept = Callable[[Event], Awaitable[Row]]
+#: Takes a board button's event (press, hold, release) at a `time.monotonic()`.
+ButtonHandler = Callable[[ButtonEvent, float], None]
+#: Told the ids of help points whose correlation rules just became active.
+CorrelationListener = Callable[[list[str]], None]
+
+#: Waits before sending a lamp state again after a NAK or no answer: doubling, capped.
+LAMP_RETRY_S = 1.0
+LAMP_RETRY_MAX_S = 30.0
+
+
+class BoardLamp:
+    """A help point's lamp on a board: the gateway names the state, the board shows it.
+
+    `show()` (the `gateway.lamp.LampOutput` the help point's `Lamp` drives) only records the
+    state; `run()` sends it as a LAMP command until the board ACKs it. The newest state
+    wins: one that changes while a command is in flight is sent next. After every WELCOME
+    (`resend`) the state is sent again, as the protocol asks, because a board that restarted
+    or lost the gateway shows `fault` on its own. A NAK, no answer, or a board that did not
+    list the `lamp` capability is a fault `board_lamp:<help point>` in health until an ACK;
+    a NAK or no answer is retried with backoff (`LAMP_RETRY_S` doubling to
+    `LAMP_RETRY_MAX_S`), since the rider must not be left with a stale lamp.
+    """
+
+    def __init__(self, help_point: str, board: Board, lamp_id: str, health: Health) -> None:
+        self.help_point = help_point
+        self.board = board
+        self.lamp_id = lamp_id
+        self.health = health
+        self.wanted: LampState = "idle"
+        self.acked: LampState | None = None  # what the board ACKed last in this session
+        self._wake = asyncio.Event()
+
+    @property
+    def fault_code(self) -> str:
+        """The health fault this lamp raises when the board will not show its state."""
+        return f"board_lamp:{self.help_point}"
+
+    def show(self, state: LampState) -> None:
+        """Show `state` (sent as soon as the board can take it)."""
+        self.wanted = state
+        self._wake.set()
+
+    def resend(self) -> None:
+        """A new session: the board forgot what it showed, so send the state again."""
+        self.acked = None
+        self._wake.set()
+
+    async def run(self) -> NoReturn:
+        """Send the wanted state whenever it differs from what the board ACKed."""
+        link = self.board.link
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            failures = 0
+            while self.wanted != self.acked and link.device is not None:
+                outcome = await self._send(link, self.wanted)
+                if outcome == "wait":
+                    break
+                if outcome == "retry":
+                    delay = min(LAMP_RETRY_MAX_S, LAMP_RETRY_S * 2 ** min(failures, 16))
+                    failures += 1
+                    # A new state or a new session cuts the wait short.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+                    self._wake.clear()
+                else:
+                    failures = 0
+
+    async def _send(self, link: BoardLink, state: LampState) -> Literal["ok", "retry", "wait"]:
+        """One LAMP command: shown, retry after a while, or wait for the next change."""
+        where = f"help point {self.help_point}: lamp {self.lamp_id} on board {self.board.sensor.id}"
+        try:
+            answer = await link.set_lamp(self.lamp_id, state)
+        except DeviceOfflineError:
+            return "wait"  # sent again after the next WELCOME
+        except CommandUnsupportedError as exc:
+            self.health.raise_fault(self.fault_code, f"{where} cannot be lit: {exc}")
+            return "wait"  # sent again after the next WELCOME (new firmware, new caps)
+        except CommandTimeoutError as exc:
+            self.health.count("board_lamp_timeouts")
+            self.health.raise_fault(self.fault_code, f"{where}: state {state} not confirmed: {exc}")
+            return "retry"
+        if isinstance(answer, Nak):
+            self.health.count("board_lamp_naks")
+            self.health.raise_fault(
+                self.fault_code, f"{where} refused state {state}: {answer.code} {answer.detail}"
+            )
+            return "retry"
+        self.acked = state
+        self.health.clear_fault(self.fault_code)
+        log.info("%s shows %s", where, state)
+        return "ok"
 
 
 @dataclass
@@ -38,6 +145,8 @@ class Board:
     rules: SensorRules
     queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     device_id: str | None = None
+    buttons: dict[str, ButtonHandler] = field(default_factory=dict)  # by button id
+    lamps: list[BoardLamp] = field(default_factory=list)
 
 
 class Boards(LinkEvents):
@@ -51,6 +160,7 @@ class Boards(LinkEvents):
         self.health = health
         self.boards: dict[str, Board] = {}
         self._by_link: dict[int, Board] = {}
+        self.correlation_listeners: list[CorrelationListener] = []
         for sensor in config.sensors:
             link = BoardLink(sensor.port, sensor.baud, self, **link_options)
             board = Board(sensor, link, SensorRules.from_config(sensor))
@@ -63,7 +173,21 @@ class Boards(LinkEvents):
             for board in self.boards.values():
                 tg.create_task(board.link.run(), name=f"board.{board.sensor.id}.link")
                 tg.create_task(self._drive(board), name=f"board.{board.sensor.id}.rules")
+                for lamp in board.lamps:
+                    tg.create_task(lamp.run(), name=f"board.{board.sensor.id}.lamp.{lamp.lamp_id}")
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def help_point(self, hp_id: str, board_id: str, button: str, lamp: str,
+                   handler: ButtonHandler) -> BoardLamp:
+        """Wire a help point to a board: its button's events go to `handler`.
+
+        Returns the help point's lamp on the board. Call before `run()`.
+        """
+        board = self.boards[board_id]
+        board.buttons[button] = handler
+        board_lamp = BoardLamp(hp_id, board, lamp, self.health)
+        board.lamps.append(board_lamp)
+        return board_lamp
 
     def correlations(self, help_point: str) -> list[tuple[Priority, str]]:
         """Active correlation rules of boards at this help point: (class, evidence)."""
@@ -87,12 +211,23 @@ class Boards(LinkEvents):
         self.health.link(f"serial:{self._board(link).sensor.id}", f"{state} ({detail})")
 
     def online(self, link: BoardLink, hello: Hello) -> None:
-        """A board said HELLO and was welcomed."""
-        self._board(link).queue.put_nowait(("online", hello))
+        """A board said HELLO and was welcomed: it shows its lamps' states again."""
+        board = self._board(link)
+        board.queue.put_nowait(("online", hello))
+        for lamp in board.lamps:
+            lamp.resend()
 
     def offline(self, link: BoardLink, device_id: str, reason: str) -> None:
-        """A board went silent or its port went away."""
-        self._board(link).queue.put_nowait(("offline", (device_id, reason)))
+        """A board went silent or its port went away.
+
+        Its buttons count as released: a release sent meanwhile is lost, and the next press
+        must start a press, not look like a bounce of the old one.
+        """
+        board = self._board(link)
+        board.queue.put_nowait(("offline", (device_id, reason)))
+        now = time.monotonic()
+        for handler in board.buttons.values():
+            handler("release", now)
 
     def refused(self, link: BoardLink, hello: Hello, reason: str) -> None:
         """A board speaks a protocol version this gateway does not."""
@@ -103,8 +238,20 @@ class Boards(LinkEvents):
         )
 
     def frame(self, link: BoardLink, device_id: str, frame: BoardEvent) -> None:
-        """A reading, button event or fault."""
-        self._board(link).queue.put_nowait(("frame", frame))
+        """A reading, button event or fault. Buttons go straight to their help point."""
+        board = self._board(link)
+        if isinstance(frame, Button):
+            handler = board.buttons.get(frame.button)
+            if handler is None:
+                log.warning("board %s (%s): button %r is not wired to a help point (add "
+                            "board = %r, button = %r to one of the [[help_points]]); %s ignored",
+                            board.sensor.id, device_id, frame.button, board.sensor.id,
+                            frame.button, frame.event)
+                self.health.count("board_buttons_unknown")
+                return
+            handler(frame.event, time.monotonic())
+            return
+        board.queue.put_nowait(("frame", frame))
 
     # ------------------------------------------------------------ turning it into events
 
@@ -116,24 +263,32 @@ class Boards(LinkEvents):
                 async with asyncio.timeout(timeout):
                     what, item = await board.queue.get()
             except TimeoutError:
+                before = board.rules.correlating()
                 for happening in board.rules.tick(time.monotonic()):
                     await self._sensor_event(board, happening)
+                if board.rules.correlating() - before:
+                    self._correlated(board)
                 continue
             if what == "online":
                 await self._online(board, item)
             elif what == "offline":
                 await self._offline(board, *item)
             elif isinstance(item, Reading):
+                before = board.rules.correlating()
                 for happening in board.rules.reading(
                     item.sensor, float(item.value), item.unit, time.monotonic()
                 ):
                     await self._sensor_event(board, happening)
+                if board.rules.correlating() - before:
+                    self._correlated(board)
             elif isinstance(item, Fault):
                 await self._fault(board, item)
-            else:
-                log.info("board %s: button frames are not wired to help points yet: %s",
-                         board.sensor.id, item)
-                self.health.count("board_buttons_ignored")
+
+    def _correlated(self, board: Board) -> None:
+        """A correlation rule became active: requests open at its help points are raised."""
+        if board.sensor.help_points:
+            for listener in self.correlation_listeners:
+                listener(list(board.sensor.help_points))
 
     def _place(self, board: Board) -> dict[str, Any]:
         sensor = board.sensor

@@ -238,22 +238,61 @@ class StoreConfig(_Frozen):
         return ttl
 
 
+_BOARD_IDENT = r"^[A-Za-z0-9._-]{1,16}$"  # ids on the wire (docs/firmware-protocol.md)
+_GPIO_KEYS = ("pin", "lamp_pin", "sounder_pin", "lamp_pwm")
+_BOARD_KEYS = ("board", "button", "lamp")
+
+
 class HelpPoint(_Frozen):
-    """A help point on GPIO: a button, its lamp and optionally a sounder."""
+    """A help point: a button and its lamp, on GPIO pins or on a serial board.
+
+    On GPIO give `pin` and `lamp_pin` (and maybe `sounder_pin`). On a help-point controller
+    board give `board` (a [[sensors]] id) and `button` (and `lamp` if its id differs).
+    """
 
     id: str = Field(pattern=_ID, description="help point id; appears in alerts")
     location: str = Field(default="", description="where it is, e.g. 'platform 1 north'")
     platform: str = Field(default="", description="platform name or number")
-    pin: Pin = Field(description="BCM pin of the button (pulled up; press pulls it low)")
-    lamp_pin: Pin = Field(description="BCM pin of the lamp")
-    lamp_pwm: bool = Field(default=False, description="drive the lamp as a PWMLED")
-    sounder_pin: Pin | None = Field(default=None, description="BCM pin of a buzzer, if fitted")
+    pin: Pin | None = Field(
+        default=None, description="GPIO: BCM pin of the button (pulled up; press pulls it low)"
+    )
+    lamp_pin: Pin | None = Field(default=None, description="GPIO: BCM pin of the lamp")
+    lamp_pwm: bool = Field(default=False, description="GPIO: drive the lamp as a PWMLED")
+    sounder_pin: Pin | None = Field(
+        default=None, description="GPIO: BCM pin of a buzzer, if fitted"
+    )
+    board: str | None = Field(
+        default=None, pattern=_ID,
+        description="on a serial board: the [[sensors]] id of the board the button is wired to",
+    )
+    button: str | None = Field(
+        default=None, pattern=_BOARD_IDENT,
+        description="on a serial board: the button's id on the board (BTN frame `btn`)",
+    )
+    lamp: str | None = Field(
+        default=None, pattern=_BOARD_IDENT,
+        description="on a serial board: the lamp's id on the board (LAMP frame `lamp`); "
+        "default: the button's id",
+    )
     bounce_time_s: float = Field(
-        default=0.05, ge=0, le=1, description="a press ends once released this long (debounce)"
+        default=0.05, ge=0, le=1,
+        description="GPIO: a press ends once released this long (a board debounces itself)",
     )
     hold_time_s: float = Field(
-        default=2.0, gt=0, le=30, description="held this long, a request becomes an emergency"
+        default=2.0, gt=0, le=30,
+        description="held this long, a request becomes an emergency (a board's own hold "
+        "report counts at once)",
     )
+
+    @property
+    def on_board(self) -> bool:
+        """True for a help point wired to a serial board, False for one on GPIO."""
+        return self.board is not None
+
+    @property
+    def board_lamp(self) -> str:
+        """The lamp's id on its board."""
+        return self.lamp or self.button or ""
 
 
 class PressConfig(_Frozen):
@@ -375,7 +414,7 @@ class TelemetryRule(_Frozen):
 
 
 class Sensor(_Frozen):
-    """A microcontroller board on a serial port."""
+    """A microcontroller board on a serial port: sensors, help-point buttons and lamps."""
 
     id: str = Field(pattern=_ID, description="sensor board id; appears in alerts")
     port: str = Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
@@ -493,6 +532,8 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                     )
                 else:
                     ids[ident] = where
+            if section == "help_points":
+                problems.extend(_wiring(where, item, raw))
             for pin_key in ("pin", "lamp_pin", "sounder_pin"):
                 pin = item.get(pin_key)
                 if section != "help_points" or not isinstance(pin, int | str):
@@ -524,6 +565,7 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                     )
                 else:
                     ports[port] = f"{where}.port"
+    problems.extend(_board_endpoints(raw))
     problems.extend(_distinct_lamp_patterns(raw))
     problems.extend(_plaintext_needs_opt_in(raw))
     seen: dict[tuple[str, str], tuple[str, str]] = {}
@@ -543,6 +585,53 @@ def cross_check(raw: dict[str, Any]) -> list[str]:
                 f"rules[{i}].source: {source!r} is not a configured help point or sensor id "
                 "(use one of their ids, or '*')"
             )
+    return problems
+
+
+def _wiring(where: str, item: dict[str, Any], raw: dict[str, Any]) -> list[str]:
+    """A help point is wired either to GPIO pins or to a serial board, completely."""
+    gpio = [key for key in _GPIO_KEYS if key in item]
+    board = [key for key in _BOARD_KEYS if key in item]
+    if gpio and board:
+        return [f"{where}: has GPIO keys ({', '.join(gpio)}) and board keys "
+                f"({', '.join(board)}) (a help point is on GPIO pins or on a serial board: "
+                "keep one set)"]
+    if board:
+        problems = []
+        if "button" not in item:
+            problems.append(f"{where}.button: missing (add the button's id on board "
+                            f"{item.get('board')!r}, as its BTN frames name it)")
+        if "board" not in item:
+            problems.append(f"{where}.board: missing (add the [[sensors]] id of the board its "
+                            "button and lamp are wired to)")
+        elif isinstance(item["board"], str):
+            boards = {s.get("id") for _, s in _dict_items(raw, "sensors")}
+            if item["board"] not in boards:
+                problems.append(f"{where}.board: {item['board']!r} is not a configured board "
+                                "(add it under [[sensors]] with its port, or use one of their ids)")
+        return problems
+    return [f"{where}.{key}: missing (add the BCM pin of the "
+            f"{'button' if key == 'pin' else 'lamp'}, or board and button for a help point on "
+            "a serial board)" for key in ("pin", "lamp_pin") if key not in item]
+
+
+def _board_endpoints(raw: dict[str, Any]) -> list[str]:
+    """Each board button and board lamp serves one help point."""
+    problems = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for i, item in _dict_items(raw, "help_points"):
+        board, button = item.get("board"), item.get("button")
+        if not isinstance(board, str) or not isinstance(button, str):
+            continue
+        lamp = item.get("lamp", button)
+        for key, value in (("button", button), ("lamp", lamp)):
+            if not isinstance(value, str):
+                continue
+            where = f"help_points[{i}].{key}"
+            other = seen.setdefault((board, key, value), where)
+            if other != where:
+                problems.append(f"{where}: {key} {value!r} of board {board!r} is already used by "
+                                f"{other} (each board {key} serves one help point)")
     return problems
 
 

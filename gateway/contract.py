@@ -113,6 +113,7 @@ ALERT_KINDS: tuple[str, ...] = (
     *(kind for kind in get_args(Kind) if kind not in PLACE_KINDS),
     *(f"alert.{state}" for state in get_args(AlertState) if state != "open"),
     "alert.escalated",
+    "alert.correlated",
 )
 
 # ---------------------------------------------------------------------- schema generation

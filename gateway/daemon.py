@@ -74,19 +74,23 @@ class Gateway:
             if self.config.sensors:
                 self.boards = Boards(self.config, self.accept, self.health)
             if self.config.help_points:
-                factory = make_pin_factory(self.config)
+                on_gpio = any(not hp.on_board for hp in self.config.help_points)
+                factory = make_pin_factory(self.config) if on_gpio else None
                 self.help_points = await stack.enter_async_context(
                     HelpPoints(
                         self.config, self.accept, self.lifecycle, self._help_point_fault,
                         pin_factory=factory,
                         correlate=self.boards.correlations if self.boards else None,
+                        boards=self.boards,
                     )
                 )
                 self.publisher.delivered_listeners.append(self.help_points.on_delivered)
                 self.lifecycle.book.listeners.append(self.help_points.on_alert_change)
+                if self.boards is not None:
+                    self.boards.correlation_listeners.append(self.help_points.on_correlation)
                 for record, all_sent in open_alerts:
                     self.help_points.restore(record, all_sent)
-                if is_mock(factory):
+                if on_gpio and is_mock(factory):
                     from gateway.simulate import SimulateServer  # noqa: PLC0415
 
                     await stack.enter_async_context(SimulateServer(self.config, self.help_points))

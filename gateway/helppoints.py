@@ -1,7 +1,10 @@
-"""Help points on GPIO: real gpiozero Buttons, lamps and sounders, bridged into asyncio.
+"""Help points: buttons, lamps and sounders on GPIO or on serial boards, bridged into asyncio.
 
-gpiozero calls back from its own threads. `_EdgeBridge.post` is the one place where those
-threads meet the event loop. Everything after that runs on the loop: the press logic
+On GPIO they are real gpiozero Buttons, LEDs and Buzzers. gpiozero calls back from its own
+threads; `_EdgeBridge.post` is the one place where those threads meet the event loop. A help
+point on a serial board gets its button events from `gateway.boards` on the loop
+(`_EdgeBridge.put`) and shows its lamp through the board (`gateway.boards.BoardLamp`).
+Everything after that runs on the loop and is the same for both: the press logic
 (`gateway.presses`), the outbox, and the lamp (`gateway.lamp`).
 """
 
@@ -13,11 +16,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
+from firmware_bridge import ButtonEvent
+from gateway.boards import Boards
 from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
 from gateway.errors import GatewayError
-from gateway.lamp import Cue, Lamp, LampState, Pattern
+from gateway.lamp import Cue, Lamp, LampState, Pattern, PatternOutput
 from gateway.lifecycle import Lifecycle, alert_body
 from gateway.model import AlertRecord, Event, Priority
 from gateway.outbox import Row
@@ -75,9 +80,12 @@ def is_mock(factory: Any) -> bool:
 
 
 def press_rules(config: StationConfig, hp: HelpPoint) -> PressRules:
-    """The press rules of one help point, classes taken from the config's rules."""
+    """The press rules of one help point, classes taken from the config's rules.
+
+    A board debounces its buttons itself, so its releases count at once.
+    """
     return PressRules(
-        bounce_time_s=hp.bounce_time_s,
+        bounce_time_s=0.0 if hp.on_board else hp.bounce_time_s,
         hold_time_s=hp.hold_time_s,
         repeat_window_s=config.press.repeat_window_s,
         escalate_after_presses=config.press.escalate_after_presses,
@@ -112,16 +120,30 @@ def _cues(sounder: SounderConfig) -> dict[LampState, Cue]:
     }
 
 
+#: What a help point's task is told: a button event, or that a sensor at its place started
+#: corroborating its request.
+Signal = ButtonEvent | Literal["correlated"]
+
+
+def _place(hp: HelpPoint) -> dict[str, Any]:
+    return {"help_point": hp.id, "location": hp.location, "platform": hp.platform}
+
+
 class _EdgeBridge:
-    """Hands pin edges from gpiozero's threads to the event loop."""
+    """Hands button events (press, release, hold) to the help point's task on the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[tuple[bool, float]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Signal, float]] = asyncio.Queue()
 
     def post(self, pressed: bool) -> None:
-        """Called from any thread: timestamp the edge now, process it on the loop."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (pressed, time.monotonic()))
+        """Called from any thread (gpiozero's): timestamp the edge now, process it on the loop."""
+        event: ButtonEvent = "press" if pressed else "release"
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (event, time.monotonic()))
+
+    def put(self, event: Signal, at: float) -> None:
+        """Called on the loop (a board's BTN frame, a correlation): process it in turn."""
+        self.queue.put_nowait((event, at))
 
 
 @dataclass
@@ -148,9 +170,11 @@ class HelpPoints:
         *,
         pin_factory: Any,
         correlate: Correlate | None = None,
+        boards: Boards | None = None,
     ) -> None:
         self.config = config
         self._correlate = correlate
+        self._boards = boards
         self._accept_event = accept
         self._lifecycle = lifecycle
         self._fault = fault
@@ -159,13 +183,38 @@ class HelpPoints:
         self._alert_of_event: dict[str, tuple[str, str]] = {}  # event_id -> (hp id, alert id)
 
     async def __aenter__(self) -> HelpPoints:
+        loop = asyncio.get_running_loop()
+        try:
+            for hp in self.config.help_points:
+                if hp.on_board:
+                    self.units[hp.id] = self._board_unit(hp, loop)
+            self._gpio_units([hp for hp in self.config.help_points if not hp.on_board], loop)
+        except BaseException:
+            self._close()
+            raise
+        log.info("help points ready: %s", ", ".join(self.units) or "none")
+        return self
+
+    def _board_unit(self, hp: HelpPoint, loop: asyncio.AbstractEventLoop) -> HelpPointUnit:
+        boards = self._boards
+        if boards is None or hp.board not in boards.boards or hp.button is None:
+            raise PinFactoryError(f"help point {hp.id}: board {hp.board!r} is not running")
+        bridge = _EdgeBridge(loop)
+        output = boards.help_point(hp.id, hp.board, hp.button, hp.board_lamp, bridge.put)
+        logic = HelpPointLogic(press_rules(self.config, hp))
+        return HelpPointUnit(hp, logic, Lamp(hp.id, output), bridge)
+
+    def _gpio_units(self, help_points: list[HelpPoint], loop: asyncio.AbstractEventLoop) -> None:
+        if not help_points:
+            return  # no GPIO: gpiozero is not even imported
         from gpiozero import LED, PWMLED, Button, Buzzer  # noqa: PLC0415
         from gpiozero.exc import BadPinFactory, GPIOZeroError  # noqa: PLC0415
 
-        loop = asyncio.get_running_loop()
         hp = None
         try:
-            for hp in self.config.help_points:
+            for hp in help_points:
+                if hp.pin is None or hp.lamp_pin is None:  # the config's cross_check said so
+                    raise PinFactoryError(f"help point {hp.id}: needs pin and lamp_pin")
                 devices: list[Any] = []
                 # No driver debounce: lgpio and pigpio report an edge only once the level
                 # has been stable for the debounce time, which would delay every press by
@@ -185,27 +234,21 @@ class HelpPoints:
                 bridge = _EdgeBridge(loop)
                 button.when_pressed = lambda _d=None, b=bridge: b.post(True)
                 button.when_released = lambda _d=None, b=bridge: b.post(False)
-                lamp = Lamp(
-                    hp.id, light, _patterns(self.config.lamp), sounder, _cues(self.config.sounder)
+                output = PatternOutput(
+                    light, _patterns(self.config.lamp), sounder, _cues(self.config.sounder)
                 )
                 self.units[hp.id] = HelpPointUnit(
-                    hp, HelpPointLogic(press_rules(self.config, hp)), lamp, bridge, devices, button
+                    hp, HelpPointLogic(press_rules(self.config, hp)), Lamp(hp.id, output),
+                    bridge, devices, button,
                 )
         except BadPinFactory as exc:
-            self._close()
             raise PinFactoryError(
                 f"no GPIO pin factory could be loaded ({exc}); on a Pi install the [pi] extra "
                 "(lgpio), elsewhere set gpio_pin_factory = 'mock'"
             ) from exc
         except GPIOZeroError as exc:
-            self._close()
             where = f"help point {hp.id}" if hp is not None else "help points"
             raise PinFactoryError(f"{where}: cannot set up its pins: {exc}") from exc
-        except BaseException:
-            self._close()
-            raise
-        log.info("help points ready: %s", ", ".join(self.units) or "none")
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._close()
@@ -228,18 +271,46 @@ class HelpPoints:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 async with asyncio.timeout(timeout):
-                    pressed, at = await unit.bridge.queue.get()
+                    event, at = await unit.bridge.queue.get()
             except TimeoutError:
                 happenings = unit.logic.tick(time.monotonic())
             else:
-                happenings = unit.logic.edge(pressed, at)
+                if event == "correlated":
+                    await self._corroborated(unit)
+                    continue
+                happenings = []
+                due = unit.logic.deadline()
+                if due is not None and due <= at:
+                    # Queued behind other events: what was due before this one happens first
+                    # (a release that settled before the next press makes that a new press).
+                    happenings += unit.logic.tick(at)
+                happenings += self._button(unit, event, at)
             for happening in happenings:
                 await self._raise(unit, happening)
+
+    def on_correlation(self, help_points: list[str]) -> None:
+        """Boards listener: a sensor at these help points started to corroborate requests."""
+        for hp_id in help_points:
+            unit = self.units.get(hp_id)
+            if unit is not None:
+                unit.bridge.put("correlated", time.monotonic())
+
+    @staticmethod
+    def _button(unit: HelpPointUnit, event: ButtonEvent, at: float) -> list[Happening]:
+        logic = unit.logic
+        if event == "hold":
+            return logic.hold()
+        happenings = []
+        if event == "press" and logic.raw_pressed and unit.config.on_board:
+            # The board's release frame was lost on the line (protocol 1 does not re-send):
+            # the button must have come up, so this is a new press, not a bounce.
+            happenings += logic.edge(False, at) + logic.tick(at)
+        return happenings + logic.edge(event == "press", at)
 
     async def _raise(self, unit: HelpPointUnit, happening: Happening) -> None:
         hp = unit.config
         rules = unit.logic.rules
-        place = {"help_point": hp.id, "location": hp.location, "platform": hp.platform}
+        place = _place(hp)
         if happening.kind == "help_point.stuck":
             self._fault(
                 f"help_point_stuck:{hp.id}",
@@ -256,13 +327,32 @@ class HelpPoints:
             return
         alert = happening.alert
         assert alert is not None
-        for priority, evidence in self._correlate(hp.id) if self._correlate else []:
+        await self._announce(unit, happening.kind, self._with_correlations(unit, alert))
+
+    def _with_correlations(self, unit: HelpPointUnit, alert: Alert) -> Alert:
+        """The alert raised by the sensors' active correlation rules at its help point."""
+        for priority, evidence in self._correlate(unit.config.id) if self._correlate else []:
             if priority < alert.priority or evidence not in alert.evidence:
                 alert = replace(alert, priority=min(alert.priority, priority),
                                 evidence=(*alert.evidence, evidence))
-                unit.logic.alert = alert
+        unit.logic.alert = alert
+        return alert
+
+    async def _corroborated(self, unit: HelpPointUnit) -> None:
+        """A correlation started while a request is open: re-announce it, raised."""
+        alert = unit.logic.alert
+        if alert is None:
+            return  # no open request: the next press picks the correlation up
+        raised = self._with_correlations(unit, alert)
+        if raised != alert:
+            log.info("help point %s: request alert_id=%s corroborated: %s", unit.config.id,
+                     alert.alert_id, "; ".join(raised.evidence[len(alert.evidence):]))
+            await self._announce(unit, "alert.correlated", raised)
+
+    async def _announce(self, unit: HelpPointUnit, kind: str, alert: Alert) -> None:
+        hp = unit.config
         now_wall, now_mono = time.time(), time.monotonic()
-        details = place | {
+        details = _place(hp) | {
             "press_count": alert.press_count,
             "first_press": round(now_wall - (now_mono - alert.first_press), 3),
             "last_press": round(now_wall - (now_mono - alert.last_press), 3),
@@ -271,9 +361,7 @@ class HelpPoints:
             "evidence": list(alert.evidence),
         }
         record = self._lifecycle.raised(alert.alert_id, hp.id, alert.priority, details)
-        event = Event(
-            happening.kind, hp.id, record.priority, alert_body(record), alert=record
-        )
+        event = Event(kind, hp.id, record.priority, alert_body(record), alert=record)
         # Registered before the commit: the PUBACK may come back before we resume.
         self._alert_of_event[event.event_id] = (hp.id, alert.alert_id)
         row = await self._accept_event(event)

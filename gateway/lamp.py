@@ -8,8 +8,9 @@ The lamp follows the alert and never claims more than has happened:
 
 A fault (stuck button) overlays its own pattern until it clears. States only move forward
 for one alert, so a late or out-of-order confirmation can never make the lamp go back.
-Each displayed state has its own light pattern and, where a sounder is fitted, its own
-audible cue (ADA/ABA 708: audible and visual signals).
+On GPIO (`PatternOutput`) each displayed state has its own light pattern and, where a
+sounder is fitted, its own audible cue (ADA/ABA 708: audible and visual signals). On a serial
+board (`gateway.boards.BoardLamp`) the gateway names the state and the board shows it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Cue:
 
 
 class LightOutput(Protocol):
-    """What the lamp needs of a gpiozero LED or PWMLED."""
+    """What a pattern lamp needs of a gpiozero LED or PWMLED."""
 
     def on(self) -> None: ...
     def off(self) -> None: ...
@@ -50,27 +51,52 @@ class LightOutput(Protocol):
 
 
 class SoundOutput(Protocol):
-    """What the lamp needs of a gpiozero Buzzer."""
+    """What a pattern lamp needs of a gpiozero Buzzer."""
 
     def beep(self, on_time: float, off_time: float, n: int) -> None: ...
 
 
-class Lamp:
-    """Drives one help point's lamp (and sounder) from its alert's state."""
+class LampOutput(Protocol):
+    """Where a lamp's state is shown: GPIO pins (`PatternOutput`) or a serial board's lamp."""
+
+    def show(self, state: LampState) -> None: ...
+
+
+class PatternOutput:
+    """A lamp on GPIO: each state is a light pattern and, with a sounder, an audible cue."""
 
     def __init__(
         self,
-        name: str,
         light: LightOutput,
         patterns: dict[LampState, Pattern],
         sounder: SoundOutput | None = None,
         cues: dict[LampState, Cue] | None = None,
     ) -> None:
-        self.name = name
         self._light = light
         self._patterns = patterns
         self._sounder = sounder
         self._cues = cues or {}
+
+    def show(self, state: LampState) -> None:
+        """Start the state's pattern (and cue)."""
+        pattern = self._patterns[state]
+        if pattern.on_s == 0:
+            self._light.off()
+        elif pattern.off_s == 0:
+            self._light.on()
+        else:
+            self._light.blink(on_time=pattern.on_s, off_time=pattern.off_s)
+        cue = self._cues.get(state)
+        if self._sounder is not None and cue is not None and cue.beeps > 0:
+            self._sounder.beep(on_time=cue.on_s, off_time=cue.off_s, n=cue.beeps)
+
+
+class Lamp:
+    """One help point's lamp (and sounder), driven from its alert's state."""
+
+    def __init__(self, name: str, output: LampOutput) -> None:
+        self.name = name
+        self._output = output
         self.alert_id: str | None = None
         self.alert_state: LampState = "idle"
         self.fault = False
@@ -108,14 +134,5 @@ class Lamp:
         if state == self.shown:
             return
         self.shown = state
-        pattern = self._patterns[state]
-        if pattern.on_s == 0:
-            self._light.off()
-        elif pattern.off_s == 0:
-            self._light.on()
-        else:
-            self._light.blink(on_time=pattern.on_s, off_time=pattern.off_s)
-        cue = self._cues.get(state)
-        if self._sounder is not None and cue is not None and cue.beeps > 0:
-            self._sounder.beep(on_time=cue.on_s, off_time=cue.off_s, n=cue.beeps)
+        self._output.show(state)
         log.info("lamp help_point=%s state=%s alert_id=%s", self.name, state, self.alert_id)

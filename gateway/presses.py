@@ -11,6 +11,7 @@ is testable with plain numbers.
   `repeat_window_s` of its last press, coalesce into it: the press count rises, and at
   `escalate_after_presses` the class is raised (P0 by default).
 - Holding past `hold_time_s` upgrades the same request to an emergency (P0); no new request.
+  A board that times holds itself reports them with `hold`, to the same effect.
 - Held past `stuck_after_s`, the button is reported stuck once; the fault clears on release.
 """
 
@@ -123,22 +124,33 @@ class HelpPointLogic:
             return out
         if not self.pressed:
             return out
-        if (
-            self.alert is not None
-            and not self.alert.held
-            and now >= self._press_at + self.rules.hold_time_s
-        ):
-            self.alert = replace(
-                self.alert,
-                held=True,
-                priority=min(self.alert.priority, self.rules.hold_class),
-                evidence=(*self.alert.evidence, f"held for {self.rules.hold_time_s:g}s"),
-            )
-            out.append(Happening("help_point.hold", self.alert))
+        if now >= self._press_at + self.rules.hold_time_s:
+            out += self._held(f"held for {self.rules.hold_time_s:g}s")
         if not self.stuck and now >= self._press_at + self.rules.stuck_after_s:
             self.stuck = True
             out.append(Happening("help_point.stuck", self.alert))
         return out
+
+    def hold(self) -> list[Happening]:
+        """The button's own controller says it is held (a serial board's BTN hold).
+
+        Upgrades the open request at once, as the hold timer would; nothing happens unless
+        the button is down and its request is not held already.
+        """
+        if not self.pressed or self._release_at is not None:
+            return []
+        return self._held("held (reported by its board)")
+
+    def _held(self, evidence: str) -> list[Happening]:
+        if self.alert is None or self.alert.held:
+            return []
+        self.alert = replace(
+            self.alert,
+            held=True,
+            priority=min(self.alert.priority, self.rules.hold_class),
+            evidence=(*self.alert.evidence, evidence),
+        )
+        return [Happening("help_point.hold", self.alert)]
 
     def _press(self, now: float) -> list[Happening]:
         self.pressed = True

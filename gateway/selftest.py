@@ -6,7 +6,8 @@ a pass/fail table, writes a JSON report, and exits non-zero if anything failed:
 - lamp walk: every lamp (and sounder) through every state;
 - each help point pressed within a timeout;
 - each serial board's HELLO, a heartbeat, and its self-test result (ACK, then no failed
-  FAULT frames within a second);
+  FAULT frames within a second); then the lamp walk (each state a LAMP command the board
+  ACKs) and a press (a BTN frame) for each help point wired to it;
 - broker connect and a round trip of its own test message;
 - certificate expiry (warn under 30 days), the clock's NTP sync, free disk, database integrity.
 """
@@ -30,10 +31,10 @@ from typing import Any, Literal
 import aiomqtt
 from cryptography import x509
 
-from firmware_bridge import Fault, Hello, Nak
+from firmware_bridge import Button, Fault, Hello, Nak
 from firmware_bridge.link import BoardEvent, BoardLink, CommandError, LinkEvents
 from firmware_bridge.protocol import HEARTBEAT_INTERVAL_S
-from gateway.config import Sensor, StationConfig
+from gateway.config import HelpPoint, Sensor, StationConfig
 from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
@@ -98,7 +99,7 @@ async def presses(help_points: HelpPoints, timeout_s: float, say: Say) -> list[C
         started = time.monotonic()
         try:
             async with asyncio.timeout(timeout_s):
-                while not (await queue.get())[0]:
+                while (await queue.get())[0] != "press":
                     pass
         except TimeoutError:
             checks.append(Check(f"press {hp_id}", "fail", f"no press within {timeout_s:g}s"))
@@ -211,6 +212,7 @@ class _BoardWatch(LinkEvents):
         self.hello: Hello | None = None
         self.welcomed = asyncio.Event()
         self.faults: list[Fault] = []
+        self.presses: asyncio.Queue[str] = asyncio.Queue()  # button ids, as pressed
 
     def online(self, link: BoardLink, hello: Hello) -> None:
         self.hello = hello
@@ -219,9 +221,49 @@ class _BoardWatch(LinkEvents):
     def frame(self, link: BoardLink, device_id: str, frame: BoardEvent) -> None:
         if isinstance(frame, Fault):
             self.faults.append(frame)
+        elif isinstance(frame, Button) and frame.event == "press":
+            self.presses.put_nowait(frame.button)
 
 
-async def _check_board(sensor: Sensor, timeout_s: float, say: Say) -> list[Check]:
+async def _board_lamp_walk(link: BoardLink, hp: HelpPoint, step_s: float, say: Say) -> Check:
+    """Every lamp state in turn on a board's lamp, each ACKed by the board."""
+    say(f"lamp walk {hp.id}: watch (and listen to) the lamp at {hp.location!r}")
+    shown: list[str] = []
+    for state in WALK:
+        try:
+            answer = await link.set_lamp(hp.board_lamp, state)
+        except CommandError as exc:
+            return Check(f"lamp {hp.id}", "fail", f"{state}: {exc}")
+        if isinstance(answer, Nak):
+            return Check(f"lamp {hp.id}", "fail",
+                         f"board refused {state}: {answer.code} {answer.detail}".strip())
+        shown.append(state)
+        say(f"  {hp.id}: {state}")
+        await asyncio.sleep(step_s)
+    return Check(f"lamp {hp.id}", "pass", "states shown (ACKed by the board): " + ", ".join(shown))
+
+
+async def _board_press(watch: _BoardWatch, hp: HelpPoint, timeout_s: float, say: Say) -> Check:
+    """Wait for a BTN press from a board help point's button."""
+    say(f"press the help point {hp.id} at {hp.location!r} within {timeout_s:g}s")
+    while not watch.presses.empty():
+        watch.presses.get_nowait()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while await watch.presses.get() != hp.button:
+                pass
+    except TimeoutError:
+        return Check(f"press {hp.id}", "fail", f"no press within {timeout_s:g}s")
+    return Check(f"press {hp.id}", "pass", f"pressed after {time.monotonic() - started:.1f}s")
+
+
+async def _check_board(
+    config: StationConfig, sensor: Sensor, timeouts: tuple[float, float, float], say: Say
+) -> list[Check]:
+    """HELLO, heartbeat and self-test of one board, then a lamp walk and a press on each of
+    its help points. `timeouts`: (board, press, lamp step) seconds."""
+    timeout_s, press_timeout_s, lamp_step_s = timeouts
     watch = _BoardWatch()
     link = BoardLink(sensor.port, sensor.baud, watch)
     name = f"board {sensor.id}"
@@ -264,6 +306,10 @@ async def _check_board(sensor: Sensor, timeout_s: float, say: Say) -> list[Check
             "; ".join(f"{f.code} {f.source} {f.state} {f.detail}".strip() for f in failed)
             or "acknowledged, no failures reported",
         ))
+        for hp in config.help_points:
+            if hp.board == sensor.id:
+                checks.append(await _board_lamp_walk(link, hp, lamp_step_s, say))
+                checks.append(await _board_press(watch, hp, press_timeout_s, say))
         return checks
     finally:
         task.cancel()
@@ -271,11 +317,20 @@ async def _check_board(sensor: Sensor, timeout_s: float, say: Say) -> list[Check
             await task
 
 
-async def serial_boards(config: StationConfig, timeout_s: float, say: Say) -> list[Check]:
-    """Each board's HELLO, a heartbeat, and its self-test result."""
+async def serial_boards(
+    config: StationConfig,
+    timeout_s: float,
+    say: Say,
+    *,
+    press_timeout_s: float = 30.0,
+    lamp_step_s: float = 1.0,
+) -> list[Check]:
+    """Each board's HELLO, a heartbeat, its self-test result, and its help points."""
     checks = []
     for sensor in config.sensors:
-        checks += await _check_board(sensor, timeout_s, say)
+        checks += await _check_board(
+            config, sensor, (timeout_s, press_timeout_s, lamp_step_s), say
+        )
     return checks
 
 
@@ -295,7 +350,10 @@ async def run_selftest(
                       f"the daemon is running ({status_path(config)}); stop it first: "
                       "systemctl stop stationgw")]
     checks: list[Check] = []
-    if config.help_points:
+    all_config = config
+    on_gpio = [hp for hp in config.help_points if not hp.on_board]
+    if on_gpio:  # help points on boards are checked with their board
+        config = config.model_copy(update={"help_points": on_gpio})
         health = Health()
         # Never opened: the selftest drives pins and lamps only, and raises no alerts.
         outbox = AsyncOutbox(Outbox(config.store.path, Topics("x", "x").render), health)
@@ -317,7 +375,8 @@ async def run_selftest(
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
-    checks += await serial_boards(config, board_timeout_s, say)
+    checks += await serial_boards(all_config, board_timeout_s, say,
+                                  press_timeout_s=press_timeout_s, lamp_step_s=lamp_step_s)
     checks += await broker_round_trip(config, broker_timeout_s)
     checks += certificates(config, datetime.datetime.now(datetime.UTC))
     checks.append(clock())

@@ -141,6 +141,12 @@ class SensorRules:
             for s in self.thresholds if s.active and s.rule.correlate
         ]
 
+    def correlating(self) -> frozenset[int]:
+        """Which correlation rules are active now (indexes into `thresholds`)."""
+        return frozenset(
+            i for i, s in enumerate(self.thresholds) if s.active and s.rule.correlate
+        )
+
     def _happening(self, kind: Kind, state: _Threshold, priority: Priority) -> SensorHappening:
         return SensorHappening(kind, self.sensor.id, state.rule.channel, priority, state.value,
                                state.unit, state.rule.label)

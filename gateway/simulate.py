@@ -97,6 +97,9 @@ class SimulateServer:
         unit = units.get(hp) if isinstance(hp, str) else None
         if unit is None:
             return {"ok": False, "error": f"unknown help point {hp!r} (known: {', '.join(units)})"}
+        if unit.button is None:
+            return {"ok": False, "error": f"help point {hp} is on board {unit.config.board}: "
+                    "press it with `stationgw simulate-device` (press, hold, release)"}
         pin = unit.button.pin
         if cmd == "press":
             pin.drive_low()

@@ -205,11 +205,29 @@ BAD_CASES: list[tuple[str, dict[str, object], str, tuple[str, ...]]] = [
      ("'stationgw/#'",)),
     ("number-out-of-bounds", {"mqtt": {"keepalive_s": 1}}, "mqtt.keepalive_s", ("5", "(got 1)")),
     ("help-points-not-a-list", {"help_points": {"id": "hp-x"}}, "help_points", ("list",)),
+    ("help-point-without-pin", {"help_points[1].pin": DELETE}, "help_points[1].pin",
+     ("missing", "board and button")),
+    ("help-point-on-gpio-and-board", {"help_points[1].board": "edge-beam",
+                                      "help_points[1].button": "b1"},
+     "help_points[1]", ("pin", "board", "keep one set")),
+    ("board-help-point-unknown-board",
+     {"help_points[2]": {"id": "hp-panel", "board": "panel-9", "button": "b1"}},
+     "help_points[2].board", ("'panel-9'", "[[sensors]]")),
+    ("board-help-point-without-button",
+     {"help_points[2]": {"id": "hp-panel", "board": "edge-beam"}},
+     "help_points[2].button", ("missing", "'edge-beam'")),
+    ("board-button-used-twice",
+     {"help_points[0]": {"id": "hp-north", "board": "edge-beam", "button": "b1"},
+      "help_points[1]": {"id": "hp-south", "board": "edge-beam", "button": "b1", "lamp": "l2"}},
+     "help_points[1].button", ("'b1'", "'edge-beam'", "help_points[0].button")),
+    ("board-button-id-too-long",
+     {"help_points[2]": {"id": "hp-panel", "board": "edge-beam", "button": "b" * 17}},
+     "help_points[2].button", ("b" * 17,)),
 ]
 # Cases also run through `stationgw run`, which must refuse them before opening anything.
 RUN_CASES = {
     "missing-station-id", "duplicate-pin", "unknown-priority-class", "conflicting-rules",
-    "ca-file-missing", "typo-in-list-of-tables",
+    "ca-file-missing", "typo-in-list-of-tables", "board-help-point-unknown-board",
 }
 
 

@@ -41,7 +41,7 @@ def test_reference_shows_types_defaults_and_descriptions() -> None:
     assert "| `station_id` | `string` | required | matches `^[a-z0-9][a-z0-9_-]{0,62}$` |" in text
     assert "| `keepalive_s` | `integer` | `30` | >= 5, <= 3600 |" in text
     assert '| `class` | `"P0" \\| "P1" \\| "P2" \\| "P3"` | required |' in text
-    assert "| `lamp_pin` | `integer \\| string` | required |  | BCM pin of the lamp |" in text
+    assert "| `lamp_pin` | `integer \\| string` | unset |  | GPIO: BCM pin of the lamp |" in text
 
 
 def test_module_prints_the_reference() -> None:

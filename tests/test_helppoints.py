@@ -162,7 +162,7 @@ async def test_lamp_and_sounder_pins_follow_the_state(broker: Mosquitto, tmp_pat
     config = gpio_config(tmp_path, broker.url)
     async with running(Gateway(config)) as gw:
         hp = unit(gw, "hp-1")
-        lamp_pin = hp.lamp._light.pin  # type: ignore[attr-defined]
+        lamp_pin = hp.devices[1].pin  # button, lamp, sounder
         sounder_pin = hp.devices[2].pin
         assert lamp_pin.state == 0
         lamp_pin.clear_states()

@@ -73,7 +73,7 @@ async def test_ack_makes_the_lamp_solid_and_resolve_turns_it_off(station: Statio
     await send_command(dispatcher, "stationgw/v1", make_command(station_id, alert_id,
                                                                 "acknowledge"))
     await lamp_becomes(gw, "hp-1", "acknowledged")
-    assert unit(gw, "hp-1").lamp._light.pin.state == 1  # type: ignore[attr-defined]
+    assert unit(gw, "hp-1").devices[1].pin.state == 1  # the lamp pin: solid
     await send_command(dispatcher, "stationgw/v1", make_command(
         station_id, alert_id, "assign", team="co_response", eta_s=300))
     await send_command(dispatcher, "stationgw/v1", make_command(station_id, alert_id, "resolve"))

@@ -130,3 +130,38 @@ async def test_selftest_checks_each_serial_board(broker: Mosquitto, tmp_path: Pa
     assert checks["board edge-p1 self-test"].outcome == "pass"
     assert checks["board gone-p2 hello"].outcome == "fail"
     assert "no HELLO" in checks["board gone-p2 hello"].detail
+
+
+async def test_selftest_walks_and_presses_help_points_on_a_board(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    from firmware_bridge import Lamp
+    from firmware_bridge.simulator import BoardSimulator
+
+    port = tmp_path / "by-id" / "usb-panel"
+    port.parent.mkdir()
+    config = station_config(
+        tmp_path, [broker.url],
+        sensors=[{"id": "panel-p2", "port": str(port)}],
+        help_points=[{"id": "hp-a", "board": "panel-p2", "button": "b1", "lamp": "l1"},
+                     {"id": "hp-b", "board": "panel-p2", "button": "b2", "lamp": "l2"}],
+    )
+    said: list[str] = []
+    board = BoardSimulator(port, lamps=("l1",))  # l2 is not fitted: its walk must fail
+
+    def technician(line: str) -> None:
+        said.append(line)
+        if line.startswith("press the help point hp-a"):
+            board.press("b1")
+            board.release("b1")
+
+    async with board:
+        checks = {c.name: c for c in await run_selftest(
+            config, board_timeout_s=3, press_timeout_s=1, lamp_step_s=0.01, say=technician)}
+    assert checks["lamp hp-a"].outcome == "pass"
+    assert "accepted, sent, acknowledged, fault, idle" in checks["lamp hp-a"].detail
+    assert [f.state for f in board.frames_of(Lamp) if f.lamp == "l1"] == [
+        "accepted", "sent", "acknowledged", "fault", "idle"]
+    assert checks["press hp-a"].outcome == "pass"
+    assert checks["lamp hp-b"].outcome == "fail" and "no lamp l2" in checks["lamp hp-b"].detail
+    assert checks["press hp-b"].outcome == "fail"  # nobody pressed b2
