@@ -3,7 +3,9 @@
 It starts a real Mosquitto on a free port, the daemon (`stationgw run`, as its own process)
 for a simulated station on gpiozero mock pins, and a dispatch view that prints each alert as
 it arrives. Then it plays a scene through the simulate socket, as a technician would: a press,
-a hold, a chattering button, a stuck button, and a broker outage with catch-up.
+a hold, a chattering button, a stuck button, and a broker outage with catch-up. A simulated
+serial board on a pseudo-terminal adds a sensor alert, a help point on the board (its lamp
+driven by LAMP commands) whose request a loud sound corroborates, and an unplug/replug.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ LABELS = {
     "alert.resolved": "resolved",
     "alert.cancelled": "cancelled",
     "alert.escalated": "ESCALATED: no acknowledgement",
+    "alert.correlated": "CORROBORATED by a sensor",
     "sensor.threshold": "SENSOR ALERT",
     "sensor.cleared": "sensor cleared",
     "sensor.reading": "reading",
@@ -102,11 +105,19 @@ def demo_config(folder: Path, broker_url: str) -> Path:
         if sounder is not None:
             lines.append(f"sounder_pin = {sounder}")
     lines += [
+        # A help point wired to the edge board, not to GPIO: BTN frames in, LAMP commands out.
+        "[[help_points]]",
+        'id = "hp-p1-edge"',
+        'location = "platform 1, edge panel"',
+        'platform = "1"',
+        'board = "edge-p1"',
+        'button = "hp1"',
         "[[sensors]]",
         'id = "edge-p1"',
         f'port = "{board_port(folder)}"',
         'location = "platform 1 edge"',
         'platform = "1"',
+        'help_points = ["hp-p1-edge"]',
         "[[sensors.thresholds]]",
         'channel = "beam"',
         "above = 1",
@@ -114,6 +125,13 @@ def demo_config(folder: Path, broker_url: str) -> Path:
         "min_duration_s = 2",
         'class = "P0"',
         'label = "edge intrusion"',
+        "[[sensors.thresholds]]",
+        'channel = "spl"',
+        "above = 85",
+        "clear_at = 75",
+        'class = "P0"',
+        'label = "loud sound"',
+        "correlate = true",
     ]
     path = folder / "station.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -185,6 +203,8 @@ class DispatchView:
             )
         elif event["kind"] == "alert.assigned":
             line += f"\n{'':27}team={body.get('team')} eta={body.get('eta_s')}s"
+        elif event["kind"] == "alert.correlated":
+            line += f"\n{'':27}evidence: " + "; ".join(map(str, body.get("evidence", [])))
         print(line, flush=True)
         self.changed.set()
 
@@ -286,7 +306,7 @@ async def demo_station() -> AsyncIterator[Demo]:
         demo.start_daemon()
         await demo.wait_ready()
         print(f"   config {demo.config_path}, daemon log {folder / 'daemon.log'}")
-        print(f"   help points: {', '.join(HELP_POINTS)}")
+        print(f"   help points: {', '.join(HELP_POINTS)} on GPIO; hp-p1-edge on the edge board")
         yield demo
     finally:
         if view_task is not None:
@@ -372,12 +392,32 @@ async def scene(demo: Demo) -> bool:
     demo.board.reading("beam", 0, "bool")
     await view.wait(lambda: view.count("sensor.cleared", "edge-p1") == 1)
 
-    say("Scene 8: the beam board's USB adapter is pulled out, then plugged back in")
-    await demo.board.unplug()
+    say("Scene 8: a rider presses the help point on the edge board's panel (serial, not GPIO)")
+    board = demo.board
+    board.press("hp1")
+    board.release("hp1")
+    await view.wait(lambda: view.count("help_point.press", "hp-p1-edge") == 1)
+    await board.wait_until(lambda: board.lamps["hp1"] == "sent")
+    print(f"   the board's lamp, told by LAMP commands: {board.lamps['hp1']}")
+    print("   then the board's microphone hears shouting beside the help point (92 dB):")
+    board.reading("spl", 92, "dB")
+    await view.wait(lambda: view.count("alert.correlated", "hp-p1-edge") == 1)
+    print("   the open request was re-announced at P0 with the sound level as evidence")
+    edge = view.alert_of("hp-p1-edge")
+    await view.command(edge, "acknowledge")
+    await view.wait(lambda: view.count("alert.acknowledged", "hp-p1-edge") == 1)
+    await board.wait_until(lambda: board.lamps["hp1"] == "acknowledged")
+    print(f"   dispatch acknowledged: the board's lamp shows {board.lamps['hp1']}")
+
+    say("Scene 9: the edge board's USB adapter is pulled out, then plugged back in")
+    await board.unplug()
     await view.wait(lambda: view.count("device.offline", "edge-p1") == 1, limit_s=15)
-    demo.board.plug()
+    board.plug()
+    print(f"   the board boots showing {board.lamps['hp1']} on its lamp (it lost the gateway)")
     await view.wait(lambda: view.count("device.online", "edge-p1") == 2, limit_s=20)
-    print("   the gateway reopened the port by its stable path; the board is back")
+    await board.wait_until(lambda: board.lamps["hp1"] == "acknowledged", timeout_s=20)
+    print("   the gateway reopened the port by its stable path; the board is back and its lamp")
+    print(f"   shows the call's state again: {board.lamps['hp1']}")
 
     expected = {
         ("sensor.threshold", "edge-p1"): 1,
@@ -391,6 +431,9 @@ async def scene(demo: Demo) -> bool:
         ("help_point.repeat", "hp-p2-east"): 1,
         ("help_point.stuck", "hp-concourse"): 1,
         ("help_point.unstuck", "hp-concourse"): 1,
+        ("help_point.press", "hp-p1-edge"): 1,
+        ("alert.correlated", "hp-p1-edge"): 1,
+        ("alert.acknowledged", "hp-p1-edge"): 1,
     }
     missing = {k: v for k, v in expected.items() if view.count(*k) != v}
     if view.count("alert.escalated", "hp-p1-south") < 1:  # once per 12 s: maybe twice
