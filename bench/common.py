@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import os
 import platform
@@ -27,13 +26,14 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.cli import setup_logging
 from gateway.config import StationConfig, parse_config
 from gateway.daemon import Gateway
 from gateway.model import Event, Priority
-from gateway.mqtt import json_properties
 from gateway.topics import Topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,12 +215,9 @@ def make_config(folder: Path, broker_url: str, **overrides: Any) -> StationConfi
 
 
 def log_to_file(path: Path) -> None:
-    """Log as the daemon does (INFO, one line per event), into a file instead of journald."""
-    logging.basicConfig(
-        filename=str(path), level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True,
-    )
-    logging.getLogger("gateway.mqtt.paho").setLevel(logging.WARNING)
+    """Log as the daemon does (`stationgw run`'s own setup, INFO, one line per event), into
+    a file instead of journald."""
+    setup_logging("INFO", path.open("a", encoding="utf-8"))
 
 
 def rendered(topics: Topics, priority: Priority, seq: int, kind: str = "help_point.press") -> (
@@ -367,6 +364,18 @@ def _resolve(future: asyncio.Future[int], value: int) -> None:
 # ---------------------------------------------------------------------------- raw paho baseline
 
 
+def plain_json_properties() -> Properties:
+    """The PUBLISH properties the gateway sends, as plain paho would (packed per publish).
+
+    The baselines stay plain paho-mqtt: the gateway's packed-once `json_properties` is one
+    of the gateway's own optimisations, not the baseline's.
+    """
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.PayloadFormatIndicator = 1
+    props.ContentType = "application/json"
+    return props
+
+
 class RawClient:
     """A plain paho-mqtt MQTT 5 client with its own network thread (`loop_start`)."""
 
@@ -378,7 +387,7 @@ class RawClient:
         self.client.max_inflight_messages_set(inflight)
         self.client.max_queued_messages_set(0)
         self.port = port
-        self.properties = json_properties("5")
+        self.properties = plain_json_properties()
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._acked = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Annotated, Any, Literal, NotRequired
@@ -42,6 +41,8 @@ class Priority(IntEnum):
         return self >= Priority.P2
 
 
+EVENT_SCHEMA = "stationgw/event/1"  # the `schema` value of every event payload
+
 REQUESTED_RESPONSE: dict[Priority, str] = {
     Priority.P0: "emergency_services",
     Priority.P1: "crisis_team",
@@ -57,7 +58,9 @@ def uuid7() -> str:
     value = (ms & ((1 << 48) - 1)) << 80 | rand & ((1 << 80) - 1)
     value = value & ~(0xF << 76) | (0x7 << 76)  # version 7
     value = value & ~(0x3 << 62) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    # str(uuid.UUID(int=value)), without building the UUID object (one per event).
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 AlertState = Literal["open", "acknowledged", "assigned", "resolved", "cancelled"]
@@ -96,7 +99,11 @@ class Event:
 class EventMessage(BaseModel):
     """The JSON payload of every event the gateway publishes (schema `stationgw/event/1`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # The contract's model. `Topics.render` writes the same bytes without building one, so
+    # the schema is built on first use (the contract, tests), never in the daemon.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, defer_build=True
+    )
 
     schema_: Literal["stationgw/event/1"] = Field(
         default="stationgw/event/1", alias="schema", description="payload schema id"

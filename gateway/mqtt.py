@@ -24,6 +24,9 @@ from gateway.config import BrokerEndpoint, StationConfig
 log = logging.getLogger(__name__)
 
 NO_MATCHING_SUBSCRIBERS = 0x10
+# Called from the event loop with a PUBACK's reason code, or with the error that ended the
+# connection before one came.
+AckCallback = Callable[[ReasonCode | None, aiomqtt.MqttError | None], None]
 
 
 class _ErrorMemo(logging.Logger):
@@ -51,7 +54,7 @@ class GatewayClient(aiomqtt.Client):
         self._errors = _ErrorMemo()
         kwargs.setdefault("logger", self._errors)
         super().__init__(*args, **kwargs)
-        self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._acks: dict[int, AckCallback] = {}
         # aiomqtt owns these callbacks; wrap them rather than replace them.
         paho_client = self._client
         self._aiomqtt_on_publish: Callable[..., None] | None = paho_client.on_publish
@@ -62,10 +65,10 @@ class GatewayClient(aiomqtt.Client):
     def _on_puback(
         self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
     ) -> None:
-        future = self._acks.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(rc)
-        if self._aiomqtt_on_publish is not None:
+        callback = self._acks.pop(mid, None)
+        if callback is not None:
+            callback(rc, None)
+        elif self._aiomqtt_on_publish is not None:  # a publish through aiomqtt's own API
             self._aiomqtt_on_publish(client, userdata, mid, rc, props)
 
     def _on_lost(self, *args: Any) -> None:
@@ -74,9 +77,9 @@ class GatewayClient(aiomqtt.Client):
             reason = self._errors.last_error or "connection closed before CONNACK"
             self._connected.set_exception(aiomqtt.MqttError(reason))
         acks, self._acks = self._acks, {}
-        for future in acks.values():
-            if not future.done():
-                future.set_exception(aiomqtt.MqttError("disconnected before PUBACK"))
+        lost = aiomqtt.MqttError("disconnected before PUBACK")
+        for callback in acks.values():
+            callback(None, lost)
         if self._aiomqtt_on_disconnect is not None:
             self._aiomqtt_on_disconnect(*args)
 
@@ -89,25 +92,73 @@ class GatewayClient(aiomqtt.Client):
         properties: Properties | None = None,
     ) -> ReasonCode:
         """Publish at QoS 1 and return the PUBACK's reason code (success or refusal)."""
-        info = self._client.publish(topic, payload, 1, retain, properties)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
         future: asyncio.Future[ReasonCode] = asyncio.get_running_loop().create_future()
-        self._acks[info.mid] = future
+
+        def settle(rc: ReasonCode | None, error: aiomqtt.MqttError | None) -> None:
+            if future.done():
+                return
+            if rc is None:
+                future.set_exception(error or aiomqtt.MqttError("no PUBACK"))
+            else:
+                future.set_result(rc)
+
+        mid = self.publish_nowait(topic, payload, settle, retain=retain, properties=properties)
         try:
             return await future
         finally:
-            self._acks.pop(info.mid, None)
+            self._acks.pop(mid, None)
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        on_ack: AckCallback,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> int:
+        """Publish at QoS 1; `on_ack` gets the PUBACK's reason code, or the error if the
+        connection ends first. Cheaper than `publish_confirmed`: no future, no task.
+
+        Returns the packet id. Raises `aiomqtt.MqttCodeError` if paho cannot send at all.
+        """
+        info = self._client.publish(topic, payload, 1, retain, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        self._acks[info.mid] = on_ack
+        return info.mid
+
+
+class _JsonProperties(Properties):
+    """PUBLISH properties of a JSON payload, packed once.
+
+    paho packs a message's properties again for every publish, and with the same object
+    for every event that was a tenth of the event loop's time. The bytes on the wire are
+    the same; the object refuses changes, so they cannot go stale.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self.PayloadFormatIndicator = 1
+        self.ContentType = "application/json"
+        self._packed: bytes = super().pack()  # type: ignore[no-untyped-call]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_packed" in self.__dict__:
+            raise AttributeError("these properties are packed once and cannot change")
+        if name == "_packed":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)  # type: ignore[no-untyped-call]
+
+    def pack(self) -> bytes:
+        """The packed properties (paho calls this for every publish)."""
+        return self._packed
 
 
 def json_properties(protocol: str) -> Properties | None:
     """PUBLISH properties for a JSON payload (MQTT 5 only)."""
-    if protocol != "5":
-        return None
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.PayloadFormatIndicator = 1
-    props.ContentType = "application/json"
-    return props
+    return _JsonProperties() if protocol == "5" else None
 
 
 def tls_context(config: StationConfig) -> ssl.SSLContext:

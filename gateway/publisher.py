@@ -17,9 +17,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, Literal, NoReturn
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
@@ -27,13 +29,15 @@ from gateway.contract import FaultReport, HealthReport, OutboxReport, StatusMess
 from gateway.health import Health
 from gateway.model import Priority
 from gateway.mqtt import NO_MATCHING_SUBSCRIBERS, GatewayClient, json_properties, make_client
-from gateway.outbox import Key, Row
+from gateway.outbox import Key, Row, State
 from gateway.store import AsyncOutbox
 from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
 
 PAGE = 256  # rows loaded from the database at a time
+_CLASS_NAMES = tuple(p.name for p in Priority)
+_DELIVERED = tuple(f"delivered_{name}" for name in _CLASS_NAMES)  # health counters by class
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
 Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
@@ -88,8 +92,16 @@ class Publisher:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()  # a window slot freed, or a new row arrived
         self._inflight: dict[int, Row] = {}
-        self._acked: list[int] = []
-        self._acked_wake = asyncio.Event()
+        self._low_inflight = 0  # P2/P3 rows among them
+        window = config.mqtt.inflight_window
+        self._window = window
+        self._low_window = window - window // 8  # the rest is kept for P0/P1
+        # Work for the store, done in batches by `_flush_store`.
+        self._acked: list[int] = []  # confirmed: to be removed
+        self._marks: list[tuple[int, int, State, str | None]] = []  # attempts and state
+        # reason code -> (its name, event_ids), for the log
+        self._confirmed: dict[int, tuple[str, list[str]]] = {}
+        self._store_wake = asyncio.Event()
         self._refused: set[int] = set()  # last attempt refused: keeps the fault up
         self._held: set[int] = set()  # refused rows kept out of the drain until the retry
         outbox.listeners.append(self._on_accept)
@@ -117,7 +129,7 @@ class Publisher:
     async def run(self) -> NoReturn:
         """Connect, drain and reconnect forever (cancel to stop)."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._flush_acked(), name="publisher.flush_acked")
+            tg.create_task(self._flush_store(), name="publisher.flush_store")
             tg.create_task(self._retry_refused(), name="publisher.retry_refused")
             await self._connect_forever()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -182,7 +194,7 @@ class Publisher:
                 self.connected.set()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watch(client), name="publisher.watch")
-                    tg.create_task(self._drain(client, tg), name="publisher.drain")
+                    tg.create_task(self._drain(client), name="publisher.drain")
                     tg.create_task(self._health_loop(client), name="publisher.health")
             except asyncio.CancelledError:
                 # Clean shutdown: say so (the retained Will only covers a lost connection).
@@ -198,6 +210,7 @@ class Publisher:
             finally:
                 self.connected.clear()
                 self._inflight.clear()  # still pending in the outbox: re-sent on reconnect
+                self._low_inflight = 0
 
     async def _watch(self, client: GatewayClient) -> None:
         """Hand incoming messages to their handlers, in order; ends when the link drops."""
@@ -208,15 +221,11 @@ class Publisher:
 
     def _may_send(self, row: Row) -> bool:
         """Room in the window; P2/P3 leave its last eighth free for P0/P1 alerts."""
-        window = self.config.mqtt.inflight_window
-        if len(self._inflight) >= window:
+        if len(self._inflight) >= self._window:
             return False
-        if row.priority <= Priority.P1:
-            return True
-        low = sum(1 for r in self._inflight.values() if r.priority > Priority.P1)
-        return low < window - window // 8
+        return row.priority <= Priority.P1 or self._low_inflight < self._low_window
 
-    async def _drain(self, client: GatewayClient, tg: asyncio.TaskGroup) -> None:
+    async def _drain(self, client: GatewayClient) -> None:
         while True:
             row = await self._next_row()
             while not self._may_send(row):
@@ -225,8 +234,7 @@ class Publisher:
                 self._room.clear()
                 await self._room.wait()
                 row = await self._next_row()
-            self._inflight[row.seq] = row
-            tg.create_task(self._send(client, row), name=f"publisher.send.{row.seq}")
+            self._send(client, row)
 
     async def _next_row(self) -> Row:
         while True:
@@ -246,43 +254,67 @@ class Publisher:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _send(self, client: GatewayClient, row: Row) -> None:
+    def _send(self, client: GatewayClient, row: Row) -> None:
+        """Publish a row; `_on_puback` gets the outcome (no task per message)."""
         attempts = row.attempts + 1
+        self._inflight[row.seq] = row
+        if row.priority > Priority.P1:
+            self._low_inflight += 1
         try:
-            rc = await client.publish_confirmed(row.topic, row.payload, properties=self._properties)
+            client.publish_nowait(
+                row.topic, row.payload, partial(self._on_puback, row, attempts),
+                properties=self._properties,
+            )
         except aiomqtt.MqttError as exc:
-            # The connection is gone; the watch task ends the session. The row is still
-            # pending in the outbox and goes out again after the reconnect.
-            log.info("not confirmed event_id=%s seq=%d: %s", row.event_id, row.seq, exc)
-            await self.outbox.mark([(row.seq, attempts, "pending", str(exc))])
-            return
-        finally:
-            self._inflight.pop(row.seq, None)
+            # The connection is gone: end the session (the row is still pending and goes
+            # out again, with the same event_id, after the reconnect).
+            self._on_puback(row, attempts, None, exc)
+            raise
+
+    def _on_puback(
+        self, row: Row, attempts: int, rc: ReasonCode | None, error: aiomqtt.MqttError | None
+    ) -> None:
+        """The broker's answer to one publish (rc), or the connection's end (error)."""
+        if self._inflight.get(row.seq) is row:  # not an earlier session's
+            del self._inflight[row.seq]
+            if row.priority > Priority.P1:
+                self._low_inflight -= 1
             self._room.set()
+        if rc is None:
+            # The row is still pending in the outbox and goes out again after the reconnect.
+            log.info("not confirmed event_id=%s seq=%d: %s", row.event_id, row.seq, error)
+            self._store_later(marks=[(row.seq, attempts, "pending", str(error))])
+            return
         if rc.is_failure:
             self._on_refused(row, attempts, rc.getName(), rc.value)
-            await self.outbox.mark([(row.seq, attempts, "refused", rc.getName())])
+            self._store_later(marks=[(row.seq, attempts, "refused", rc.getName())])
             return
-        if rc.value == NO_MATCHING_SUBSCRIBERS and row.priority <= Priority.P2:
-            self.health.count("no_matching_subscribers")
-            # A fixed message: the fault is raised once, not re-raised (and logged) per event.
-            self.health.raise_fault(
-                "dispatch_not_listening",
-                "the broker had no subscriber for P0-P2 events; alerts stay open",
-            )
-            log.info("no subscriber event_id=%s topic=%s", row.event_id, row.topic)
-        elif row.priority <= Priority.P2:
-            self.health.clear_fault("dispatch_not_listening")
-        self.health.count(f"delivered_{row.priority.name}")
-        log.info(
+        if row.priority <= Priority.P2:
+            if rc.value == NO_MATCHING_SUBSCRIBERS:
+                self.health.count("no_matching_subscribers")
+                # A fixed message: the fault is raised once, not re-raised (and logged) per
+                # event.
+                self.health.raise_fault(
+                    "dispatch_not_listening",
+                    "the broker had no subscriber for P0-P2 events; alerts stay open",
+                )
+                log.info("no subscriber event_id=%s topic=%s", row.event_id, row.topic)
+            else:
+                self.health.clear_fault("dispatch_not_listening")
+        self.health.counters[_DELIVERED[row.priority]] += 1
+        log.debug(
             "delivered event_id=%s class=%s seq=%d attempts=%d rc=%s",
-            row.event_id, row.priority.name, row.seq, attempts, rc.getName(),
+            row.event_id, _CLASS_NAMES[row.priority], row.seq, attempts, rc,
         )
+        confirmed = self._confirmed.get(rc.value)
+        if confirmed is None:
+            confirmed = self._confirmed[rc.value] = (rc.getName(), [])
+        confirmed[1].append(row.event_id)
         self._refused.discard(row.seq)
         if not self._refused:
             self.health.clear_fault("publish_refused")
         self._acked.append(row.seq)
-        self._acked_wake.set()
+        self._store_wake.set()
         for listener in self.delivered_listeners:
             listener(row)
 
@@ -300,14 +332,31 @@ class Publisher:
             row.event_id, row.priority.name, row.seq, attempts, reason, code,
         )
 
-    async def _flush_acked(self) -> NoReturn:
-        """Remove confirmed rows in batches: one commit covers every PUBACK since the last."""
+    def _store_later(self, marks: list[tuple[int, int, State, str | None]]) -> None:
+        self._marks.extend(marks)
+        self._store_wake.set()
+
+    async def _flush_store(self) -> NoReturn:
+        """Log and remove confirmed rows, and record attempts, in batches: one delete commit
+        covers every PUBACK since the last, and one log line lists their event_ids."""
         while True:
-            await self._acked_wake.wait()
-            self._acked_wake.clear()
-            seqs, self._acked = self._acked, []
-            await self.outbox.delivered(seqs)
-            self._known.difference_update(seqs)
+            await self._store_wake.wait()
+            self._store_wake.clear()
+            confirmed, self._confirmed = self._confirmed, {}
+            for rc, event_ids in confirmed.values():
+                # At a station's pace this is one line per event; in a burst, one line per
+                # batch. Every event_id is in it, so grepping the journal for one finds both
+                # its "accepted" and its "delivered" line.
+                log.info(
+                    "delivered n=%d rc=%s event_ids=%s", len(event_ids), rc, ",".join(event_ids)
+                )
+            if self._marks:
+                marks, self._marks = self._marks, []
+                await self.outbox.mark(marks)
+            if self._acked:
+                seqs, self._acked = self._acked, []
+                await self.outbox.delivered(seqs)
+                self._known.difference_update(seqs)
 
     async def _retry_refused(self) -> NoReturn:
         while True:

@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 
 from gateway.errors import StoreError
 from gateway.health import Health
-from gateway.model import Event
+from gateway.model import Event, Priority
 from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State
 from gateway.worker import URGENT, PriorityWorker
 
@@ -27,6 +27,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 RowListener = Callable[[Row], None]
+_CLASS_NAMES = tuple(p.name for p in Priority)
+_ACCEPTED = tuple(f"accepted_{name}" for name in _CLASS_NAMES)  # health counters by class
 
 
 class AsyncOutbox:
@@ -38,7 +40,7 @@ class AsyncOutbox:
         self.listeners: list[RowListener] = []
         self._executor: PriorityWorker | None = None
         self._queue: list[tuple[Event, asyncio.Future[Row]]] = []
-        self._commit_lock = asyncio.Lock()
+        self._committing = False  # a group commit is on the worker thread
 
     async def __aenter__(self) -> AsyncOutbox:
         self._executor = PriorityWorker("outbox")
@@ -69,22 +71,47 @@ class AsyncOutbox:
         Group commit: events that arrive while a commit is under way share the next one, so
         a burst costs one fsync, and each caller still returns only after its row is in.
         """
-        future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Row] = loop.create_future()
         self._queue.append((event, future))
-        async with self._commit_lock:
-            # A caller whose event went out in the previous batch must not start a commit of
-            # its own; otherwise every waiter commits one row (a lock convoy).
-            if not future.done() and self._queue:
-                batch, self._queue = self._queue, []
-                assert self._executor is not None, "AsyncOutbox used outside `async with`"
-                # Urgent: a new alert's commit goes ahead of queued reads and deletes.
-                done = asyncio.wrap_future(self._executor.submit(
-                    partial(self.outbox.accept, [e for e, _ in batch]), URGENT
-                ))
-                # Settled by callback so that a cancelled caller cannot strand the others.
-                done.add_done_callback(partial(self._settle, batch))
-                await asyncio.wait([done])
+        if not self._committing:
+            # Start on the next turn of the loop, so that every caller woken in this one
+            # (say, producers whose last events just went in) joins the same commit.
+            self._committing = True
+            loop.call_soon(self._commit_queued)
         return await future
+
+    def _commit_queued(self) -> None:
+        """Hand every queued event to the worker thread as one commit.
+
+        Driven by callbacks, not by the callers: a cancelled caller cannot strand the others,
+        and no caller waits on a lock only to find its row already in (a lock convoy).
+        """
+        batch, self._queue = self._queue, []
+        try:
+            assert self._executor is not None, "AsyncOutbox used outside `async with`"
+            # Urgent: a new alert's commit goes ahead of queued reads and deletes.
+            done = asyncio.wrap_future(self._executor.submit(
+                partial(self.outbox.accept, [e for e, _ in batch]), URGENT
+            ))
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            self._committing = False
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        done.add_done_callback(partial(self._committed, batch))
+
+    def _committed(
+        self, batch: list[tuple[Event, asyncio.Future[Row]]], done: asyncio.Future[AcceptResult]
+    ) -> None:
+        try:
+            self._settle(batch, done)
+        finally:
+            if self._queue:  # arrived during the commit: the next one starts at once
+                self._commit_queued()
+            else:
+                self._committing = False
 
     def _settle(
         self, batch: list[tuple[Event, asyncio.Future[Row]]], done: asyncio.Future[AcceptResult]
@@ -105,19 +132,21 @@ class AsyncOutbox:
             )
         else:
             self.health.clear_fault("store_unwritable")
+        counters = self.health.counters
         for (event, _), row in zip(batch, result.rows, strict=True):
+            name = _CLASS_NAMES[row.priority]
             if result.error is not None:
                 log.error(
                     "accepted in memory only event_id=%s class=%s kind=%s source=%s seq=%d "
                     "error=%s",
-                    row.event_id, row.priority.name, row.kind, event.source, row.seq, result.error,
+                    row.event_id, name, row.kind, event.source, row.seq, result.error,
                 )
             else:
                 log.info(
                     "accepted event_id=%s class=%s kind=%s source=%s seq=%d",
-                    row.event_id, row.priority.name, row.kind, event.source, row.seq,
+                    row.event_id, name, row.kind, event.source, row.seq,
                 )
-            self.health.count(f"accepted_{row.priority.name}")
+            counters[_ACCEPTED[row.priority]] += 1
         self._report_dropped(result.evicted, "evicted", "store full")
         for row in result.rows:
             for listener in self.listeners:

@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway.broker import Mosquitto, free_port
 from gateway.daemon import Gateway
 from gateway.model import Priority
+from gateway.outbox import Row
 from tests.helpers import running, station_config, subscribe
 
 
@@ -94,8 +95,15 @@ async def test_new_p1_overtakes_thousands_of_buffered_p3(
 
 async def test_p1_accepted_mid_drain_jumps_the_queue(broker: Mosquitto, tmp_path: Path) -> None:
     config = station_config(tmp_path, [broker.url], mqtt={"inflight_window": 4})
+    confirmed_at_accept: list[int] = []
+
+    def on_accept(row: Row) -> None:
+        if row.priority == Priority.P1:
+            confirmed_at_accept.append(gw.health.counters["delivered_P3"])
+
     async with subscribe(broker.port, f"stationgw/v1/{config.station_id}/events/#") as sub:
         async with running(Gateway(config)) as gw:
+            gw.outbox.listeners.append(on_accept)
             await asyncio.wait_for(gw.publisher.connected.wait(), 20)
             backlog = asyncio.create_task(_submit_many(gw, [Priority.P3] * 2000))
             await sub.wait_for(lambda m: len(m) >= 50)
@@ -103,9 +111,13 @@ async def test_p1_accepted_mid_drain_jumps_the_queue(broker: Mosquitto, tmp_path
             await backlog
             await sub.wait_for(lambda m: len(m) >= 2001, timeout=60)
     position = [p["event_id"] for p in sub.events()].index(p1.event_id)
-    # At most the rows already in flight (window 4) plus those queued before the P1 was
-    # accepted may precede it; thousands of P3 rows must not.
-    assert position < 200, f"P1 arrived at position {position} of 2001"
+    # Only rows already confirmed when the P1 was accepted, plus those then in flight
+    # (window 4), may precede it: it is the very next row sent, however fast the drain.
+    assert position <= confirmed_at_accept[0] + 4, (
+        f"P1 arrived at position {position} of 2001; when it was accepted "
+        f"{confirmed_at_accept[0]} rows were confirmed and at most 4 in flight"
+    )
+    assert confirmed_at_accept[0] < 1900, "the backlog was nearly drained: nothing to overtake"
 
 
 async def test_failover_to_second_endpoint_and_mqtt_311(broker: Mosquitto, tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.model import Event, Priority
+from gateway.model import REQUESTED_RESPONSE, Event, EventMessage, Priority
 from gateway.outbox import MIGRATIONS, Outbox, connect
 from gateway.topics import Topics
 
@@ -136,3 +138,35 @@ def test_refused_rows_are_kept_and_skipped_until_requeued(outbox: Outbox) -> Non
     assert outbox.requeue_refused() == 1
     (again,) = outbox.page(None, 10)
     assert again.event_id == row.event_id and again.attempts == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    priority=st.sampled_from(Priority),
+    kind=st.text(),
+    source=st.text(),
+    body=st.dictionaries(st.text(), json_values, max_size=5),
+    seq=st.integers(1, 2**62),
+    wall_time=st.floats(0, 2e10),
+)
+def test_rendered_payload_is_exactly_the_contract_models_json(
+    priority: Priority, kind: str, source: str, body: dict[str, object], seq: int,
+    wall_time: float,
+) -> None:
+    # Consumers and the checked-in AsyncAPI document rely on EventMessage's bytes; render
+    # writes them without building the model, so compare byte for byte (NaN, 1e-05, escapes).
+    event = Event(kind, source, priority, body)
+    topic, payload = TOPICS.render(event, seq, wall_time)
+    model = EventMessage(
+        event_id=event.event_id, station=TOPICS.station, priority=priority.name,
+        requested_response=REQUESTED_RESPONSE[priority], kind=kind, source=source, seq=seq,
+        wall_time=round(wall_time, 6), body=body,
+    )
+    assert payload == model.model_dump_json(by_alias=True).encode()
+    assert topic == TOPICS.events(priority)
