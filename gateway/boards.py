@@ -161,6 +161,7 @@ class Boards(LinkEvents):
         self.boards: dict[str, Board] = {}
         self._by_link: dict[int, Board] = {}
         self.correlation_listeners: list[CorrelationListener] = []
+        health.board_counters = self.counters  # link quality goes out with every health report
         for sensor in config.sensors:
             link = BoardLink(sensor.port, sensor.baud, self, **link_options)
             board = Board(sensor, link, SensorRules.from_config(sensor))

@@ -105,6 +105,12 @@ class HealthReport(BaseModel):
     faults: list[FaultReport] = Field(description="active faults")
     links: dict[str, str] = Field(description="link states, e.g. broker:URL -> up")
     counters: dict[str, int] = Field(description="event counters since start")
+    boards: dict[str, dict[str, int]] = Field(
+        description="link quality of each serial board, by board id, counted since start: "
+        "frames, rejected frames by reason (bad_crc, oversize, unknown_type, malformed...), "
+        "sequence gaps and the frames lost in them, duplicates, board resets, port reopens, "
+        "online/offline transitions and command outcomes (docs/firmware-protocol.md)"
+    )
 
 
 # Which body each kind the gateway raises carries; other kinds (sensors) are free-form.
@@ -273,8 +279,11 @@ def _examples() -> dict[str, list[JSONObject]]:
         ),
         faults=[FaultReport(code="dispatch_not_listening", since=1795699500.0, message=(
             "broker had no subscriber for stationgw/v1/central-north/events/P1"))],
-        links={"broker:mqtts://dispatch.example:8883": "up"},
+        links={"broker:mqtts://dispatch.example:8883": "up",
+               "serial:edge-p1": "online (board edge-beam-7f3a fw=1.4.2)"},
         counters={"delivered_P1": 12, "commands_applied_acknowledge": 3},
+        boards={"edge-p1": {"frames": 86411, "bad_crc": 3, "gaps": 2, "lost": 2, "resets": 1,
+                            "reopens": 1, "online": 2, "offline": 1}},
     )
     return {
         "event": [

@@ -152,8 +152,6 @@ class Gateway:
         report["state"] = "running"
         if self.help_points is not None:
             report["lamps"] = {hp: u.lamp.state for hp, u in self.help_points.units.items()}
-        if self.boards is not None:
-            report["boards"] = self.boards.counters()
         return report
 
     async def _write_status(self) -> NoReturn:

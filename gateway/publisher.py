@@ -414,5 +414,6 @@ class Publisher:
             ],
             links=dict(self.health.links),
             counters=dict(self.health.counters),
+            boards=self.health.board_counters(),
         )
         return report.model_dump(mode="json")

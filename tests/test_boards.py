@@ -86,3 +86,33 @@ async def test_board_reset_mid_frame_recovers(station: Station) -> None:
     assert gw.boards is not None
     counters = gw.boards.counters()["edge-p1"]
     assert counters["resets"] >= 1
+
+
+async def test_link_quality_goes_out_in_the_retained_health_report(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    port = tmp_path / "by-id" / "usb-sim-crowd-if00"
+    port.parent.mkdir()
+    config = station_config(tmp_path, [broker.url], mqtt={"health_interval_s": 0.3},
+                            sensors=[{"id": "crowd-p2", "port": str(port)}])
+    health = f"stationgw/v1/{config.station_id}/health"
+    async with (
+        subscribe(broker.port, health) as sub,
+        BoardSimulator(port) as board,
+        running(Gateway(config)),
+    ):
+        await board.wait_until(lambda: board.state == "running")
+        board.lose(2)  # two frames lost on the line: a gap
+        board.reading("count", 40, "count")
+        board.send_raw(b"$READ,99,sensor=count,value=41,unit=count*0000\r\n")  # bad CRC
+        board.reset(mid_frame=True)  # the board restarts half-way through a frame
+
+        def quality() -> dict[str, int]:
+            boards = sub.messages[-1][1]["boards"] if sub.messages else {}
+            return dict(boards.get("crowd-p2", {}))
+
+        await sub.wait_for(lambda m: quality().get("resets", 0) >= 1
+                           and quality().get("bad_crc", 0) >= 1, timeout=20)
+    counters = quality()
+    assert counters["gaps"] == 1 and counters["lost"] == 2
+    assert counters["frames"] >= 3 and counters["online"] >= 2
