@@ -278,13 +278,7 @@ class HelpPoints:
                 if event == "correlated":
                     await self._corroborated(unit)
                     continue
-                happenings = []
-                due = unit.logic.deadline()
-                if due is not None and due <= at:
-                    # Queued behind other events: what was due before this one happens first
-                    # (a release that settled before the next press makes that a new press).
-                    happenings += unit.logic.tick(at)
-                happenings += self._button(unit, event, at)
+                happenings = unit.logic.button(event, at, debounced=unit.config.on_board)
             for happening in happenings:
                 await self._raise(unit, happening)
 
@@ -294,18 +288,6 @@ class HelpPoints:
             unit = self.units.get(hp_id)
             if unit is not None:
                 unit.bridge.put("correlated", time.monotonic())
-
-    @staticmethod
-    def _button(unit: HelpPointUnit, event: ButtonEvent, at: float) -> list[Happening]:
-        logic = unit.logic
-        if event == "hold":
-            return logic.hold()
-        happenings = []
-        if event == "press" and logic.raw_pressed and unit.config.on_board:
-            # The board's release frame was lost on the line (protocol 1 does not re-send):
-            # the button must have come up, so this is a new press, not a bounce.
-            happenings += logic.edge(False, at) + logic.tick(at)
-        return happenings + logic.edge(event == "press", at)
 
     async def _raise(self, unit: HelpPointUnit, happening: Happening) -> None:
         hp = unit.config

@@ -131,6 +131,27 @@ class HelpPointLogic:
             out.append(Happening("help_point.stuck", self.alert))
         return out
 
+    def button(
+        self, event: Literal["press", "hold", "release"], now: float, *, debounced: bool = False
+    ) -> list[Happening]:
+        """A button event taken off a queue, stamped `now` when it happened.
+
+        What fell due before it happens first (`tick(now)`): a release that settled before
+        this press makes it a new press even when both waited in the queue. A `debounced`
+        source (a serial board, which debounces and reports press, hold, release) may lose a
+        frame on the line: a press while the button is still down means the release was
+        lost, so it ends the old press and starts a new one instead of counting as a bounce.
+        """
+        out: list[Happening] = []
+        due = self.deadline()
+        if due is not None and due <= now:
+            out += self.tick(now)
+        if event == "hold":
+            return out + self.hold()
+        if event == "press" and debounced and self.raw_pressed:
+            out += self.edge(False, now) + self.tick(now + self.rules.bounce_time_s)
+        return out + self.edge(event == "press", now)
+
     def hold(self) -> list[Happening]:
         """The button's own controller says it is held (a serial board's BTN hold).
 

@@ -105,3 +105,40 @@ def test_any_burst_of_bounces_is_exactly_one_press(gaps: list[float]) -> None:
     edges.append((t, False))
     out = run(HelpPointLogic(RULES), edges, until=t + 1.0)
     assert [h.kind for h in out] == ["help_point.press"]
+
+
+BOARD_RULES = PressRules(bounce_time_s=0.0, hold_time_s=2.0, repeat_window_s=60,
+                         escalate_after_presses=1000, stuck_after_s=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["press", "hold", "release"]),
+                          st.floats(min_value=0.0, max_value=0.5), st.booleans()),
+                min_size=1, max_size=80))
+def test_every_board_press_that_arrives_counts_whatever_frames_are_lost(
+    frames: list[tuple[str, float, bool]],
+) -> None:
+    """A board's BTN frames, queued and handled late, some lost on the line: every press that
+    arrives is one press of the one open request, and nothing raises."""
+    logic, t, delivered, out = HelpPointLogic(BOARD_RULES), 1.0, 0, []
+    for event, gap, lost in frames:
+        t += gap
+        if lost:
+            continue
+        delivered += event == "press"
+        out += logic.button(event, t, debounced=True)  # type: ignore[arg-type]
+    presses = [h for h in out if h.kind in ("help_point.press", "help_point.repeat")]
+    assert len(presses) == delivered
+    if presses:
+        assert presses[0].kind == "help_point.press"  # then it waits for dispatch: all join
+        assert logic.alert is not None and logic.alert.press_count == delivered
+
+
+def test_queued_release_then_press_is_two_presses_not_a_bounce() -> None:
+    logic = HelpPointLogic(RULES)
+    # Both edges waited in the queue; the press came 0.3 s after the release settled.
+    out = logic.button("press", 1.0) + logic.button("release", 1.2) + logic.button("press", 1.5)
+    assert [h.kind for h in out] == ["help_point.press", "help_point.repeat"]
+    # A real bounce (within bounce_time_s of the release) is still one press.
+    out = logic.button("release", 1.6) + logic.button("press", 1.62)
+    assert out == []
