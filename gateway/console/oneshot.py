@@ -1,0 +1,116 @@
+"""`stationgw dispatch ack|assign|resolve`: send one command, wait for the station's reply,
+and say why when none comes (from the station's retained status)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.commands import Action, Reply
+from gateway.console.errors import ConsoleConnectionError
+from gateway.console.events import as_number, as_text, parse_json_object, parse_reply
+from gateway.console.intake import Intake
+from gateway.console.options import ACTIONS, PREFIX, TEAMS
+from gateway.console.running import say
+from gateway.dispatch import command_topic, make_command, reply_topic
+
+
+def one_shot(
+    host: str,
+    port: int,
+    action: str,
+    alert_id: str,
+    station: str,
+    *,
+    team: str | None = None,
+    eta_s: int | None = None,
+    prefix: str = PREFIX,
+    timeout: float = 10.0,
+    dispatcher: str | None = None,
+) -> int:
+    """Send one command and wait for the station's reply: exit 0 applied, 1 rejected,
+    2 no reply within `timeout` (or no broker; the message says which).
+
+    The station must be given: commands go to `{prefix}/{station}/commands` and an alert id
+    does not say which station raised it (the console shows it on the row; scripts read the
+    event's `station`).
+    """
+    chosen = ACTIONS.get(action)
+    if chosen is None:
+        say(f"unknown action {action!r} (use ack, assign or resolve)")
+        return 2
+    if chosen == "assign" and team not in TEAMS:
+        say(f"assign needs a team: one of {', '.join(TEAMS)} (got {team!r})")
+        return 2
+    try:
+        command = make_command(
+            station, alert_id, chosen, team=next((t for t in TEAMS if t == team), None),
+            eta_s=eta_s, dispatcher=dispatcher or f"cli-{socket.gethostname()}"[:64],
+        )
+    except ValidationError as exc:
+        say(f"bad command: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+        return 2
+    replies, status_topic = reply_topic(prefix, station), f"{prefix}/{station}/status"
+
+    async def main() -> int:
+        status: dict[str, Any] | None = None
+        intake = Intake(host, port, [replies, status_topic],
+                        client_id=f"stationgw-cli-{uuid.uuid4().hex[:12]}", session_expiry_s=0)
+        async with intake:
+            payload = json.dumps(command.model_dump(by_alias=True, mode="json")).encode()
+            rc = await intake.publish(command_topic(prefix, station), payload)
+            if rc.is_failure:
+                say(f"the broker refused the command: {rc.getName()}")
+                return 2
+            try:
+                async with asyncio.timeout(timeout), \
+                        contextlib.aclosing(intake.batches()) as batches:
+                    async for batch in batches:
+                        intake.ack(batch)
+                        for message in batch:
+                            if message.topic == status_topic:
+                                status = parse_json_object(message.payload)
+                                continue
+                            reply = parse_reply(message.payload)
+                            if reply is not None and reply.command_id == command.command_id:
+                                return report_reply(reply, chosen, alert_id, station)
+            except TimeoutError:
+                pass
+        say(f"no reply from station {station!r} within {timeout:g}s; " + describe(status))
+        return 2
+
+    try:
+        return asyncio.run(main())
+    except ConsoleConnectionError as exc:
+        say(f"{exc}; the command was not sent")
+        return 2
+
+
+def report_reply(reply: Reply, action: Action, alert_id: str, station: str) -> int:
+    """Print the outcome of a command; its exit code."""
+    if reply.status == "applied":
+        print(f"applied: {action} alert {alert_id} at {station}", flush=True)
+        return 0
+    print(f"rejected: {reply.reason} ({reply.detail})", file=sys.stderr, flush=True)
+    return 1
+
+
+def describe(status: Mapping[str, Any] | None) -> str:
+    """What a station's retained status says about why it did not answer."""
+    if status is None:
+        return "the broker holds no status for it (is --station right?)"
+    state = as_text(status.get("state"), "unknown")
+    since = as_number(status.get("wall_time"))
+    when = "" if since is None else f" since {time.strftime('%H:%M:%S', time.localtime(since))}"
+    if state == "online":
+        return "it is online; the command may still be applied (check with `dispatch watch`)"
+    return f"it is {state}{when}; the broker keeps the command for it"

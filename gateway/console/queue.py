@@ -1,0 +1,186 @@
+"""The alert queue, with no I/O: events from every station in, one row per open alert out.
+
+Re-sends are folded once (de-duplicated on `event_id`), each alert keeps the state its
+newest event gives it, and rows come most urgent class first, then oldest first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from gateway.console.events import DEDUP_WINDOW, Dedup, as_number, as_text, parse_event
+from gateway.model import AlertState, Priority
+
+CLOSED_MEMORY = 10_000  # closed alerts remembered, so a late event does not reopen one
+
+Change = Literal[
+    "new", "updated", "closed", "duplicate", "stale", "fault", "fault_cleared", "ignored",
+    "malformed",
+]
+_STATES: dict[str, AlertState] = {
+    "open": "open", "acknowledged": "acknowledged", "assigned": "assigned",
+    "resolved": "resolved", "cancelled": "cancelled",
+}
+_STATE_OF_KIND: dict[str, AlertState] = {
+    "alert.acknowledged": "acknowledged", "alert.assigned": "assigned",
+    "alert.resolved": "resolved", "alert.cancelled": "cancelled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    """One rider's request as dispatch sees it: the newest event's view of the alert."""
+
+    station: str
+    alert_id: str
+    priority: Priority
+    state: AlertState
+    kind: str  # the newest event's kind
+    source: str
+    location: str
+    press_count: int
+    raised_at: float  # the rider's first press (gateway wall time): the queue's age
+    escalated: bool
+    team: str | None
+    eta_s: int | None
+    requested_response: str
+    updated_at: float  # wall time of the newest event
+    seq: int  # the newest event's seq (orders one gateway's events)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(station, alert_id): alert ids are only promised unique per station."""
+        return (self.station, self.alert_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A help point reported stuck (no alert id: dispatch cannot command it)."""
+
+    station: str
+    source: str
+    location: str
+    since: float
+
+
+class AlertQueue:
+    """Folds event payloads from every station into one row per open alert.
+
+    - Re-sends (same `event_id`) change nothing.
+    - Events of one alert can arrive out of order (the outbox drains P0 before P1), so a row
+      takes an event only if its `seq` is newer than the row's; the body carries the whole
+      alert record, so the newest event is the truth.
+    - Resolved and cancelled alerts leave the queue and are remembered, so a late event
+      does not bring them back.
+    - `help_point.stuck` / `unstuck` (no alert id) raise and clear a `Fault`; other events
+      without an alert id are ignored here (`watch --json` still prints them).
+    """
+
+    def __init__(self, dedup_window: int = DEDUP_WINDOW) -> None:
+        self.dedup = Dedup(dedup_window)
+        self._open: dict[tuple[str, str], AlertRow] = {}
+        self._closed: set[tuple[str, str]] = set()
+        self._closed_order: deque[tuple[str, str]] = deque()
+        self._faults: dict[tuple[str, str], Fault] = {}
+        self.counts: dict[Change, int] = {}
+
+    def feed_payload(self, payload: bytes | bytearray) -> Change:
+        """Fold one raw message payload."""
+        event = parse_event(payload)
+        if event is None:
+            return self._count("malformed")
+        return self.feed(event)
+
+    def feed(self, event: Mapping[str, Any]) -> Change:
+        """Fold one parsed event; says what it changed."""
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            return self._count("malformed")
+        if not self.dedup.first_time(event_id):
+            return self._count("duplicate")
+        try:
+            priority = Priority.parse(as_text(event.get("class")))
+        except ValueError:
+            return self._count("malformed")
+        body = event.get("body")
+        body = body if isinstance(body, dict) else {}
+        station, kind = as_text(event.get("station")), as_text(event.get("kind"))
+        source = as_text(event.get("source"), as_text(body.get("help_point")))
+        wall_time = as_number(event.get("wall_time")) or 0.0
+        alert_id = body.get("alert_id")
+        if not isinstance(alert_id, str) or not alert_id:
+            return self._count(self._fault(kind, station, source, body, wall_time))
+        key = (station, alert_id)
+        row = self._open.get(key)
+        given_seq = as_number(event.get("seq"))
+        if key in self._closed or (row is not None and given_seq is not None
+                                   and given_seq <= row.seq):
+            return self._count("stale")
+        seq = int(given_seq) if given_seq is not None else (row.seq if row else 0)
+        state = _STATES.get(as_text(body.get("state"))) or _STATE_OF_KIND.get(kind, "open")
+        if state in ("resolved", "cancelled"):
+            self._open.pop(key, None)
+            self._closed.add(key)
+            self._closed_order.append(key)
+            if len(self._closed_order) > CLOSED_MEMORY:
+                self._closed.discard(self._closed_order.popleft())
+            return self._count("closed")
+        first_press = as_number(body.get("first_press"))
+        eta = as_number(body.get("eta_s"))
+        team = body.get("team")
+        fresh = AlertRow(
+            station=station, alert_id=alert_id, priority=priority, state=state, kind=kind,
+            source=source, location=as_text(body.get("location")),
+            press_count=int(as_number(body.get("press_count")) or 0),
+            raised_at=first_press or wall_time,
+            escalated=body.get("escalated") is True,
+            team=team if isinstance(team, str) else None,
+            eta_s=None if eta is None else int(eta),
+            requested_response=as_text(event.get("requested_response")),
+            updated_at=wall_time, seq=seq,
+        )
+        if row is not None:  # keep what only earlier events said
+            fresh = replace(
+                fresh, raised_at=min(row.raised_at, fresh.raised_at),
+                location=fresh.location or row.location,
+            )
+        self._open[key] = fresh
+        return self._count("new" if row is None else "updated")
+
+    def _fault(
+        self, kind: str, station: str, source: str, body: Mapping[str, Any], wall_time: float
+    ) -> Change:
+        if kind == "help_point.stuck":
+            self._faults.setdefault(
+                (station, source),
+                Fault(station, source, as_text(body.get("location")), wall_time),
+            )
+            return "fault"
+        if kind == "help_point.unstuck":
+            self._faults.pop((station, source), None)
+            return "fault_cleared"
+        return "ignored"
+
+    def _count(self, change: Change) -> Change:
+        self.counts[change] = self.counts.get(change, 0) + 1
+        return change
+
+    def rows(self) -> list[AlertRow]:
+        """Open alerts: most urgent class first, then oldest first."""
+        return sorted(
+            self._open.values(), key=lambda r: (r.priority, r.raised_at, r.station, r.alert_id)
+        )
+
+    def get(self, station: str, alert_id: str) -> AlertRow | None:
+        """An open alert, if it is in the queue."""
+        return self._open.get((station, alert_id))
+
+    def faults(self) -> list[Fault]:
+        """Stuck help points, oldest first."""
+        return sorted(self._faults.values(), key=lambda f: (f.since, f.station, f.source))
+
+    def __len__(self) -> int:
+        return len(self._open)

@@ -1,0 +1,69 @@
+"""`stationgw dispatch watch --json`: every station's events as JSON lines on stdout, each
+re-send printed once; each message is acknowledged only after its line is flushed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+
+import paho.mqtt.client as paho
+
+from gateway.console.errors import ConsoleUsageError
+from gateway.console.events import Dedup, parse_event
+from gateway.console.intake import Intake
+from gateway.console.link import Link
+from gateway.console.options import PREFIX, events_filter
+from gateway.console.running import run, say
+
+
+def watch_json(
+    host: str,
+    port: int,
+    *,
+    share: str | None = None,
+    prefix: str = PREFIX,
+    client_id: str | None = None,
+) -> int:
+    """One JSON line per new event from every station on stdout, each re-send once only.
+
+    Lines are the events exactly as published (schema `stationgw/event/1`), flushed as they
+    come. Runs until SIGINT/SIGTERM, stdout closes, or stdin reaches EOF when stdin is a pipe
+    (a terminal or /dev/null never ends it). Status goes to stderr. With `client_id` the
+    broker keeps the session for a day, so nothing published while away is missed.
+    """
+    try:
+        topics = [events_filter(prefix, share)]
+    except ConsoleUsageError as exc:
+        say(str(exc))
+        return 2
+    out = sys.stdout.buffer
+    dedup = Dedup()
+
+    async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
+        lines: list[bytes] = []
+        for message in batch:
+            event = parse_event(message.payload)
+            if event is None:
+                say(f"skipped a message on {message.topic}: not a stationgw event")
+            elif dedup.first_time(event["event_id"]):
+                payload = bytes(message.payload)
+                if b"\n" in payload or b"\r" in payload:
+                    payload = json.dumps(event, separators=(",", ":")).encode()
+                lines += (payload, b"\n")
+        if lines:
+            out.write(b"".join(lines))
+            out.flush()
+        intake.ack(batch)  # only now: a crash before this gets them sent again
+
+    async def main() -> int:
+        link = Link(host, port, topics, client_id=client_id, on_state=say)
+        try:
+            await link.run(handle)
+        except BrokenPipeError:  # the reader went away (`| head`): a normal end
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 0
+
+    return run(main(), stop_on_stdin_eof=True)
