@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from gateway.boards import Boards
 from gateway.config import StationConfig
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
@@ -22,6 +21,9 @@ from gateway.status import INTERVAL_S as STATUS_INTERVAL_S
 from gateway.status import status_path, write_status
 from gateway.store import AsyncOutbox
 from gateway.topics import Topics
+
+if TYPE_CHECKING:
+    from gateway.boards import Boards
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Gateway:
             )
             open_alerts = await self.lifecycle.restore()
             if self.config.sensors:
+                from gateway.boards import Boards  # noqa: PLC0415 (serial stack: only if used)
+
                 self.boards = Boards(self.config, self.accept, self.health)
             if self.config.help_points:
                 on_gpio = any(not hp.on_board for hp in self.config.help_points)

@@ -16,17 +16,18 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from firmware_bridge import ButtonEvent
-from gateway.boards import Boards
 from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
 from gateway.errors import GatewayError
 from gateway.lamp import Cue, Lamp, LampState, Pattern, PatternOutput
 from gateway.lifecycle import Lifecycle, alert_body
 from gateway.model import AlertRecord, Event, Priority
 from gateway.outbox import Row
-from gateway.presses import Alert, Happening, HelpPointLogic, PressRules
+from gateway.presses import Alert, ButtonEvent, Happening, HelpPointLogic, PressRules
+
+if TYPE_CHECKING:  # the serial stack is imported only where boards are configured
+    from gateway.boards import Boards
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,9 @@ from typing import Literal
 
 from gateway.model import Priority
 
+#: A button event: from a GPIO pin's edges, or a serial board's BTN frame (same words).
+ButtonEvent = Literal["press", "hold", "release"]
+
 Kind = Literal[
     "help_point.press",
     "help_point.repeat",
@@ -132,7 +135,7 @@ class HelpPointLogic:
         return out
 
     def button(
-        self, event: Literal["press", "hold", "release"], now: float, *, debounced: bool = False
+        self, event: ButtonEvent, now: float, *, debounced: bool = False
     ) -> list[Happening]:
         """A button event taken off a queue, stamped `now` when it happened.
 
