@@ -36,6 +36,9 @@ from gateway.topics import Topics
 log = logging.getLogger(__name__)
 
 PAGE = 256  # rows loaded from the database at a time
+#: Confirmed rows are deleted in batches, at most this long after their PUBACK. A crash in
+#: between only re-sends them with the same event_id (at least once, as the contract says).
+DELETE_BATCH_S = 0.05
 _CLASS_NAMES = tuple(p.name for p in Priority)
 _DELIVERED = tuple(f"delivered_{name}" for name in _CLASS_NAMES)  # health counters by class
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
@@ -338,7 +341,7 @@ class Publisher:
 
     async def _flush_store(self) -> NoReturn:
         """Log and remove confirmed rows, and record attempts, in batches: one delete commit
-        covers every PUBACK since the last, and one log line lists their event_ids."""
+        covers every PUBACK of up to `DELETE_BATCH_S`, and one log line lists their event_ids."""
         while True:
             await self._store_wake.wait()
             self._store_wake.clear()
@@ -354,9 +357,15 @@ class Publisher:
                 marks, self._marks = self._marks, []
                 await self.outbox.mark(marks)
             if self._acked:
-                seqs, self._acked = self._acked, []
-                await self.outbox.delivered(seqs)
-                self._known.difference_update(seqs)
+                try:
+                    # PUBACKs of the next moments join this delete, so a new alert's commit
+                    # rarely queues behind a delete commit (and there are fewer commits).
+                    await asyncio.sleep(DELETE_BATCH_S)
+                finally:
+                    # Also when the gateway stops: confirmed rows are not sent again.
+                    seqs, self._acked = self._acked, []
+                    await self.outbox.delivered(seqs)
+                    self._known.difference_update(seqs)
 
     async def _retry_refused(self) -> NoReturn:
         while True:
