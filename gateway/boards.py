@@ -45,6 +45,9 @@ Accept = Callable[[Event], Awaitable[Row]]
 ButtonHandler = Callable[[ButtonEvent, float], None]
 #: Told the ids of help points whose correlation rules just became active.
 CorrelationListener = Callable[[list[str]], None]
+#: Told (help point id, True) when the board a help point is wired to goes offline, and
+#: (help point id, False) when it is back.
+BoardStateListener = Callable[[str, bool], None]
 
 #: Waits before sending a lamp state again after a NAK or no answer: doubling, capped.
 LAMP_RETRY_S = 1.0
@@ -161,6 +164,7 @@ class Boards(LinkEvents):
         self.boards: dict[str, Board] = {}
         self._by_link: dict[int, Board] = {}
         self.correlation_listeners: list[CorrelationListener] = []
+        self.offline_listeners: list[BoardStateListener] = []
         health.board_counters = self.counters  # link quality goes out with every health report
         for sensor in config.sensors:
             link = BoardLink(sensor.port, sensor.baud, self, **link_options)
@@ -216,6 +220,8 @@ class Boards(LinkEvents):
         board = self._board(link)
         board.queue.put_nowait(("online", hello))
         for lamp in board.lamps:
+            for listener in self.offline_listeners:
+                listener(lamp.help_point, False)
             lamp.resend()
 
     def offline(self, link: BoardLink, device_id: str, reason: str) -> None:
@@ -229,6 +235,9 @@ class Boards(LinkEvents):
         now = time.monotonic()
         for handler in board.buttons.values():
             handler("release", now)
+        for lamp in board.lamps:  # the board shows `fault` by itself; so does its status
+            for listener in self.offline_listeners:
+                listener(lamp.help_point, True)
 
     def refused(self, link: BoardLink, hello: Hello, reason: str) -> None:
         """A board speaks a protocol version this gateway does not."""

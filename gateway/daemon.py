@@ -92,6 +92,7 @@ class Gateway:
                 self.lifecycle.book.listeners.append(self.help_points.on_alert_change)
                 if self.boards is not None:
                     self.boards.correlation_listeners.append(self.help_points.on_correlation)
+                    self.boards.offline_listeners.append(self.help_points.on_board_offline)
                 for record, all_sent in open_alerts:
                     self.help_points.restore(record, all_sent)
                 if on_gpio and is_mock(factory):

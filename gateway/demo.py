@@ -305,6 +305,8 @@ async def demo_station() -> AsyncIterator[Demo]:
         say(f"Starting the gateway daemon for station {STATION!r} (mock GPIO pins)")
         demo.start_daemon()
         await demo.wait_ready()
+        # The board's help point takes calls once the gateway has welcomed the board.
+        await demo.board.wait_until(lambda: demo.board.state == "running", timeout_s=20)
         print(f"   config {demo.config_path}, daemon log {folder / 'daemon.log'}")
         print(f"   help points: {', '.join(HELP_POINTS)} on GPIO; hp-p1-edge on the edge board")
         yield demo

@@ -203,7 +203,9 @@ class HelpPoints:
         bridge = _EdgeBridge(loop)
         output = boards.help_point(hp.id, hp.board, hp.button, hp.board_lamp, bridge.put)
         logic = HelpPointLogic(press_rules(self.config, hp))
-        return HelpPointUnit(hp, logic, Lamp(hp.id, output), bridge)
+        lamp = Lamp(hp.id, output)
+        lamp.set_fault(True, "board_offline")  # until the board says HELLO
+        return HelpPointUnit(hp, logic, lamp, bridge)
 
     def _gpio_units(self, help_points: list[HelpPoint], loop: asyncio.AbstractEventLoop) -> None:
         if not help_points:
@@ -282,6 +284,12 @@ class HelpPoints:
                 happenings = unit.logic.button(event, at, debounced=unit.config.on_board)
             for happening in happenings:
                 await self._raise(unit, happening)
+
+    def on_board_offline(self, hp_id: str, offline: bool) -> None:
+        """Boards listener: while its board is offline a help point cannot take calls."""
+        unit = self.units.get(hp_id)
+        if unit is not None:
+            unit.lamp.set_fault(offline, "board_offline")
 
     def on_correlation(self, help_points: list[str]) -> None:
         """Boards listener: a sensor at these help points started to corroborate requests."""

@@ -99,14 +99,14 @@ class Lamp:
         self._output = output
         self.alert_id: str | None = None
         self.alert_state: LampState = "idle"
-        self.fault = False
+        self.faults: set[str] = set()  # why the help point cannot take calls now
         self.shown: LampState | None = None
         self._show()
 
     @property
     def state(self) -> LampState:
         """What the lamp shows now."""
-        return "fault" if self.fault else self.alert_state
+        return "fault" if self.faults else self.alert_state
 
     def advance(self, alert_id: str, state: LampState) -> None:
         """The alert reached `state`; a new alert starts afresh, the same one only moves on."""
@@ -124,9 +124,13 @@ class Lamp:
             self.alert_state = "idle"
             self._show()
 
-    def set_fault(self, active: bool) -> None:
-        """Overlay (or remove) the fault pattern."""
-        self.fault = active
+    def set_fault(self, active: bool, reason: str = "stuck") -> None:
+        """Overlay (or remove) the fault pattern for one reason (a stuck button, a board that
+        went offline); it shows while any reason holds."""
+        if active:
+            self.faults.add(reason)
+        else:
+            self.faults.discard(reason)
         self._show()
 
     def _show(self) -> None:

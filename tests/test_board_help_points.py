@@ -130,15 +130,20 @@ async def test_repeated_board_presses_coalesce_even_when_a_release_is_lost(
 
 
 async def test_replugged_board_is_told_its_lamp_states_again(station: Station) -> None:
-    _gw, sub, board, _dispatcher = station
+    gw, sub, board, _dispatcher = station
     board.press("hp1")
     board.release("hp1")
     await board.wait_until(lambda: board.lamps["hp1"] == "sent")
     await board.unplug()
     await sub.wait_for(lambda m: bool(events(sub, "device.offline")), timeout=20)
+    # While the board is away its help points cannot take calls: the status says so too.
+    assert gw.help_points is not None
+    lamps = {hp: u.lamp.state for hp, u in gw.help_points.units.items()}
+    assert lamps == {"hp-north": "fault", "hp-south": "fault"}
     board.plug()  # boots showing "fault" on every lamp until the gateway says otherwise
     assert board.lamps == {"hp1": "fault", "l2": "fault"}
     await board.wait_until(lambda: board.lamps == {"hp1": "sent", "l2": "idle"}, timeout_s=30)
+    assert gw.help_points.units["hp-north"].lamp.state == "sent"
     board.press("hp1")  # the request is still open: this press joins it
     board.release("hp1")
     await sub.wait_for(lambda m: bool(events(sub, "help_point.repeat")))
