@@ -4,9 +4,10 @@
 fails when that copy and the models disagree. The output is JSON, which is also YAML 1.2, so
 the gateway needs no YAML library.
 
-Payload schemas come from pydantic (`EventMessage`, `Command`, `Reply`, and `StatusMessage`
-and `HealthReport` below). Event bodies are free-form in `EventMessage`; the document ties
-each kind the gateway raises to its body type (`AlertBody`, `HelpPointPlace` in gateway.model).
+Payload schemas come from pydantic (`EventMessage`, `Command`, `Reply`, and `StatusMessage`,
+`HealthReport` and `OpenAlertsMessage` below). Event bodies are free-form in `EventMessage`
+and `OpenAlert`; the document ties each kind the gateway raises to its body type
+(`AlertBody`, `HelpPointPlace` in gateway.model), and each open alert to `AlertBody`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from gateway.commands import Command, Reply
 from gateway.config import MqttConfig, StationConfig
 from gateway.dispatch import command_topic, reply_topic
 from gateway.model import (
+    CLOSED_STATES,
     REQUESTED_RESPONSE,
     AlertBody,
+    AlertRecord,
     AlertState,
     EventMessage,
     HelpPointPlace,
+    JSONValue,
     Priority,
     PriorityName,
 )
@@ -113,6 +117,47 @@ class HealthReport(BaseModel):
     )
 
 
+ALERTS_SCHEMA = "stationgw/alerts/1"  # the `schema` value of the open-alerts snapshot
+
+
+class OpenAlert(BaseModel):
+    """One open alert in the snapshot, as the newest event about it describes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    alert_id: str = Field(description="one rider's request, as in its events")
+    source: str = Field(description="help point that raised it")
+    priority: PriorityName = Field(alias="class", description="current priority class")
+    requested_response: str = Field(description="the response its class asks dispatch for")
+    state: AlertState = Field(description="lifecycle state: open, acknowledged or assigned")
+    body: dict[str, JSONValue] = Field(description="the alert's body, as its events carry it")
+
+    @classmethod
+    def of(cls, record: AlertRecord) -> OpenAlert:
+        """The snapshot entry of an alert's record (its body is the events' `alert_body`)."""
+        return cls(
+            alert_id=record.alert_id, source=record.source, priority=record.priority.name,
+            requested_response=REQUESTED_RESPONSE[record.priority], state=record.state,
+            body={**record.details, "alert_id": record.alert_id, "state": record.state},
+        )
+
+
+class OpenAlertsMessage(BaseModel):
+    """The retained snapshot of a station's open alerts: at each connect and on each change."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_: Literal["stationgw/alerts/1"] = Field(
+        default="stationgw/alerts/1", alias="schema", description="payload schema id"
+    )
+    station: str = Field(description="station id from the gateway's config")
+    wall_time: float = Field(description="Unix time it was made; may jump before NTP sync")
+    alerts: list[OpenAlert] = Field(
+        description="every alert open at the station, most urgent class first; a closed "
+        "alert is simply absent"
+    )
+
+
 # Which body each kind the gateway raises carries; other kinds (sensors) are free-form.
 PLACE_KINDS: tuple[str, ...] = ("help_point.stuck", "help_point.unstuck")
 ALERT_KINDS: tuple[str, ...] = (
@@ -151,6 +196,7 @@ _PAYLOAD_TYPES: tuple[tuple[str, JsonSchemaMode, Any], ...] = (
     ("HelpPointPlace", "serialization", HelpPointPlace),
     ("StatusMessage", "serialization", StatusMessage),
     ("HealthReport", "serialization", HealthReport),
+    ("OpenAlertsMessage", "serialization", OpenAlertsMessage),
     ("Command", "validation", Command),
     ("Reply", "serialization", Reply),
 )
@@ -204,14 +250,18 @@ def _event_rules(body_refs: dict[str, str]) -> list[JSONObject]:
         }
         for body, kinds in (("AlertBody", ALERT_KINDS), ("HelpPointPlace", PLACE_KINDS))
     ]
-    rules += [
+    return rules + _response_rules()
+
+
+def _response_rules() -> list[JSONObject]:
+    """The requested response of each class (events and open alerts)."""
+    return [
         {
             "if": {"properties": {"class": {"const": priority.name}}, "required": ["class"]},
             "then": {"properties": {"requested_response": {"const": response}}},
         }
         for priority, response in REQUESTED_RESPONSE.items()
     ]
-    return rules
 
 
 def component_schemas() -> tuple[dict[str, str], dict[str, JSONObject]]:
@@ -231,6 +281,12 @@ def component_schemas() -> tuple[dict[str, str], dict[str, JSONObject]]:
     )
     event["properties"]["requested_response"]["enum"] = list(REQUESTED_RESPONSE.values())
     event["allOf"] = _event_rules(refs)
+    entry = schemas["OpenAlert"]  # an open alert's body is an event's AlertBody
+    entry["properties"]["requested_response"]["enum"] = list(REQUESTED_RESPONSE.values())
+    entry["properties"]["state"]["enum"] = [
+        state for state in get_args(AlertState) if state not in CLOSED_STATES
+    ]
+    entry["allOf"] = [{"properties": {"body": {"$ref": refs["AlertBody"]}}}, *_response_rules()]
     for name, schema in schemas.items():
         check_draft_07(schema, f"components.schemas.{name}")
     return refs, schemas
@@ -285,7 +341,24 @@ def _examples() -> dict[str, list[JSONObject]]:
         boards={"edge-p1": {"frames": 86411, "bad_crc": 3, "gaps": 2, "lost": 2, "resets": 1,
                             "reopens": 1, "online": 2, "offline": 1}},
     )
+    open_alert = OpenAlert(
+        alert_id=assigned["alert_id"], source=assigned["help_point"], priority="P1",
+        requested_response=REQUESTED_RESPONSE[Priority.P1], state="assigned",
+        body=dict(assigned),
+    )
+
+    def alerts(wall_time: float, *open_alerts: OpenAlert) -> JSONObject:
+        return OpenAlertsMessage(
+            station=station, wall_time=wall_time, alerts=list(open_alerts)
+        ).model_dump(mode="json", by_alias=True)
+
     return {
+        "alerts": [
+            {"name": "one_open", "summary": "one alert open, assigned to a team",
+             "payload": alerts(1795700045.2, open_alert)},
+            {"name": "none_open", "summary": "after it was resolved",
+             "payload": alerts(1795700900.4)},
+        ],
         "event": [
             {"name": "press", "summary": "a rider pressed a help point",
              "payload": event(42, "help_point.press", Priority.P1, dict(press))},
@@ -319,7 +392,8 @@ def _examples() -> dict[str, list[JSONObject]]:
 
 _INFO = """\
 How a station gateway talks to the dispatch centre over MQTT 5: the crisis alerts and other
-events it publishes, its retained status and health, and the commands dispatch sends back.
+events it publishes, its retained status, health and open alerts, and the commands dispatch
+sends back.
 
 Generated by `python -m gateway.contract` from the models the gateway uses; do not edit.
 This file is JSON, which is also YAML 1.2.
@@ -412,6 +486,17 @@ def asyncapi_document() -> dict[str, Any]:
             "parameters": {"station": station_param},
             "messages": {"health": {"$ref": "#/components/messages/health"}},
         },
+        "alerts": {
+            "address": topics.alerts,
+            "title": "Open alerts",
+            "description": "Retained snapshot of the station's open alerts, so a console that "
+            "starts or reconnects shows them at once: at every connect, and after each change "
+            "(coalesced, at most every 0.2 s; the newest state always follows). An alert that "
+            "closes is absent from the next snapshot. Derived from the alert states, not sent "
+            "through the outbox: a lost snapshot is repeated by the next change or connect.",
+            "parameters": {"station": station_param},
+            "messages": {"alerts": {"$ref": "#/components/messages/alerts"}},
+        },
         "commands": {
             "address": command_topic(prefix, "{station}"),
             "title": "Commands",
@@ -442,6 +527,10 @@ def asyncapi_document() -> dict[str, Any]:
         "sendHealth": _operation(
             "send", "health", "health", "Publish the retained health report.", retain=True
         ),
+        "sendAlerts": _operation(
+            "send", "alerts", "alerts", "Publish the retained snapshot of open alerts.",
+            retain=True,
+        ),
         "receiveCommand": {
             **_operation(
                 "receive", "commands", "command",
@@ -469,6 +558,10 @@ def asyncapi_document() -> dict[str, Any]:
         "health": _message(
             "health", "Health report", "Outbox depth, faults, links and counters.",
             refs["HealthReport"], examples["health"],
+        ),
+        "alerts": _message(
+            "alerts", "Open alerts", "Every alert open at the station, with its state.",
+            refs["OpenAlertsMessage"], examples["alerts"],
         ),
         "command": _message(
             "command", "Command", "Acknowledge, assign, resolve or cancel an alert.",

@@ -52,8 +52,11 @@ class Gateway:
             ttl_s={Priority.parse(k): v for k, v in config.store.ttl_s.items()},
         )
         self.outbox = AsyncOutbox(outbox, self.health)
-        self.publisher = Publisher(config, self.outbox, self.health, client_factory=client_factory)
         self.lifecycle = Lifecycle(config, self.outbox, self.health)
+        self.publisher = Publisher(
+            config, self.outbox, self.health, client_factory=client_factory,
+            open_alerts=self.lifecycle.open_alerts, alerts_changed=self.lifecycle.alerts_changed,
+        )
         self.publisher.subscriptions.append(
             (self.lifecycle.command_topic, self.lifecycle.on_message)
         )

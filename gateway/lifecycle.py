@@ -44,6 +44,9 @@ class Lifecycle:
             config.dispatch.ack_timeout_s, Priority.parse(config.dispatch.escalate_to)
         )
         self._changed = asyncio.Event()
+        # Set whenever the set or state of open alerts may have changed (the snapshot).
+        self.alerts_changed = asyncio.Event()
+        self.book.listeners.append(lambda _record: self.alerts_changed.set())
         self._properties = json_properties(config.mqtt.protocol)
 
     async def restore(self) -> list[tuple[AlertRecord, bool]]:
@@ -55,6 +58,7 @@ class Lifecycle:
         if found:
             log.info("restored %d open alert(s) from the database", len(found))
         self._changed.set()
+        self.alerts_changed.set()
         return found
 
     def raised(
@@ -63,7 +67,12 @@ class Lifecycle:
         """A source raised or updated an alert; returns its record for the event."""
         record = self.book.raised(alert_id, source, priority, details, time.monotonic())
         self._changed.set()
+        self.alerts_changed.set()
         return record
+
+    def open_alerts(self) -> list[AlertRecord]:
+        """Every open alert (not resolved or cancelled), most urgent class first."""
+        return sorted(self.book.open.values(), key=lambda record: record.priority)
 
     # ------------------------------------------------------------------ escalation
 

@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, Literal, NoReturn
 
@@ -25,9 +25,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
-from gateway.contract import FaultReport, HealthReport, OutboxReport, StatusMessage
+from gateway.contract import (
+    FaultReport,
+    HealthReport,
+    OpenAlert,
+    OpenAlertsMessage,
+    OutboxReport,
+    StatusMessage,
+)
 from gateway.health import Health
-from gateway.model import Priority
+from gateway.model import AlertRecord, Priority
 from gateway.mqtt import NO_MATCHING_SUBSCRIBERS, GatewayClient, json_properties, make_client
 from gateway.outbox import Key, Row, State
 from gateway.store import AsyncOutbox
@@ -41,6 +48,8 @@ PAGE = 256  # rows loaded from the database at a time
 DELETE_BATCH_S = 0.05
 _CLASS_NAMES = tuple(p.name for p in Priority)
 _DELIVERED = tuple(f"delivered_{name}" for name in _CLASS_NAMES)  # health counters by class
+#: Open-alerts snapshots go out at most this often; the newest state always follows a burst.
+ALERTS_COALESCE_S = 0.2
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
 Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
@@ -77,6 +86,8 @@ class Publisher:
         health: Health,
         *,
         client_factory: ClientFactory = make_client,
+        open_alerts: Callable[[], Sequence[AlertRecord]] = tuple,
+        alerts_changed: asyncio.Event | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -84,6 +95,8 @@ class Publisher:
         self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
         self._client_factory = client_factory
         self._properties = json_properties(config.mqtt.protocol)
+        self._open_alerts = open_alerts  # the retained snapshot's source
+        self._alerts_changed = alerts_changed or asyncio.Event()  # set: publish a new one
         self.subscriptions: list[tuple[str, Handler]] = []  # (topic filter, handler), QoS 1
         self.delivered_listeners: list[Callable[[Row], None]] = []  # after a success PUBACK
         self.connected = asyncio.Event()
@@ -199,6 +212,7 @@ class Publisher:
                     tg.create_task(self._watch(client), name="publisher.watch")
                     tg.create_task(self._drain(client), name="publisher.drain")
                     tg.create_task(self._health_loop(client), name="publisher.health")
+                    tg.create_task(self._alerts_loop(client), name="publisher.alerts")
             except asyncio.CancelledError:
                 # Clean shutdown: say so (the retained Will only covers a lost connection).
                 with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -393,6 +407,35 @@ class Publisher:
                 properties=self._properties,
             )
             await asyncio.sleep(self.config.mqtt.health_interval_s)
+
+    async def _alerts_loop(self, client: GatewayClient) -> NoReturn:
+        """The retained open-alerts snapshot: at connect, then after each change, coalesced.
+
+        Derived state, so not through the outbox: a lost one is repeated by the next change
+        or connect. Cleared before the snapshot is built, so a change during a publish is
+        never missed.
+        """
+        while True:
+            self._alerts_changed.clear()
+            await self._publish_alerts(client)
+            await self._alerts_changed.wait()
+            await asyncio.sleep(ALERTS_COALESCE_S)
+
+    async def _publish_alerts(self, client: GatewayClient) -> None:
+        snapshot = OpenAlertsMessage(
+            station=self.config.station_id, wall_time=round(time.time(), 3),
+            alerts=[OpenAlert.of(record) for record in self._open_alerts()],
+        )
+        rc = await client.publish_confirmed(
+            self.topics.alerts, snapshot.model_dump_json(by_alias=True).encode(), retain=True,
+            properties=self._properties,
+        )
+        if rc.is_failure:
+            self.health.count("alerts_snapshot_refused")
+            log.warning(
+                "open-alerts snapshot (%d alert(s)) refused by broker on %s: %s",
+                len(snapshot.alerts), self.topics.alerts, rc.getName(),
+            )
 
     async def health_report(self) -> dict[str, Any]:
         """The health message: depth by class, oldest unsent age, faults, links, counters."""

@@ -3,6 +3,7 @@
     {prefix}/{station}/events/{class}   every accepted event, QoS 1 (dispatch subscribes by class)
     {prefix}/{station}/status           retained birth ("online") and Last Will ("offline")
     {prefix}/{station}/health           retained periodic health report
+    {prefix}/{station}/alerts           retained snapshot of the open alerts
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ class Topics:
     def health(self) -> str:
         """Retained health report topic."""
         return f"{self.root}/health"
+
+    @property
+    def alerts(self) -> str:
+        """Retained open-alerts snapshot topic."""
+        return f"{self.root}/alerts"
 
     def render(self, event: Event, seq: int, wall_time: float) -> tuple[str, bytes]:
         """Topic and JSON payload (`gateway.model.EventMessage`) of an accepted event.

@@ -40,8 +40,9 @@ from gateway.console import (
     parse_broker_url,
     parse_event,
 )
+from gateway.contract import OpenAlert, OpenAlertsMessage
 from gateway.daemon import Gateway
-from gateway.model import Event, Priority
+from gateway.model import AlertRecord, AlertState, Event, Priority
 from gateway.topics import Topics
 from tests.helpers import Subscriber, running, station_config, subscribe
 from tests.test_helppoints import HELP_POINTS, lamp_becomes, tap
@@ -147,6 +148,107 @@ def test_a_stuck_button_is_a_fault_not_an_alert() -> None:
     assert queue.faults() == []
     assert queue.feed_payload(payload("north", None, seq=3, cls="P3",
                                       kind="sensor.reading")) == "ignored"
+
+
+def snapshot(station: str, wall_time: float, *alerts: tuple[str, str, AlertState]) -> bytes:
+    """A station's open-alerts snapshot exactly as a gateway renders it: (id, class, state)."""
+    records = [
+        AlertRecord(alert_id, f"hp-{alert_id}", state, Priority.parse(cls), {
+            "help_point": f"hp-{alert_id}", "location": f"platform {alert_id}",
+            "platform": "1", "press_count": 2, "first_press": 100.0, "last_press": 110.0,
+            "held": False, "escalated": False, "evidence": ["button pressed"],
+        })
+        for alert_id, cls, state in alerts
+    ]
+    return OpenAlertsMessage(
+        station=station, wall_time=wall_time, alerts=[OpenAlert.of(r) for r in records]
+    ).model_dump_json(by_alias=True).encode()
+
+
+def test_a_snapshot_seeds_alerts_raised_before_the_console_started() -> None:
+    queue = AlertQueue()
+    changes = queue.feed_snapshot_payload(
+        snapshot("north", 500.0, ("a1", "P1", "open"), ("a2", "P0", "acknowledged")))
+    assert changes == ["seeded", "seeded"]
+    assert [(r.alert_id, r.priority.name, r.state) for r in queue.rows()] == [
+        ("a2", "P0", "acknowledged"), ("a1", "P1", "open")]
+    row = queue.get("north", "a1")
+    assert row is not None
+    assert (row.source, row.location, row.press_count, row.raised_at) == (
+        "hp-a1", "platform a1", 2, 100.0)  # its age counts from the first press
+    assert row.requested_response == "crisis_team" and row.seq == 0
+    # its next event is newer news, whatever its seq
+    assert queue.feed_payload(payload("north", "a1", seq=1, kind="alert.acknowledged",
+                                      state="acknowledged", source="hp-a1")) == "updated"
+    assert queue.rows()[1].state == "acknowledged"
+
+
+def test_a_snapshot_closes_what_it_no_longer_lists() -> None:
+    queue = AlertQueue()
+    queue.feed_payload(payload("north", "a1", seq=1, first_press=1000))  # wall time 1001
+    queue.feed_payload(payload("north", "a2", seq=2, first_press=1000, source="hp-2"))
+    queue.feed_payload(payload("south", "b1", seq=1, first_press=1000))
+    # a snapshot made before the newest event about a2 cannot say it was closed since
+    assert queue.feed_snapshot_payload(snapshot("north", 1001.5, ("a1", "P1", "open"))) == [
+        "stale"]
+    assert len(queue) == 3
+    assert queue.feed_snapshot_payload(snapshot("north", 1500.0, ("a2", "P1", "open"))) == [
+        "stale", "gone"]
+    assert [r.alert_id for r in queue.rows()] == ["a2", "b1"]  # other stations untouched
+    # gone for good: neither a late event nor an older snapshot brings it back
+    assert queue.feed_payload(payload("north", "a1", seq=5, kind="alert.escalated")) == "stale"
+    assert queue.feed_snapshot_payload(snapshot("north", 900.0, ("a1", "P1", "open"),
+                                                ("a2", "P1", "open"))) == ["stale", "stale"]
+    assert queue.feed_snapshot_payload(snapshot("south", 1500.0)) == ["gone"]
+    assert [r.alert_id for r in queue.rows()] == ["a2"]
+
+
+def test_a_resolved_alert_stays_gone_whatever_a_snapshot_says() -> None:
+    queue = AlertQueue()
+    queue.feed_payload(payload("north", "a1", seq=1))
+    queue.feed_payload(payload("north", "a1", seq=2, kind="alert.resolved", state="resolved"))
+    assert queue.feed_snapshot_payload(snapshot("north", 9999.0, ("a1", "P1", "open"))) == [
+        "stale"]
+    assert queue.rows() == []
+
+
+def test_snapshots_that_are_not_snapshots_change_nothing() -> None:
+    queue = AlertQueue()
+    queue.feed_payload(payload("north", "a1", seq=1))
+    good = json.loads(snapshot("north", 9999.0, ("a2", "P1", "open")))
+    for bad in (b"", b"[]", b"{}", json.dumps({**good, "schema": "stationgw/event/1"}).encode(),
+                json.dumps({**good, "station": ""}).encode(),
+                json.dumps({**good, "alerts": {}}).encode()):
+        assert queue.feed_snapshot_payload(bad) == ["malformed"]
+    entry = good["alerts"][0]
+    bad_entries = [1, {**entry, "alert_id": 7}, {**entry, "body": []},
+                   {**entry, "class": "P9"}, {**entry, "state": "resolved"}]
+    assert queue.feed_snapshot_payload(
+        json.dumps({**good, "alerts": [*bad_entries, entry]}).encode()
+    ) == ["malformed"] * 5 + ["seeded", "gone"]
+    assert [r.alert_id for r in queue.rows()] == ["a2"]
+
+
+SNAPSHOTISH = st.fixed_dictionaries(
+    {"schema": st.just("stationgw/alerts/1"), "station": st.sampled_from(["n", "s"]),
+     "alerts": st.lists(st.fixed_dictionaries({}, optional={
+         "alert_id": st.sampled_from(["a", "b"]) | st.text(max_size=2),
+         "class": st.sampled_from(["P0", "P1", "P9"]),
+         "state": st.sampled_from(["open", "assigned", "resolved", "x"]),
+         "body": st.fixed_dictionaries({}, optional={
+             "first_press": st.floats(allow_nan=False), "team": st.text(max_size=2),
+             "press_count": st.integers(-5, 5), "eta_s": st.integers(0, 9)}),
+     }), max_size=4)},
+    optional={"wall_time": st.floats(allow_nan=False) | st.text(max_size=2)},
+)
+
+
+@given(st.lists(SNAPSHOTISH.map(lambda e: json.dumps(e).encode()), max_size=8))
+def test_the_queue_survives_any_snapshot(payloads: list[bytes]) -> None:
+    queue = AlertQueue()
+    for raw in payloads:
+        queue.feed_snapshot_payload(raw)
+    assert all(r.state in ("open", "assigned") for r in queue.rows())
 
 
 JSON = st.recursive(
@@ -615,6 +717,29 @@ async def test_the_live_screen_acknowledges_the_top_alert(
         await term.shows(f"resolve {crisis[:8]} at {gw.config.station_id}: applied")
         screen = await term.shows("1 open alert(s)")
         assert not any(line.rstrip().endswith(crisis[:8]) for line in screen.splitlines())
+        term.press(b"q")
+        assert await asyncio.to_thread(term.proc.wait, 10) == 0
+    finally:
+        term.close()
+
+
+async def test_the_live_screen_shows_alerts_raised_before_it_started(
+    broker: Mosquitto, station: Station
+) -> None:
+    gw, sub, prefix = station
+    crisis = await raise_alert(gw, sub, "hp-1")
+    emergency = await raise_alert(gw, sub, "hp-2", hold=True)
+    await sub.wait_for(lambda m: any(p["kind"] == "help_point.hold" for _, p in m))
+    term = Terminal(broker.port, prefix)  # a fresh desk, after both were announced
+    try:
+        screen = await term.shows("2 open alert(s)")
+        assert row_of(screen, emergency).lstrip("> ").startswith("P0")
+        assert row_of(screen, crisis).lstrip("> ").startswith("P1")
+        assert "open" in row_of(screen, crisis) and "hp-1" in row_of(screen, crisis)
+        # it is a live queue like any other: the top alert can be acknowledged from it
+        term.press(b"a")
+        await lamp_becomes(gw, "hp-2", "acknowledged")
+        assert "acknowledged" in row_of(await term.shows("acknowledged  "), emergency)
         term.press(b"q")
         assert await asyncio.to_thread(term.proc.wait, 10) == 0
     finally:

@@ -82,6 +82,7 @@ def test_document_describes_the_topic_tree_dispatch_subscribes_to() -> None:
         "events": "stationgw/v1/{station}/events/{priority}",
         "status": "stationgw/v1/{station}/status",
         "health": "stationgw/v1/{station}/health",
+        "alerts": "stationgw/v1/{station}/alerts",
         "commands": "stationgw/v1/{station}/commands",
         "replies": "stationgw/v1/{station}/replies",
     }
@@ -305,6 +306,9 @@ async def capture(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -
             await rec.wait_for(lambda: len(rec.on("/replies")) >= 6
                                and "help_point.unstuck" in rec.kinds()
                                and "alert.resolved" in rec.kinds())
+            # The open-alerts snapshot follows: hp-2's request still open, hp-1's gone.
+            await rec.wait_for(lambda: bool(rec.on("/alerts")) and [
+                a["source"] for a in rec.on("/alerts")[-1]["alerts"]] == ["hp-2"])
             # The Last Will: drop the TCP connection without DISCONNECT; the gateway reconnects.
             sock = clients[-1]._client.socket()
             assert isinstance(sock, socket.socket)
@@ -422,6 +426,9 @@ def test_captured_messages_match_the_published_schemas(
     assert None in {r["command_id"] for r in replies}
     health = [m.json() for m in capture.messages if m.topic.endswith("/health")]
     assert any(h["faults"] for h in health)  # the stuck button, with its message
+    snapshots = [m.json() for m in capture.messages if m.topic.endswith("/alerts")]
+    listed = {(a["source"], a["state"]) for s in snapshots for a in s["alerts"]}
+    assert {("hp-1", "open"), ("hp-2", "open")} <= listed
 
 
 def test_captured_messages_match_their_topics_and_bindings(capture: Capture) -> None:
@@ -475,6 +482,13 @@ def test_schemas_reject_wrong_messages(capture: Capture, tmp_path: Path) -> None
         payload["body"].update(changes)
         return payload
 
+    def open_alert(body: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+        snapshot: dict[str, Any] = next(copy.deepcopy(m.json()) for m in capture.messages
+                                        if m.topic.endswith("/alerts") and m.json()["alerts"])
+        snapshot["alerts"][0].update(changes)
+        snapshot["alerts"][0]["body"].update(body or {})
+        return snapshot
+
     press = first("events", kind="help_point.press")
     wrong: dict[str, list[Any]] = {
         "event": [
@@ -487,6 +501,10 @@ def test_schemas_reject_wrong_messages(capture: Capture, tmp_path: Path) -> None
         "status": [{**first("status"), "state": "asleep"}],
         "health": [without(first("health"), "faults"),
                    {**first("health"), "uptime_s": -1}],
+        "alerts": [without(first("alerts"), "alerts"),
+                   open_alert({"press_count": "1"}),  # the alert body's own field
+                   open_alert(state="resolved"),  # a closed alert is never listed
+                   open_alert(requested_response="ambassador")],  # not P1's response
         "reply": [{**first("replies"), "status": "maybe"},
                   without(first("replies"), "station")],
         # What the gateway refused, as captured from the broker: the schema refuses it too.

@@ -155,6 +155,9 @@ async def test_acl_refusal_keeps_row_and_raises_fault(tmp_path: Path) -> None:
                 assert "Not authorized" in fault.message
                 assert gw.health.counters["publish_refused"] >= 1
                 assert gw.health.counters["delivered_P1"] == 0
+                async with asyncio.timeout(10):  # no alerts topic in this ACL: counted only
+                    while not gw.health.counters["alerts_snapshot_refused"]:
+                        await asyncio.sleep(0.02)
                 report = await gw.publisher.health_report()
                 async with asyncio.timeout(10):  # the delivered P3 row leaves after its PUBACK
                     while (depth := await gw.outbox.depth()).by_class["P3"]:

@@ -5,8 +5,8 @@ acknowledge, assign and resolve on a keypress; a plain JSON stream for scripts; 
 commands. The modules follow the data:
 
 - `options`: the broker URL, the events filter, teams and actions (`errors`: the family).
-- `events`, `queue`, `keys`, `screen`: no I/O. Payloads and key bytes in; rows, screens
-  and commands to send out.
+- `events`, `queue`, `keys`, `screen`: no I/O. Payloads (events, each station's retained
+  open-alerts snapshot) and key bytes in; rows, screens and commands to send out.
 - `intake`: one MQTT 5 connection on paho-mqtt's own network thread. Messages reach
   asyncio in batches, and are acknowledged (PUBACK) only after the console has handled them.
   `link` keeps an `Intake` connected, with capped, jittered backoff and the same client id.
@@ -30,6 +30,7 @@ from gateway.console.events import (
     parse_event,
     parse_json_object,
     parse_reply,
+    parse_snapshot,
 )
 from gateway.console.intake import (
     CONNECT_TIMEOUT_S,
@@ -82,6 +83,7 @@ __all__ = [
     "parse_event",
     "parse_json_object",
     "parse_reply",
+    "parse_snapshot",
     "report_reply",
     "watch_json",
 ]

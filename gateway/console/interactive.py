@@ -43,12 +43,14 @@ def interactive(
 ) -> int:
     """The live queue on the terminal; keys act on the selected alert (see the footer).
 
-    The queue is built from the events received since start (plus, with `client_id`, what
-    the persistent session held); an alert last announced before that shows up at its next
-    event (unacknowledged alerts are re-announced every `dispatch.ack_timeout_s`).
+    The queue starts from each station's retained open-alerts snapshot, so alerts raised
+    before the console started show at once, and then follows the events (plus, with
+    `client_id`, what the persistent session held). Snapshots are not shared between
+    `--share` workers: every console needs every station's.
     """
     try:
-        topics = [events_filter(prefix, share), f"{prefix}/+/replies", f"{prefix}/+/status"]
+        topics = [events_filter(prefix, share), f"{prefix}/+/replies", f"{prefix}/+/status",
+                  f"{prefix}/+/alerts"]
     except ConsoleUsageError as exc:
         say(str(exc))
         return 2
@@ -112,6 +114,8 @@ async def _interactive(
             elif topic.endswith("/status"):
                 status = parse_json_object(message.payload) or {}
                 screen.stations[topic.split("/")[-2]] = as_text(status.get("state"), "unknown")
+            elif topic.endswith("/alerts"):
+                queue.feed_snapshot_payload(message.payload)
             else:
                 queue.feed_payload(message.payload)
         intake.ack(batch)

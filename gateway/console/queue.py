@@ -1,7 +1,8 @@
 """The alert queue, with no I/O: events from every station in, one row per open alert out.
 
 Re-sends are folded once (de-duplicated on `event_id`), each alert keeps the state its
-newest event gives it, and rows come most urgent class first, then oldest first.
+newest event gives it, and rows come most urgent class first, then oldest first. A station's
+retained open-alerts snapshot seeds the queue with alerts raised before the console started.
 """
 
 from __future__ import annotations
@@ -11,15 +12,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from gateway.console.events import DEDUP_WINDOW, Dedup, as_number, as_text, parse_event
+from gateway.console.events import (
+    DEDUP_WINDOW,
+    Dedup,
+    as_number,
+    as_text,
+    parse_event,
+    parse_snapshot,
+)
 from gateway.model import AlertState, Priority
 
 CLOSED_MEMORY = 10_000  # closed alerts remembered, so a late event does not reopen one
 
 Change = Literal[
     "new", "updated", "closed", "duplicate", "stale", "fault", "fault_cleared", "ignored",
-    "malformed",
+    "malformed", "seeded", "gone",
 ]
+SNAPSHOT_KIND = "snapshot"  # the `kind` of a row known only from a station's snapshot
 _STATES: dict[str, AlertState] = {
     "open": "open", "acknowledged": "acknowledged", "assigned": "assigned",
     "resolved": "resolved", "cancelled": "cancelled",
@@ -77,6 +86,9 @@ class AlertQueue:
       does not bring them back.
     - `help_point.stuck` / `unstuck` (no alert id) raise and clear a `Fault`; other events
       without an alert id are ignored here (`watch --json` still prints them).
+    - A station's open-alerts snapshot adds the open alerts the queue does not know yet
+      (seq 0, so their next event updates them), and closes the station's rows that a
+      snapshot made after their newest event no longer lists.
     """
 
     def __init__(self, dedup_window: int = DEDUP_WINDOW) -> None:
@@ -122,25 +134,12 @@ class AlertQueue:
         seq = int(given_seq) if given_seq is not None else (row.seq if row else 0)
         state = _STATES.get(as_text(body.get("state"))) or _STATE_OF_KIND.get(kind, "open")
         if state in ("resolved", "cancelled"):
-            self._open.pop(key, None)
-            self._closed.add(key)
-            self._closed_order.append(key)
-            if len(self._closed_order) > CLOSED_MEMORY:
-                self._closed.discard(self._closed_order.popleft())
+            self._close(key)
             return self._count("closed")
-        first_press = as_number(body.get("first_press"))
-        eta = as_number(body.get("eta_s"))
-        team = body.get("team")
-        fresh = AlertRow(
-            station=station, alert_id=alert_id, priority=priority, state=state, kind=kind,
-            source=source, location=as_text(body.get("location")),
-            press_count=int(as_number(body.get("press_count")) or 0),
-            raised_at=first_press or wall_time,
-            escalated=body.get("escalated") is True,
-            team=team if isinstance(team, str) else None,
-            eta_s=None if eta is None else int(eta),
-            requested_response=as_text(event.get("requested_response")),
-            updated_at=wall_time, seq=seq,
+        fresh = _row(
+            station, alert_id, body, priority=priority, state=state, kind=kind, source=source,
+            requested_response=as_text(event.get("requested_response")), wall_time=wall_time,
+            seq=seq,
         )
         if row is not None:  # keep what only earlier events said
             fresh = replace(
@@ -149,6 +148,62 @@ class AlertQueue:
             )
         self._open[key] = fresh
         return self._count("new" if row is None else "updated")
+
+    def feed_snapshot_payload(self, payload: bytes | bytearray) -> list[Change]:
+        """Fold one raw open-alerts snapshot (schema `stationgw/alerts/1`)."""
+        snapshot = parse_snapshot(payload)
+        if snapshot is None:
+            return [self._count("malformed")]
+        return self.feed_snapshot(snapshot)
+
+    def feed_snapshot(self, snapshot: Mapping[str, Any]) -> list[Change]:
+        """Fold a station's open alerts: add the unknown ones, close the ones it lacks."""
+        station = as_text(snapshot.get("station"))
+        wall_time = as_number(snapshot.get("wall_time")) or 0.0
+        alerts = snapshot.get("alerts")
+        if not station or not isinstance(alerts, list):
+            return [self._count("malformed")]
+        changes: list[Change] = []
+        listed: set[tuple[str, str]] = set()
+        for alert in alerts:
+            body = alert.get("body") if isinstance(alert, dict) else None
+            alert_id = as_text(alert.get("alert_id")) if isinstance(alert, dict) else ""
+            if not isinstance(alert, dict) or not alert_id or not isinstance(body, dict):
+                changes.append(self._count("malformed"))
+                continue
+            key = (station, alert_id)
+            listed.add(key)
+            state = _STATES.get(as_text(alert.get("state")))
+            name = as_text(alert.get("class"))
+            if state is None or state in ("resolved", "cancelled") or (
+                name not in Priority.__members__
+            ):
+                changes.append(self._count("malformed"))
+                continue
+            if key in self._open or key in self._closed:
+                changes.append(self._count("stale"))  # its events are newer news
+                continue
+            self._open[key] = _row(
+                station, alert_id, body, priority=Priority[name], state=state,
+                kind=SNAPSHOT_KIND,
+                source=as_text(alert.get("source"), as_text(body.get("help_point"))),
+                requested_response=as_text(alert.get("requested_response")),
+                wall_time=wall_time, seq=0,
+            )
+            changes.append(self._count("seeded"))
+        for key, row in list(self._open.items()):
+            # Only a snapshot made after the row's newest event knows it was closed since.
+            if key[0] == station and key not in listed and row.updated_at <= wall_time:
+                self._close(key)
+                changes.append(self._count("gone"))
+        return changes
+
+    def _close(self, key: tuple[str, str]) -> None:
+        self._open.pop(key, None)
+        self._closed.add(key)
+        self._closed_order.append(key)
+        if len(self._closed_order) > CLOSED_MEMORY:
+            self._closed.discard(self._closed_order.popleft())
 
     def _fault(
         self, kind: str, station: str, source: str, body: Mapping[str, Any], wall_time: float
@@ -184,3 +239,25 @@ class AlertQueue:
 
     def __len__(self) -> int:
         return len(self._open)
+
+
+def _row(
+    station: str, alert_id: str, body: Mapping[str, Any], *, priority: Priority,
+    state: AlertState, kind: str, source: str, requested_response: str, wall_time: float,
+    seq: int,
+) -> AlertRow:
+    """A row from an alert body, as events and snapshots carry it."""
+    first_press = as_number(body.get("first_press"))
+    eta = as_number(body.get("eta_s"))
+    team = body.get("team")
+    return AlertRow(
+        station=station, alert_id=alert_id, priority=priority, state=state, kind=kind,
+        source=source, location=as_text(body.get("location")),
+        press_count=int(as_number(body.get("press_count")) or 0),
+        raised_at=first_press or wall_time,
+        escalated=body.get("escalated") is True,
+        team=team if isinstance(team, str) else None,
+        eta_s=None if eta is None else int(eta),
+        requested_response=requested_response,
+        updated_at=wall_time, seq=seq,
+    )
