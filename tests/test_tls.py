@@ -138,8 +138,11 @@ async def test_bad_certificates_and_wrong_server_name_are_refused_and_reported(
             while "broker_tls" not in gw.health.faults:
                 await asyncio.sleep(0.05)
         assert not gw.publisher.connected.is_set()
+        # The fault names the reason. The link shows the latest attempt's own error, which
+        # under TLS 1.3 may be a bare EOF: the broker's alert can be lost when it closes the
+        # socket on our unread CONNECT (it was, once in CI, for the wrong-CA case).
         assert reason in gw.health.faults["broker_tls"].message
-        assert reason in gw.health.links[f"broker:mqtts://{host}:{tls_broker.port}"]
+        assert gw.health.links[f"broker:mqtts://{host}:{tls_broker.port}"].startswith("down (")
 
 
 @pytest.fixture
