@@ -219,9 +219,8 @@ class Boards(LinkEvents):
         """A board said HELLO and was welcomed: it shows its lamps' states again."""
         board = self._board(link)
         board.queue.put_nowait(("online", hello))
+        self._tell_offline(board, False)
         for lamp in board.lamps:
-            for listener in self.offline_listeners:
-                listener(lamp.help_point, False)
             lamp.resend()
 
     def offline(self, link: BoardLink, device_id: str, reason: str) -> None:
@@ -235,9 +234,12 @@ class Boards(LinkEvents):
         now = time.monotonic()
         for handler in board.buttons.values():
             handler("release", now)
-        for lamp in board.lamps:  # the board shows `fault` by itself; so does its status
+        self._tell_offline(board, True)  # the board shows `fault` by itself; so does its status
+
+    def _tell_offline(self, board: Board, offline: bool) -> None:
+        for lamp in board.lamps:
             for listener in self.offline_listeners:
-                listener(lamp.help_point, True)
+                listener(lamp.help_point, offline)
 
     def refused(self, link: BoardLink, hello: Hello, reason: str) -> None:
         """A board speaks a protocol version this gateway does not."""
@@ -269,30 +271,27 @@ class Boards(LinkEvents):
         while True:
             deadline = board.rules.deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            correlating = board.rules.correlating()
             try:
                 async with asyncio.timeout(timeout):
                     what, item = await board.queue.get()
             except TimeoutError:
-                before = board.rules.correlating()
                 for happening in board.rules.tick(time.monotonic()):
                     await self._sensor_event(board, happening)
-                if board.rules.correlating() - before:
-                    self._correlated(board)
-                continue
-            if what == "online":
-                await self._online(board, item)
-            elif what == "offline":
-                await self._offline(board, *item)
-            elif isinstance(item, Reading):
-                before = board.rules.correlating()
-                for happening in board.rules.reading(
-                    item.sensor, float(item.value), item.unit, time.monotonic()
-                ):
-                    await self._sensor_event(board, happening)
-                if board.rules.correlating() - before:
-                    self._correlated(board)
-            elif isinstance(item, Fault):
-                await self._fault(board, item)
+            else:
+                if what == "online":
+                    await self._online(board, item)
+                elif what == "offline":
+                    await self._offline(board, *item)
+                elif isinstance(item, Reading):
+                    for happening in board.rules.reading(
+                        item.sensor, float(item.value), item.unit, time.monotonic()
+                    ):
+                        await self._sensor_event(board, happening)
+                elif isinstance(item, Fault):
+                    await self._fault(board, item)
+            if board.rules.correlating() - correlating:
+                self._correlated(board)
 
     def _correlated(self, board: Board) -> None:
         """A correlation rule became active: requests open at its help points are raised."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import operator
 import shutil
 import sqlite3
 import subprocess
@@ -25,8 +26,9 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiomqtt
 from cryptography import x509
@@ -63,6 +65,7 @@ class Check:
 
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
 async def lamp_walk(help_points: HelpPoints, step_s: float, say: Say) -> list[Check]:
@@ -90,23 +93,30 @@ async def lamp_walk(help_points: HelpPoints, step_s: float, say: Say) -> list[Ch
 
 async def presses(help_points: HelpPoints, timeout_s: float, say: Say) -> list[Check]:
     """Ask for a press on each help point and wait for it."""
-    checks = []
-    for hp_id, unit in help_points.units.items():
-        say(f"press the help point {hp_id} at {unit.config.location!r} within {timeout_s:g}s")
-        queue = unit.bridge.queue
-        while not queue.empty():
-            queue.get_nowait()
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(timeout_s):
-                while (await queue.get())[0] != "press":
-                    pass
-        except TimeoutError:
-            checks.append(Check(f"press {hp_id}", "fail", f"no press within {timeout_s:g}s"))
-            continue
-        checks.append(Check(f"press {hp_id}", "pass",
-                            f"pressed after {time.monotonic() - started:.1f}s"))
-    return checks
+    return [
+        await _wait_for_press(unit.config, unit.bridge.queue, lambda item: item[0] == "press",
+                              timeout_s, say)
+        for unit in help_points.units.values()
+    ]
+
+
+async def _wait_for_press(
+    hp: HelpPoint, queue: asyncio.Queue[T], is_press: Callable[[T], bool], timeout_s: float,
+    say: Say,
+) -> Check:
+    """Ask the technician to press `hp`, then wait for an item of `queue` that is its press
+    (what was queued before the request does not count)."""
+    say(f"press the help point {hp.id} at {hp.location!r} within {timeout_s:g}s")
+    while not queue.empty():
+        queue.get_nowait()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not is_press(await queue.get()):
+                pass
+    except TimeoutError:
+        return Check(f"press {hp.id}", "fail", f"no press within {timeout_s:g}s")
+    return Check(f"press {hp.id}", "pass", f"pressed after {time.monotonic() - started:.1f}s")
 
 
 async def broker_round_trip(config: StationConfig, timeout_s: float) -> list[Check]:
@@ -243,21 +253,6 @@ async def _board_lamp_walk(link: BoardLink, hp: HelpPoint, step_s: float, say: S
     return Check(f"lamp {hp.id}", "pass", "states shown (ACKed by the board): " + ", ".join(shown))
 
 
-async def _board_press(watch: _BoardWatch, hp: HelpPoint, timeout_s: float, say: Say) -> Check:
-    """Wait for a BTN press from a board help point's button."""
-    say(f"press the help point {hp.id} at {hp.location!r} within {timeout_s:g}s")
-    while not watch.presses.empty():
-        watch.presses.get_nowait()
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(timeout_s):
-            while await watch.presses.get() != hp.button:
-                pass
-    except TimeoutError:
-        return Check(f"press {hp.id}", "fail", f"no press within {timeout_s:g}s")
-    return Check(f"press {hp.id}", "pass", f"pressed after {time.monotonic() - started:.1f}s")
-
-
 async def _check_board(
     config: StationConfig, sensor: Sensor, timeouts: tuple[float, float, float], say: Say
 ) -> list[Check]:
@@ -309,7 +304,8 @@ async def _check_board(
         for hp in config.help_points:
             if hp.board == sensor.id:
                 checks.append(await _board_lamp_walk(link, hp, lamp_step_s, say))
-                checks.append(await _board_press(watch, hp, press_timeout_s, say))
+                checks.append(await _wait_for_press(
+                    hp, watch.presses, partial(operator.eq, hp.button), press_timeout_s, say))
         return checks
     finally:
         task.cancel()
