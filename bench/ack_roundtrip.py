@@ -55,7 +55,6 @@ from typing import Any, Literal, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -66,9 +65,11 @@ from bench.common import (
     RawClient,
     Samples,
     Subscriber,
+    ThreadedPaho,
     log_to_file,
     make_config,
     median,
+    mock_help_points,
     print_machine,
     print_table,
     running,
@@ -95,13 +96,8 @@ COMMIT_NAME = "raw paho QoS 1, one hop + one commit"
 
 def bench_config(folder: Path, broker_url: str) -> StationConfig:
     """Mock pins, HELP_POINTS help points, no escalation during the run."""
-    help_points = [
-        {"id": f"hp-{i + 1}", "location": f"bench {i + 1}", "pin": 2 + 2 * i,
-         "lamp_pin": 3 + 2 * i}
-        for i in range(HELP_POINTS)
-    ]
     return make_config(
-        folder, broker_url, gpio_pin_factory="mock", help_points=help_points,
+        folder, broker_url, gpio_pin_factory="mock", help_points=mock_help_points(HELP_POINTS),
         dispatch={"ack_timeout_s": 3600, "command_max_age_s": 600},
     )
 
@@ -170,22 +166,19 @@ class Dispatcher:
 # ---------------------------------------------------------------------------- baseline
 
 
-class LoopbackSubscriber:
+class LoopbackSubscriber(ThreadedPaho):
     """A paho client in this process with its own network thread; records when each command
     arrives (by command_id). On `commit_topic` it first commits the command to SQLite."""
 
+    READY = "SUBACK"
+
     def __init__(self, port: int, topic: str, commit_topic: str, commit: CommitBaseline) -> None:
+        super().__init__(port, "bench-loop")
         self.topic = topic
         self.commit_topic = commit_topic
         self.commit = commit
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-loop-{uuid.uuid4().hex[:8]}",
-            protocol=paho.MQTTv5,
-        )
-        self.port = port
         self.receipts: dict[str, int] = {}
         self._cond = threading.Condition()
-        self._subscribed = threading.Event()
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -199,7 +192,7 @@ class LoopbackSubscriber:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, rcs: list[ReasonCode], props: Any
     ) -> None:
-        self._subscribed.set()
+        self._ready.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         t_ns = time.monotonic_ns()
@@ -210,24 +203,6 @@ class LoopbackSubscriber:
         with self._cond:
             self.receipts[command_id] = t_ns
             self._cond.notify_all()
-
-    def __enter__(self) -> LoopbackSubscriber:
-        self.client.connect("127.0.0.1", self.port, keepalive=60)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError("loopback subscriber got no SUBACK within 10 s")
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
 
     def wait(self, command_id: str, timeout: float = 30.0) -> int:
         """Receipt time (monotonic ns) of a command."""

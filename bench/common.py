@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -376,19 +376,57 @@ def plain_json_properties() -> Properties:
     return props
 
 
-class RawClient:
+class ThreadedPaho:
+    """A paho-mqtt MQTT 5 client with its own network thread (`loop_start`), as a context
+    manager: entering connects and waits until the subclass sets `_ready` (on CONNACK, or on
+    SUBACK for a subscriber)."""
+
+    READY = "CONNACK"  # what `_ready` stands for, for the error message
+
+    def __init__(self, port: int, client_id_prefix: str) -> None:
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{client_id_prefix}-{uuid.uuid4().hex[:8]}",
+            protocol=paho.MQTTv5,
+        )
+        self.port = port
+        self._ready = threading.Event()
+
+    def __enter__(self) -> Self:
+        self.client.connect("127.0.0.1", self.port, keepalive=60)
+        self.client.loop_start()
+        if not self._ready.wait(10):
+            self.close()
+            raise RuntimeError(f"{type(self).__name__}: no {self.READY} within 10 s")
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mock_help_points(n: int) -> list[dict[str, Any]]:
+    """`n` help points on distinct mock BCM pins (button 2+2i, lamp 3+2i)."""
+    return [
+        {"id": f"hp-{i + 1}", "location": f"bench {i + 1}", "pin": 2 + 2 * i,
+         "lamp_pin": 3 + 2 * i}
+        for i in range(n)
+    ]
+
+
+class RawClient(ThreadedPaho):
     """A plain paho-mqtt MQTT 5 client with its own network thread (`loop_start`)."""
 
     def __init__(self, port: int, *, inflight: int = 32) -> None:
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
-            protocol=paho.MQTTv5,
-        )
+        super().__init__(port, "bench-raw")
         self.client.max_inflight_messages_set(inflight)
         self.client.max_queued_messages_set(0)
-        self.port = port
         self.properties = plain_json_properties()
-        self._connected = threading.Event()
         self._lock = threading.Lock()
         self._acked = 0
         self._all_acked = threading.Event()
@@ -403,7 +441,7 @@ class RawClient:
         self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode,
         props: Properties | None,
     ) -> None:
-        self._connected.set()
+        self._ready.set()
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
@@ -418,24 +456,6 @@ class RawClient:
                 self._all_acked.set()
         if event is not None:
             event.set()
-
-    def __enter__(self) -> RawClient:
-        self.client.connect("127.0.0.1", self.port, keepalive=60)
-        self.client.loop_start()
-        if not self._connected.wait(10):
-            self.close()
-            raise RuntimeError("raw paho client did not connect")
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Disconnect and stop the network thread."""
-        self.client.disconnect()
-        self.client.loop_stop()
 
     def publish_confirmed(self, topic: str, payload: bytes, timeout: float = 10.0) -> None:
         """Publish at QoS 1 and wait for its PUBACK."""

@@ -43,6 +43,7 @@ from bench.common import (
     log_to_file,
     make_config,
     median,
+    mock_help_points,
     percentile,
     print_machine,
     print_table,
@@ -65,13 +66,8 @@ BASELINE_NAME = "commit + raw QoS 1 publish"
 
 def bench_config(folder: Path, broker_url: str) -> StationConfig:
     """Mock pins and HELP_POINTS help points with distinct BCM pins (2-17)."""
-    help_points = [
-        {"id": f"hp-{i + 1}", "location": f"bench {i + 1}", "pin": 2 + 2 * i,
-         "lamp_pin": 3 + 2 * i}
-        for i in range(HELP_POINTS)
-    ]
     return make_config(
-        folder, broker_url, gpio_pin_factory="mock", help_points=help_points,
+        folder, broker_url, gpio_pin_factory="mock", help_points=mock_help_points(HELP_POINTS),
         press={"repeat_window_s": REPEAT_WINDOW_S},
     )
 
