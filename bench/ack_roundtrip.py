@@ -104,7 +104,7 @@ def bench_config(folder: Path, broker_url: str) -> StationConfig:
 
 def command_payload(command: Command) -> bytes:
     """A command as `send_command` puts it on the wire."""
-    return json.dumps(command.model_dump(by_alias=True, mode="json")).encode()
+    return json.dumps(command.wire()).encode()
 
 
 # ---------------------------------------------------------------------------- dispatcher

@@ -59,7 +59,8 @@ from bench.common import (
     write_json,
 )
 from gateway.broker import Mosquitto
-from gateway.model import REQUESTED_RESPONSE, EventMessage, Priority
+from gateway.contract import EventMessage
+from gateway.model import REQUESTED_RESPONSE, Priority
 from gateway.mqtt import json_properties
 
 FILTER = f"{PREFIX}/+/events/#"

@@ -14,10 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import ValidationError
-
 from gateway import __version__
-from gateway.config import EX_CONFIG, BrokerEndpoint, StationConfig, config_schema, load_config
+from gateway.config import (
+    EX_CONFIG,
+    StationConfig,
+    config_schema,
+    load_config,
+    load_config_isolated,
+)
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.install import PACKAGE_ROOT
 from gateway.outbox import connect, read_depth
@@ -62,20 +66,12 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
 def load_with_overrides(
     path: Path, broker: str | None = None, store: Path | None = None
 ) -> StationConfig:
-    """Load the config and apply a technician's command-line overrides."""
-    config = load_config(path)
-    if broker is not None:
-        try:
-            endpoint = BrokerEndpoint(url=broker)
-        except ValidationError as exc:
-            msgs = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
-            raise ConfigError([f"--broker: {m}" for m in msgs]) from exc
-        config = config.model_copy(update={"brokers": [endpoint]})
-    if store is not None:
-        config = config.model_copy(
-            update={"store": config.store.model_copy(update={"path": store})}
-        )
-    return config
+    """Load the config and apply a technician's command-line overrides.
+
+    Checked in a child process, so that pydantic stays out of a long-running command's
+    memory (`gateway.config.load_config_isolated`).
+    """
+    return load_config_isolated(path, broker=broker, store=store)
 
 
 def _print_problems(path: Path, err: ConfigError) -> int:

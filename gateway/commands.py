@@ -8,11 +8,16 @@ and whether the alert's state allows it. Anything refused is answered on
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+if TYPE_CHECKING:  # the spec's markers; gateway.spec gives them to pydantic (not the daemon)
+    from pydantic import Field
 
 Action = Literal["acknowledge", "assign", "resolve", "cancel"]
 Team = Literal["emergency_services", "crisis_team", "co_response", "ambassador"]
@@ -26,47 +31,149 @@ RejectReason = Literal[
     "unknown_alert",
     "invalid_transition",
 ]
+COMMAND_SCHEMA: Literal["stationgw/command/1"] = "stationgw/command/1"
+REPLY_SCHEMA: Literal["stationgw/reply/1"] = "stationgw/reply/1"
+_COMMAND_ID = r"[A-Za-z0-9_.:-]+"
 
 
-class Command(BaseModel):
+def _wire(message: Any) -> dict[str, Any]:
+    """A command or reply as its JSON object: the dataclass's fields, `schema_` as `schema`."""
+    return {f.name.rstrip("_"): getattr(message, f.name) for f in dataclasses.fields(message)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
     """A command from dispatch about one alert (schema `stationgw/command/1`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # The annotations are the contract's schema (pydantic; strict, so JSON types are taken
+    # as they are: "300" is not a number). The daemon checks payloads against them with
+    # `schema_problems`, without pydantic.
 
-    schema_: Literal["stationgw/command/1"] = Field(
-        default="stationgw/command/1", alias="schema", description="payload schema id"
-    )
-    command_id: str = Field(
-        min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
-        description="unique per command; a replay of the same id is refused and changes nothing",
-    )
-    station: str = Field(max_length=63, description="the station the command is for")
-    alert_id: str = Field(min_length=1, max_length=64, description="the alert it acts on")
-    action: Action = Field(description="acknowledge, assign, resolve or cancel")
-    team: Team | None = Field(default=None, description="assign only: the team sent")
-    eta_s: int | None = Field(
-        default=None, ge=0, le=86400, description="assign only: expected arrival in seconds"
-    )
-    issued_at: float = Field(description="Unix time the dispatcher issued it")
-    dispatcher: str = Field(
-        default="", max_length=64, description="desk or console id (not a person's name)"
-    )
-    note: str = Field(default="", max_length=280, description="free text for the log")
+    __pydantic_config__ = {"extra": "forbid"}
+
+    schema_: Annotated[
+        Literal["stationgw/command/1"], Field(alias="schema", description="payload schema id")
+    ] = COMMAND_SCHEMA
+    command_id: Annotated[
+        str,
+        Field(strict=True, min_length=8, max_length=64, pattern=f"^{_COMMAND_ID}$",
+              description="unique per command; a replay of the same id is refused and "
+              "changes nothing"),
+    ]
+    station: Annotated[
+        str, Field(strict=True, max_length=63, description="the station the command is for")
+    ]
+    alert_id: Annotated[
+        str, Field(strict=True, min_length=1, max_length=64, description="the alert it acts on")
+    ]
+    action: Annotated[Action, Field(description="acknowledge, assign, resolve or cancel")]
+    team: Annotated[Team | None, Field(description="assign only: the team sent")] = None
+    eta_s: Annotated[
+        int | None,
+        Field(strict=True, ge=0, le=86400, description="assign only: expected arrival in seconds"),
+    ] = None
+    issued_at: Annotated[
+        float,
+        Field(strict=True, allow_inf_nan=False, description="Unix time the dispatcher issued it"),
+    ]
+    dispatcher: Annotated[
+        str,
+        Field(strict=True, max_length=64, description="desk or console id (not a person's name)"),
+    ] = ""
+    note: Annotated[
+        str, Field(strict=True, max_length=280, description="free text for the log")
+    ] = ""
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object dispatch publishes."""
+        return _wire(self)
 
 
-class Reply(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Reply:
     """The gateway's answer to a command (schema `stationgw/reply/1`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    __pydantic_config__ = {"extra": "forbid"}
 
-    schema_: Literal["stationgw/reply/1"] = Field(default="stationgw/reply/1", alias="schema")
-    command_id: str | None = Field(description="the command's id, if it could be read")
-    alert_id: str | None = Field(default=None)
+    schema_: Annotated[Literal["stationgw/reply/1"], Field(alias="schema")] = REPLY_SCHEMA
+    command_id: Annotated[
+        str | None, Field(description="the command's id, if it could be read")
+    ]
+    alert_id: str | None = None
     status: Literal["applied", "rejected"]
-    reason: RejectReason | None = Field(default=None, description="why it was rejected")
-    detail: str = Field(default="", description="human-readable explanation")
+    reason: Annotated[RejectReason | None, Field(description="why it was rejected")] = None
+    detail: Annotated[str, Field(description="human-readable explanation")] = ""
     station: str
     wall_time: float
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object the gateway publishes."""
+        return _wire(self)
+
+
+# ---------------------------------------------------------------------------- checks
+# What `Command`'s annotations say, as plain code: the daemon never loads pydantic (see
+# gateway.spec). tests/test_commands.py proves both accept and refuse the same payloads.
+
+
+def _text(min_length: int, max_length: int, pattern: str | None = None) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            return "Input should be a valid string"
+        if not min_length <= len(value) <= max_length:
+            return f"String should have {min_length} to {max_length} characters"
+        if pattern is not None and re.fullmatch(pattern, value) is None:
+            return f"String should match pattern '^{pattern}$'"
+        return ""
+    return check
+
+
+def _one_of(*allowed: Any) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if isinstance(value, str | None) and value in allowed:
+            return ""
+        return "Input should be " + " or ".join(repr(a) for a in allowed)
+    return check
+
+
+def _eta(value: Any) -> str:
+    if value is None or (type(value) is int and 0 <= value <= 86400):
+        return ""
+    return "Input should be null or an integer from 0 to 86400"
+
+
+def _time(value: Any) -> str:
+    if type(value) in (int, float) and math.isfinite(value):
+        return ""
+    return "Input should be a finite number"
+
+
+_CHECKS: dict[str, Callable[[Any], str]] = {
+    "schema": _one_of(COMMAND_SCHEMA),
+    "command_id": _text(8, 64, _COMMAND_ID),
+    "station": _text(0, 63),
+    "alert_id": _text(1, 64),
+    "action": _one_of(*get_args(Action)),
+    "team": _one_of(None, *get_args(Team)),
+    "eta_s": _eta,
+    "issued_at": _time,
+    "dispatcher": _text(0, 64),
+    "note": _text(0, 280),
+}
+_REQUIRED = ("command_id", "station", "alert_id", "action", "issued_at")
+
+
+def schema_problems(raw: Any) -> list[str]:
+    """What makes `raw` (parsed JSON) not a `Command`, one problem per key; [] if nothing."""
+    if not isinstance(raw, dict):
+        return ["command: Input should be an object"]
+    problems = [f"{key}: Field required" for key in _REQUIRED if key not in raw]
+    for key, value in raw.items():
+        check = _CHECKS.get(key)
+        problem = "Extra inputs are not permitted" if check is None else check(value)
+        if problem:
+            problems.append(f"{key}: {problem}")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -92,13 +199,10 @@ def parse_command(
     ids = raw if isinstance(raw, dict) else {}
     command_id = ids.get("command_id") if isinstance(ids.get("command_id"), str) else None
     alert_id = ids.get("alert_id") if isinstance(ids.get("alert_id"), str) else None
-    try:
-        command = Command.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'command'}: {e['msg']}" for e in exc.errors()
-        )
-        return Rejection("schema", problems[:500], command_id, alert_id)
+    problems = schema_problems(raw)
+    if problems:
+        return Rejection("schema", "; ".join(problems)[:500], command_id, alert_id)
+    command = Command(**{"schema_" if k == "schema" else k: v for k, v in raw.items()})
     if command.station != station:
         return Rejection(
             "wrong_station", f"command is for {command.station!r}, this is {station!r}",

@@ -2,31 +2,33 @@
 
 Every problem is reported with its key path, the bad value and the fix, and all problems
 are reported together (`ConfigError.problems`), not just the first.
+
+The models are frozen dataclasses whose annotations carry pydantic's constraints and
+descriptions; pydantic checks them (`gateway.spec`). The daemon never imports pydantic: it
+checks its config in a short-lived child process (`load_config_isolated`) and gets back the
+same dataclasses, so that pydantic's memory never enters the long-running process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import re
+import sys
+import threading
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.model import Priority, PriorityName
+
+if TYPE_CHECKING:  # at run time gateway.spec provides these where pydantic checks the models
+    from pydantic import AfterValidator, Field, ValidationInfo
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's unit does not restart on it
 
@@ -47,12 +49,16 @@ _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 _ID_HELP = "use 1-63 lowercase letters, digits, '-' or '_'"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Frozen:
+    """Base of the config's dataclasses: unknown keys are errors."""
+
+    __pydantic_config__ = {"extra": "forbid"}
 
 
-def _readable_file(path: Path, info: ValidationInfo) -> Path:
+def _readable_file(path: Path | None, info: ValidationInfo) -> Path | None:
     """Resolve a path against the config file's folder and check it can be read now."""
+    if path is None:
+        return None
     base = (info.context or {}).get("base_dir")
     if base is not None and not path.is_absolute():
         path = Path(base) / path
@@ -80,10 +86,6 @@ def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
     return path
 
 
-ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
-ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
-
-
 def normalize_pin(pin: int | str) -> str:
     """Canonical BCM name of a pin spec: 17, "17", "GPIO17" and "BCM17" are all "GPIO17"."""
     text = str(pin).strip().upper()
@@ -91,7 +93,9 @@ def normalize_pin(pin: int | str) -> str:
     return f"GPIO{int(match.group(1))}" if match else text
 
 
-def _check_pin(pin: int | str) -> int | str:
+def _check_pin(pin: int | str | None) -> int | str | None:
+    if pin is None:
+        return None
     if isinstance(pin, bool):  # TOML true would otherwise pass as pin 1
         # pydantic turns ValueError (not TypeError) into a reported problem
         raise ValueError("a pin is a number or a name like 'GPIO17', not true/false")  # noqa: TRY004
@@ -104,27 +108,46 @@ def _check_pin(pin: int | str) -> int | str:
     return pin
 
 
-Pin = Annotated[int | str, AfterValidator(_check_pin)]
+def _valid_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"broker url {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"broker url {url!r} has a bad port (use 1-65535)") from None
+    return url
 
 
+def _valid_prefix(prefix: str) -> str:
+    if not prefix or any(c in prefix for c in "#+\0") or prefix.startswith("/"):
+        raise ValueError(
+            f"topic prefix {prefix!r} is not valid (no '#', '+', leading '/'; e.g. "
+            "'stationgw/v1')"
+        )
+    return prefix.rstrip("/")
+
+
+def _only_low_classes_expire(ttl: dict[str, float]) -> dict[str, float]:
+    for name, seconds in ttl.items():
+        if not Priority.parse(name).evictable:
+            raise ValueError(
+                f"{name} alerts never expire (remove store.ttl_s.{name}; only P2 and P3 "
+                "may have a TTL)"
+            )
+        if not 0 < seconds < float("inf"):  # also refuses nan
+            raise ValueError(f"store.ttl_s.{name} = {seconds} must be a positive number")
+    return ttl
+
+
+@dataclass(frozen=True, kw_only=True)
 class BrokerEndpoint(_Frozen):
     """One broker endpoint; endpoints are tried in the order given."""
 
-    url: str = Field(description="mqtt://host:port or mqtts://host:port (TLS)")
-
-    @field_validator("url")
-    @classmethod
-    def _valid_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(
-                f"broker url {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
-            )
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError(f"broker url {url!r} has a bad port (use 1-65535)") from None
-        return url
+    url: Annotated[
+        str, AfterValidator(_valid_url),
+        Field(description="mqtt://host:port or mqtts://host:port (TLS)"),
+    ]
 
     @property
     def host(self) -> str:
@@ -148,94 +171,90 @@ class BrokerEndpoint(_Frozen):
         return self.host in ("localhost", "127.0.0.1", "::1") or self.host.startswith("127.")
 
 
+@dataclass(frozen=True, kw_only=True)
 class TLSConfig(_Frozen):
     """TLS files for mqtts:// endpoints; server certificates are always verified."""
 
-    ca_file: ReadableFile | None = Field(
-        default=None, description="CA bundle that signed the broker's certificate"
-    )
-    cert_file: ReadableFile | None = Field(default=None, description="client certificate (mTLS)")
-    key_file: ReadableFile | None = Field(default=None, description="client private key (mTLS)")
+    ca_file: Annotated[
+        Path | None, AfterValidator(_readable_file),
+        Field(description="CA bundle that signed the broker's certificate"),
+    ] = None
+    cert_file: Annotated[
+        Path | None, AfterValidator(_readable_file),
+        Field(description="client certificate (mTLS)"),
+    ] = None
+    key_file: Annotated[
+        Path | None, AfterValidator(_readable_file), Field(description="client private key (mTLS)")
+    ] = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class MqttConfig(_Frozen):
     """How the gateway talks to the dispatch broker."""
 
-    protocol: Literal["5", "3.1.1"] = Field(
-        default="5",
-        description="MQTT version; 5 is the default because 3.1.1 cannot report ACL refusals",
-    )
-    client_id: str | None = Field(default=None, description="default: stationgw-STATION_ID")
-    topic_prefix: str = Field(default="stationgw/v1", description="root of every topic")
-    keepalive_s: int = Field(
-        default=30, ge=5, le=3600, description="MQTT keepalive; a dead link is noticed within 1.5x"
-    )
-    inflight_window: int = Field(
-        default=32, ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once"
-    )
-    health_interval_s: float = Field(
-        default=30.0, gt=0, le=3600, description="how often the retained health report goes out"
-    )
-    reconnect_initial_s: float = Field(
-        default=0.5, gt=0, le=60, description="first reconnect backoff bound (doubles per round)"
-    )
-    reconnect_max_s: float = Field(
-        default=30.0, gt=0, le=3600, description="cap of the jittered reconnect backoff"
-    )
-    session_expiry_s: int = Field(
-        default=3600, ge=0, le=7 * 86400,
-        description="MQTT 5 session expiry: how long the broker keeps commands for us offline",
-    )
-    refused_retry_s: float = Field(
-        default=60.0, gt=0, description="how often rows the broker refused are tried again"
-    )
-    username: str | None = Field(default=None, description="broker user name, if it uses passwords")
-    password_file: ReadableFile | None = Field(
-        default=None, description="file holding the broker password (never put it in the config)"
-    )
-    tls: TLSConfig = Field(default_factory=TLSConfig)
-    allow_plaintext: bool = Field(
-        default=False,
-        description="allow mqtt:// (no TLS) to brokers off this machine; logs a warning at start",
-    )
+    protocol: Annotated[
+        Literal["5", "3.1.1"],
+        Field(description="MQTT version; 5 is the default because 3.1.1 cannot report ACL "
+              "refusals"),
+    ] = "5"
+    client_id: Annotated[str | None, Field(description="default: stationgw-STATION_ID")] = None
+    topic_prefix: Annotated[
+        str, AfterValidator(_valid_prefix), Field(description="root of every topic")
+    ] = "stationgw/v1"
+    keepalive_s: Annotated[
+        int, Field(ge=5, le=3600, description="MQTT keepalive; a dead link is noticed within 1.5x")
+    ] = 30
+    inflight_window: Annotated[
+        int, Field(ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once")
+    ] = 32
+    health_interval_s: Annotated[
+        float, Field(gt=0, le=3600, description="how often the retained health report goes out")
+    ] = 30.0
+    reconnect_initial_s: Annotated[
+        float, Field(gt=0, le=60, description="first reconnect backoff bound (doubles per round)")
+    ] = 0.5
+    reconnect_max_s: Annotated[
+        float, Field(gt=0, le=3600, description="cap of the jittered reconnect backoff")
+    ] = 30.0
+    session_expiry_s: Annotated[
+        int, Field(
+            ge=0, le=7 * 86400,
+            description="MQTT 5 session expiry: how long the broker keeps commands for us offline",
+        ),
+    ] = 3600
+    refused_retry_s: Annotated[
+        float, Field(gt=0, description="how often rows the broker refused are tried again")
+    ] = 60.0
+    username: Annotated[
+        str | None, Field(description="broker user name, if it uses passwords")
+    ] = None
+    password_file: Annotated[
+        Path | None, AfterValidator(_readable_file),
+        Field(description="file holding the broker password (never put it in the config)"),
+    ] = None
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    allow_plaintext: Annotated[
+        bool,
+        Field(description="allow mqtt:// (no TLS) to brokers off this machine; logs a warning "
+              "at start"),
+    ] = False
 
-    @field_validator("topic_prefix")
-    @classmethod
-    def _valid_prefix(cls, prefix: str) -> str:
-        if not prefix or any(c in prefix for c in "#+\0") or prefix.startswith("/"):
-            raise ValueError(
-                f"topic prefix {prefix!r} is not valid (no '#', '+', leading '/'; e.g. "
-                "'stationgw/v1')"
-            )
-        return prefix.rstrip("/")
 
-
+@dataclass(frozen=True, kw_only=True)
 class StoreConfig(_Frozen):
     """The durable outbox."""
 
-    path: ConfigPath = Field(
-        default=Path("/var/lib/stationgw/outbox.db"), description="SQLite database file"
-    )
-    max_rows: int = Field(default=100_000, ge=100, description="row bound before eviction")
-    max_bytes: int = Field(
-        default=64 * 1024 * 1024, ge=64 * 1024, description="payload byte bound before eviction"
-    )
-    ttl_s: dict[PriorityName, float] = Field(
-        default_factory=dict, description="expiry per class; only P2 and P3 may expire"
-    )
-
-    @field_validator("ttl_s")
-    @classmethod
-    def _only_low_classes_expire(cls, ttl: dict[str, float]) -> dict[str, float]:
-        for name, seconds in ttl.items():
-            if not Priority.parse(name).evictable:
-                raise ValueError(
-                    f"{name} alerts never expire (remove store.ttl_s.{name}; only P2 and P3 "
-                    "may have a TTL)"
-                )
-            if not 0 < seconds < float("inf"):  # also refuses nan
-                raise ValueError(f"store.ttl_s.{name} = {seconds} must be a positive number")
-        return ttl
+    path: Annotated[
+        Path, AfterValidator(_relative_to_config), Field(description="SQLite database file")
+    ] = Path("/var/lib/stationgw/outbox.db")
+    max_rows: Annotated[int, Field(ge=100, description="row bound before eviction")] = 100_000
+    max_bytes: Annotated[
+        int, Field(ge=64 * 1024, description="payload byte bound before eviction")
+    ] = 64 * 1024 * 1024
+    ttl_s: Annotated[
+        dict[PriorityName, float], AfterValidator(_only_low_classes_expire),
+        Field(description="expiry per class; only P2 and P3 may expire"),
+    ] = field(default_factory=dict)
 
 
 _BOARD_IDENT = r"^[A-Za-z0-9._-]{1,16}$"  # ids on the wire (docs/firmware-protocol.md)
@@ -243,6 +262,7 @@ _GPIO_KEYS = ("pin", "lamp_pin", "sounder_pin", "lamp_pwm")
 _BOARD_KEYS = ("board", "button", "lamp")
 
 
+@dataclass(frozen=True, kw_only=True)
 class HelpPoint(_Frozen):
     """A help point: a button and its lamp, on GPIO pins or on a serial board.
 
@@ -250,39 +270,47 @@ class HelpPoint(_Frozen):
     board give `board` (a [[sensors]] id) and `button` (and `lamp` if its id differs).
     """
 
-    id: str = Field(pattern=_ID, description="help point id; appears in alerts")
-    location: str = Field(default="", description="where it is, e.g. 'platform 1 north'")
-    platform: str = Field(default="", description="platform name or number")
-    pin: Pin | None = Field(
-        default=None, description="GPIO: BCM pin of the button (pulled up; press pulls it low)"
-    )
-    lamp_pin: Pin | None = Field(default=None, description="GPIO: BCM pin of the lamp")
-    lamp_pwm: bool = Field(default=False, description="GPIO: drive the lamp as a PWMLED")
-    sounder_pin: Pin | None = Field(
-        default=None, description="GPIO: BCM pin of a buzzer, if fitted"
-    )
-    board: str | None = Field(
-        default=None, pattern=_ID,
-        description="on a serial board: the [[sensors]] id of the board the button is wired to",
-    )
-    button: str | None = Field(
-        default=None, pattern=_BOARD_IDENT,
-        description="on a serial board: the button's id on the board (BTN frame `btn`)",
-    )
-    lamp: str | None = Field(
-        default=None, pattern=_BOARD_IDENT,
-        description="on a serial board: the lamp's id on the board (LAMP frame `lamp`); "
-        "default: the button's id",
-    )
-    bounce_time_s: float = Field(
-        default=0.05, ge=0, le=1,
-        description="GPIO: a press ends once released this long (a board debounces itself)",
-    )
-    hold_time_s: float = Field(
-        default=2.0, gt=0, le=30,
-        description="held this long, a request becomes an emergency (a board's own hold "
-        "report counts at once)",
-    )
+    id: Annotated[str, Field(pattern=_ID, description="help point id; appears in alerts")]
+    location: Annotated[str, Field(description="where it is, e.g. 'platform 1 north'")] = ""
+    platform: Annotated[str, Field(description="platform name or number")] = ""
+    pin: Annotated[
+        int | str | None, AfterValidator(_check_pin),
+        Field(description="GPIO: BCM pin of the button (pulled up; press pulls it low)"),
+    ] = None
+    lamp_pin: Annotated[
+        int | str | None, AfterValidator(_check_pin),
+        Field(description="GPIO: BCM pin of the lamp"),
+    ] = None
+    lamp_pwm: Annotated[bool, Field(description="GPIO: drive the lamp as a PWMLED")] = False
+    sounder_pin: Annotated[
+        int | str | None, AfterValidator(_check_pin),
+        Field(description="GPIO: BCM pin of a buzzer, if fitted"),
+    ] = None
+    board: Annotated[
+        str | None,
+        Field(pattern=_ID, description="on a serial board: the [[sensors]] id of the board the "
+              "button is wired to"),
+    ] = None
+    button: Annotated[
+        str | None,
+        Field(pattern=_BOARD_IDENT, description="on a serial board: the button's id on the "
+              "board (BTN frame `btn`)"),
+    ] = None
+    lamp: Annotated[
+        str | None,
+        Field(pattern=_BOARD_IDENT, description="on a serial board: the lamp's id on the board "
+              "(LAMP frame `lamp`); default: the button's id"),
+    ] = None
+    bounce_time_s: Annotated[
+        float,
+        Field(ge=0, le=1, description="GPIO: a press ends once released this long (a board "
+              "debounces itself)"),
+    ] = 0.05
+    hold_time_s: Annotated[
+        float,
+        Field(gt=0, le=30, description="held this long, a request becomes an emergency (a "
+              "board's own hold report counts at once)"),
+    ] = 2.0
 
     @property
     def on_board(self) -> bool:
@@ -295,48 +323,56 @@ class HelpPoint(_Frozen):
         return self.lamp or self.button or ""
 
 
+@dataclass(frozen=True, kw_only=True)
 class PressConfig(_Frozen):
     """Press semantics shared by all help points (classes come from `rules`)."""
 
-    repeat_window_s: float = Field(
-        default=60.0, gt=0, le=3600,
-        description="presses this soon after the request's last press join that request",
-    )
-    escalate_after_presses: int = Field(
-        default=3, ge=2, le=100,
-        description="at this press count the request is raised to the help_point.repeat class",
-    )
-    stuck_after_s: float = Field(
-        default=30.0, gt=0, le=3600,
-        description="a button held this long is reported stuck (one fault, cleared on release)",
-    )
+    repeat_window_s: Annotated[
+        float,
+        Field(gt=0, le=3600, description="presses this soon after the request's last press "
+              "join that request"),
+    ] = 60.0
+    escalate_after_presses: Annotated[
+        int,
+        Field(ge=2, le=100, description="at this press count the request is raised to the "
+              "help_point.repeat class"),
+    ] = 3
+    stuck_after_s: Annotated[
+        float,
+        Field(gt=0, le=3600, description="a button held this long is reported stuck (one "
+              "fault, cleared on release)"),
+    ] = 30.0
 
 
+@dataclass(frozen=True, kw_only=True)
 class BlinkPattern(_Frozen):
     """A lamp pattern: on_s = 0 is off, off_s = 0 is solid, otherwise a blink."""
 
-    on_s: float = Field(ge=0, le=60, description="seconds on per cycle (0: off)")
-    off_s: float = Field(ge=0, le=60, description="seconds off per cycle (0: solid)")
+    on_s: Annotated[float, Field(ge=0, le=60, description="seconds on per cycle (0: off)")]
+    off_s: Annotated[float, Field(ge=0, le=60, description="seconds off per cycle (0: solid)")]
 
 
+@dataclass(frozen=True, kw_only=True)
 class LampConfig(_Frozen):
     """Lamp pattern for each state; every state must look different."""
 
-    idle: BlinkPattern = BlinkPattern(on_s=0, off_s=1)
+    idle: BlinkPattern = BlinkPattern(on_s=0.0, off_s=1.0)
     accepted: BlinkPattern = BlinkPattern(on_s=0.5, off_s=1.5)
     sent: BlinkPattern = BlinkPattern(on_s=0.15, off_s=0.15)
-    acknowledged: BlinkPattern = BlinkPattern(on_s=1, off_s=0)
+    acknowledged: BlinkPattern = BlinkPattern(on_s=1.0, off_s=0.0)
     fault: BlinkPattern = BlinkPattern(on_s=0.05, off_s=0.95)
 
 
+@dataclass(frozen=True, kw_only=True)
 class BeepCue(_Frozen):
     """An audible cue: `beeps` beeps of on_s seconds with off_s gaps; 0 beeps is silent."""
 
-    beeps: int = Field(ge=0, le=20, description="number of beeps (0: silent)")
-    on_s: float = Field(default=0.1, gt=0, le=5, description="seconds per beep")
-    off_s: float = Field(default=0.1, gt=0, le=5, description="seconds between beeps")
+    beeps: Annotated[int, Field(ge=0, le=20, description="number of beeps (0: silent)")]
+    on_s: Annotated[float, Field(gt=0, le=5, description="seconds per beep")] = 0.1
+    off_s: Annotated[float, Field(gt=0, le=5, description="seconds between beeps")] = 0.1
 
 
+@dataclass(frozen=True, kw_only=True)
 class SounderConfig(_Frozen):
     """Audible cue for each lamp state, for riders who cannot see the lamp."""
 
@@ -347,115 +383,141 @@ class SounderConfig(_Frozen):
     fault: BeepCue = BeepCue(beeps=5, on_s=0.05, off_s=0.05)
 
 
+@dataclass(frozen=True, kw_only=True)
 class DispatchConfig(_Frozen):
     """The loop with dispatch: acknowledgement timeout and command checks."""
 
-    ack_timeout_s: float = Field(
-        default=120.0, gt=0, le=86400,
-        description="an alert not acknowledged this long is re-announced, escalated; again "
-        "after each further timeout",
-    )
-    escalate_to: PriorityName = Field(
-        default="P0", description="class an unacknowledged alert is raised to (never lowered)"
-    )
-    command_max_age_s: float = Field(
-        default=600.0, gt=0, le=86400,
-        description="commands issued longer ago than this are stale and refused (needs NTP)",
-    )
-    max_command_bytes: int = Field(
-        default=4096, ge=256, le=65536, description="larger commands are refused unread"
-    )
+    ack_timeout_s: Annotated[
+        float,
+        Field(gt=0, le=86400, description="an alert not acknowledged this long is "
+              "re-announced, escalated; again after each further timeout"),
+    ] = 120.0
+    escalate_to: Annotated[
+        PriorityName,
+        Field(description="class an unacknowledged alert is raised to (never lowered)"),
+    ] = "P0"
+    command_max_age_s: Annotated[
+        float,
+        Field(gt=0, le=86400, description="commands issued longer ago than this are stale and "
+              "refused (needs NTP)"),
+    ] = 600.0
+    max_command_bytes: Annotated[
+        int, Field(ge=256, le=65536, description="larger commands are refused unread")
+    ] = 4096
 
 
+def _one_direction(rule: ThresholdRule) -> ThresholdRule:
+    if (rule.above is None) == (rule.below is None):
+        raise ValueError("give exactly one of `above` or `below`")
+    if rule.above is not None and rule.clear_at > rule.above:
+        raise ValueError(f"clear_at {rule.clear_at} must be at most above = {rule.above}")
+    if rule.below is not None and rule.clear_at < rule.below:
+        raise ValueError(f"clear_at {rule.clear_at} must be at least below = {rule.below}")
+    return rule
+
+
+@dataclass(frozen=True, kw_only=True)
 class ThresholdRule(_Frozen):
     """An alert when a channel stays past a threshold; cleared with hysteresis."""
 
-    channel: str = Field(description="the board's sensor channel (READ frame `sensor` field)")
-    above: float | None = Field(default=None, description="trigger at or above this value")
-    below: float | None = Field(default=None, description="trigger at or below this value")
-    clear_at: float = Field(
-        description="hysteresis: clears once the value is back past this (below `above`, or "
-        "above `below`)"
-    )
-    min_duration_s: float = Field(
-        default=0.0, ge=0, le=3600, description="must hold this long before it triggers"
-    )
-    priority: PriorityName = Field(alias="class", description="class of the alert, e.g. P0")
-    label: str = Field(
-        default="", max_length=80, description="what it means, e.g. 'edge intrusion'"
-    )
-    correlate: bool = Field(
-        default=False,
-        description="instead of its own alert, raise concurrent requests at the sensor's "
-        "help points to `class`, with this reading as evidence",
-    )
-
-    @model_validator(mode="after")
-    def _one_direction(self) -> ThresholdRule:
-        if (self.above is None) == (self.below is None):
-            raise ValueError("give exactly one of `above` or `below`")
-        if self.above is not None and self.clear_at > self.above:
-            raise ValueError(f"clear_at {self.clear_at} must be at most above = {self.above}")
-        if self.below is not None and self.clear_at < self.below:
-            raise ValueError(f"clear_at {self.clear_at} must be at least below = {self.below}")
-        return self
+    channel: Annotated[
+        str, Field(description="the board's sensor channel (READ frame `sensor` field)")
+    ]
+    above: Annotated[float | None, Field(description="trigger at or above this value")] = None
+    below: Annotated[float | None, Field(description="trigger at or below this value")] = None
+    clear_at: Annotated[
+        float,
+        Field(description="hysteresis: clears once the value is back past this (below "
+              "`above`, or above `below`)"),
+    ]
+    min_duration_s: Annotated[
+        float, Field(ge=0, le=3600, description="must hold this long before it triggers")
+    ] = 0.0
+    priority: Annotated[
+        PriorityName, Field(alias="class", description="class of the alert, e.g. P0")
+    ]
+    label: Annotated[
+        str, Field(max_length=80, description="what it means, e.g. 'edge intrusion'")
+    ] = ""
+    correlate: Annotated[
+        bool,
+        Field(description="instead of its own alert, raise concurrent requests at the "
+              "sensor's help points to `class`, with this reading as evidence"),
+    ] = False
 
 
+@dataclass(frozen=True, kw_only=True)
 class TelemetryRule(_Frozen):
     """Plain readings published as P3 telemetry, rate-limited with an on-change deadband."""
 
-    channel: str = Field(description="the board's sensor channel")
-    min_interval_s: float = Field(
-        default=60.0, gt=0, le=86400, description="at most one reading per this many seconds"
-    )
-    deadband: float = Field(
-        default=0.0, ge=0, description="publish only when the value moved at least this much"
-    )
+    channel: Annotated[str, Field(description="the board's sensor channel")]
+    min_interval_s: Annotated[
+        float, Field(gt=0, le=86400, description="at most one reading per this many seconds")
+    ] = 60.0
+    deadband: Annotated[
+        float, Field(ge=0, description="publish only when the value moved at least this much")
+    ] = 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
 class Sensor(_Frozen):
     """A microcontroller board on a serial port: sensors, help-point buttons and lamps."""
 
-    id: str = Field(pattern=_ID, description="sensor board id; appears in alerts")
-    port: str = Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
-    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600] = Field(
-        default=115200, description="serial speed"
+    id: Annotated[str, Field(pattern=_ID, description="sensor board id; appears in alerts")]
+    port: Annotated[
+        str, Field(description="stable device path, e.g. /dev/serial/by-id/usb-...")
+    ]
+    baud: Annotated[
+        Literal[9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600],
+        Field(description="serial speed"),
+    ] = 115200
+    location: Annotated[str, Field(description="where it is")] = ""
+    platform: Annotated[str, Field(description="platform name or number")] = ""
+    help_points: Annotated[
+        list[str],
+        Field(description="help points at the same place: its correlation rules raise their "
+              "requests"),
+    ] = field(default_factory=list)
+    thresholds: list[Annotated[ThresholdRule, AfterValidator(_one_direction)]] = field(
+        default_factory=list
     )
-    location: str = Field(default="", description="where it is")
-    platform: str = Field(default="", description="platform name or number")
-    help_points: list[str] = Field(
-        default_factory=list,
-        description="help points at the same place: its correlation rules raise their requests",
-    )
-    thresholds: list[ThresholdRule] = Field(default_factory=list)
-    telemetry: list[TelemetryRule] = Field(default_factory=list)
+    telemetry: list[TelemetryRule] = field(default_factory=list)
 
 
+@dataclass(frozen=True, kw_only=True)
 class Rule(_Frozen):
     """Maps an input kind (optionally from one source) to a priority class."""
 
-    input: InputKind = Field(description="the kind of input this rule classifies")
-    source: str = Field(default="*", description="help point or sensor id, or '*' for any")
-    priority: PriorityName = Field(alias="class", description="the class it gets: P0-P3")
+    input: Annotated[InputKind, Field(description="the kind of input this rule classifies")]
+    source: Annotated[
+        str, Field(description="help point or sensor id, or '*' for any")
+    ] = "*"
+    priority: Annotated[
+        PriorityName, Field(alias="class", description="the class it gets: P0-P3")
+    ]
 
 
+@dataclass(frozen=True, kw_only=True)
 class StationConfig(_Frozen):
     """The whole station config file."""
 
-    station_id: str = Field(pattern=_ID, description="this station's id; appears in every topic")
-    brokers: list[BrokerEndpoint] = Field(min_length=1)
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    gpio_pin_factory: Literal["auto", "mock", "lgpio", "rpigpio", "pigpio"] = Field(
-        default="auto", description="'auto' honours GPIOZERO_PIN_FACTORY, else gpiozero's default"
-    )
-    press: PressConfig = Field(default_factory=PressConfig)
-    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
-    lamp: LampConfig = Field(default_factory=LampConfig)
-    sounder: SounderConfig = Field(default_factory=SounderConfig)
-    help_points: list[HelpPoint] = Field(default_factory=list)
-    sensors: list[Sensor] = Field(default_factory=list)
-    rules: list[Rule] = Field(default_factory=list)
+    station_id: Annotated[
+        str, Field(pattern=_ID, description="this station's id; appears in every topic")
+    ]
+    brokers: Annotated[list[BrokerEndpoint], Field(min_length=1)]
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    gpio_pin_factory: Annotated[
+        Literal["auto", "mock", "lgpio", "rpigpio", "pigpio"],
+        Field(description="'auto' honours GPIOZERO_PIN_FACTORY, else gpiozero's default"),
+    ] = "auto"
+    press: PressConfig = field(default_factory=PressConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    lamp: LampConfig = field(default_factory=LampConfig)
+    sounder: SounderConfig = field(default_factory=SounderConfig)
+    help_points: list[HelpPoint] = field(default_factory=list)
+    sensors: list[Sensor] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
 
     def priority_for(self, kind: str, source: str, default: Priority) -> Priority:
         """The class a rule assigns to `kind` from `source`; a source-specific rule wins."""
@@ -490,19 +552,28 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def _fix(err: Any) -> str:
     kind = err["type"]
-    if kind == "missing":
+    if kind in ("missing", "missing_keyword_argument"):
         return "add this key"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return "remove it or fix its spelling"
     if kind == "string_pattern_mismatch":
         return _ID_HELP
     return ""
 
 
+#: pydantic's words for a dataclass's keys, as it says them for a model's (the config's file
+#: has keys, not keyword arguments).
+_KEY_MESSAGES = {
+    "missing_keyword_argument": "Field required",
+    "unexpected_keyword_argument": "Extra inputs are not permitted",
+}
+
+
 def _format(err: Any) -> str:
-    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = _KEY_MESSAGES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
     fix = _fix(err)
-    value = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    missing = err["type"] in ("missing", "missing_keyword_argument")
+    value = "" if missing else f" (got {err['input']!r})"
     return f"{_path(err['loc'])}: {msg}{value}" + (f" ({fix})" if fix else "")
 
 
@@ -666,8 +737,8 @@ def _distinct_lamp_patterns(raw: dict[str, Any]) -> list[str]:
     defaults = LampConfig()
     seen: dict[tuple[float, float], str] = {}
     problems = []
-    for state in LampConfig.model_fields:
-        value = lamp.get(state, getattr(defaults, state).model_dump())
+    for state in (f.name for f in dataclasses.fields(LampConfig)):
+        value = lamp.get(state, dataclasses.asdict(getattr(defaults, state)))
         if not isinstance(value, dict):
             continue
         on, off = value.get("on_s"), value.get("off_s")
@@ -687,10 +758,14 @@ def _distinct_lamp_patterns(raw: dict[str, Any]) -> list[str]:
 
 def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> StationConfig:
     """Validate raw config data; raise ConfigError listing every problem found."""
+    from pydantic import ValidationError  # noqa: PLC0415 - never in the daemon (module doc)
+
+    from gateway.spec import adapter  # noqa: PLC0415
+
     problems: list[str] = []
     config: StationConfig | None = None
     try:
-        config = StationConfig.model_validate(raw, context={"base_dir": base_dir})
+        config = adapter(StationConfig).validate_python(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         problems.extend(_format(err) for err in exc.errors())
     problems.extend(cross_check(raw))
@@ -699,8 +774,14 @@ def parse_config(raw: dict[str, Any], base_dir: Path | None = None) -> StationCo
     return config
 
 
-def load_config(path: Path) -> StationConfig:
-    """Read and validate a station config file."""
+def load_config(
+    path: Path, *, broker: str | None = None, store: Path | None = None
+) -> StationConfig:
+    """Read and validate a station config file, then apply a technician's overrides.
+
+    `broker` replaces the file's broker endpoints with one URL and `store` the outbox path
+    (`stationgw run --broker/--store`).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -711,9 +792,76 @@ def load_config(path: Path) -> StationConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc} (fix the syntax there)"]) from exc
-    return parse_config(raw, base_dir=path.resolve().parent)
+    config = parse_config(raw, base_dir=path.resolve().parent)
+    if broker is not None:
+        config = dataclasses.replace(config, brokers=[_broker_override(broker)])
+    if store is not None:
+        config = dataclasses.replace(config, store=dataclasses.replace(config.store, path=store))
+    return config
+
+
+def _broker_override(url: str) -> BrokerEndpoint:
+    from pydantic import ValidationError  # noqa: PLC0415 - never in the daemon (module doc)
+
+    from gateway.spec import adapter  # noqa: PLC0415
+
+    try:
+        endpoint: BrokerEndpoint = adapter(BrokerEndpoint).validate_python({"url": url})
+    except ValidationError as exc:
+        msgs = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+        raise ConfigError([f"--broker: {m}" for m in msgs]) from exc
+    return endpoint
+
+
+def load_config_isolated(
+    path: Path, *, broker: str | None = None, store: Path | None = None
+) -> StationConfig:
+    """`load_config` in a forked child, so that pydantic never loads into this process.
+
+    The child checks the file with pydantic and sends back the validated dataclasses (or
+    the problems) through a pipe, pickled; it is our own child, so the pickle is trusted.
+    A process that already has pydantic, or runs threads (fork would copy their locks
+    mid-use), checks the file itself.
+    """
+    if "pydantic" in sys.modules or threading.active_count() > 1:
+        return load_config(path, broker=broker, store=store)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 0
+        try:
+            os.close(read_fd)
+            try:
+                result: tuple[str, Any] = ("ok", load_config(path, broker=broker, store=store))
+            except ConfigError as err:
+                result = ("problems", err.problems)
+            with os.fdopen(write_fd, "wb") as pipe:
+                pickle.dump(result, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:  # noqa: BLE001 - report anything, then leave without cleanup
+            import traceback  # noqa: PLC0415
+
+            traceback.print_exc()
+            code = 70  # EX_SOFTWARE
+        finally:
+            os._exit(code)  # no atexit handlers, no flush of the parent's buffers
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not data:
+        raise GatewayError(f"checking the config in a child process failed (exit code {code})")
+    kind, value = pickle.loads(data)  # noqa: S301 - our own child's output (docstring)
+    if kind == "problems":
+        raise ConfigError(value)
+    if not isinstance(value, StationConfig):
+        raise GatewayError(f"the config check process sent a {type(value).__name__}")
+    return value
 
 
 def config_schema() -> dict[str, Any]:
     """JSON Schema of the station config file."""
-    return StationConfig.model_json_schema(by_alias=True)
+    from gateway.spec import adapter  # noqa: PLC0415
+
+    schema: dict[str, Any] = adapter(StationConfig).json_schema(by_alias=True)
+    return schema

@@ -1,4 +1,4 @@
-"""The station config reference in Markdown, generated from the pydantic models.
+"""The station config reference in Markdown, generated from the config's models.
 
 `python -m gateway.configdoc > docs/config-reference.md` regenerates the checked-in copy;
 a test fails when that copy and the models disagree.
@@ -6,18 +6,19 @@ a test fails when that copy and the models disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from gateway.config import StationConfig
+from gateway.spec import resolve_markers
 
 _TYPE_NAMES: dict[Any, str] = {
     str: "string",
@@ -78,11 +79,13 @@ def _type_name(tp: Any) -> str:
     return _TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _submodel(tp: Any) -> type[BaseModel] | None:
+def _submodel(tp: Any) -> type[Any] | None:
     """The model a field holds directly or as a list of tables, if it holds one."""
     if get_origin(tp) is list:
         tp = get_args(tp)[0]
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
+    if get_origin(tp) is typing.Annotated:
+        tp = get_args(tp)[0]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return tp
     return None
 
@@ -96,14 +99,17 @@ def _constraints(field: FieldInfo) -> Iterator[str]:
                 yield template.format(value)
 
 
-def _default(field: FieldInfo) -> str:
-    if field.is_required():
+def _default(field: dataclasses.Field[Any]) -> str:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
         return "required"
-    value = field.get_default(call_default_factory=True)
     if value is None:
         return "unset"
-    if isinstance(value, BaseModel):
-        table = value.model_dump(by_alias=True, exclude_none=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        table = {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
         if any(isinstance(v, dict | list) for v in table.values()):
             return "see section"
         value = table  # a flat table's defaults fit on one line
@@ -118,15 +124,23 @@ def _heading(key: str, array: bool) -> str:
     return f"`[[{key}]]`" if array else f"`[{key}]`"
 
 
-def _section(model: type[BaseModel], keys: list[str], array: bool) -> list[str]:
+def _fields(model: type[Any]) -> Iterator[tuple[dataclasses.Field[Any], FieldInfo]]:
+    """Each dataclass field with what its annotation tells pydantic (alias, bounds, text)."""
+    resolve_markers()
+    hints = get_type_hints(model, include_extras=True)
+    for field in dataclasses.fields(model):
+        yield field, FieldInfo.from_annotation(hints[field.name])
+
+
+def _section(model: type[Any], keys: list[str], array: bool) -> list[str]:
     """One heading and table for `model`, found at each of `keys`, then its nested tables."""
     heading = ", ".join(_heading(k, array) for k in keys) or "Top level"
     lines = [f"## {heading}", "", inspect.cleandoc(model.__doc__ or ""), ""]
     lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
     # Sibling tables of one model (e.g. a pattern per lamp state) share one section.
-    nested: dict[tuple[type[BaseModel], bool], list[str]] = {}
-    for name, field in model.model_fields.items():
-        toml_key = field.alias or name
+    nested: dict[tuple[type[Any], bool], list[str]] = {}
+    for dc_field, field in _fields(model):
+        toml_key = field.alias or dc_field.name
         sub = _submodel(field.annotation)
         description = field.description or ""
         if sub is not None:
@@ -138,7 +152,7 @@ def _section(model: type[BaseModel], keys: list[str], array: bool) -> list[str]:
         row = (
             f"`{toml_key}`",
             f"`{_type_name(field.annotation)}`",
-            _default(field),
+            _default(dc_field),
             ", ".join(_constraints(field)),
             description,
         )

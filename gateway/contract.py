@@ -1,13 +1,16 @@
-"""The message contract as an AsyncAPI 3.0 document, generated from the models the code uses.
+"""The message contract as an AsyncAPI 3.0 document, generated from the types the code uses.
 
 `python -m gateway.contract > docs/asyncapi.yaml` regenerates the checked-in copy, and a test
-fails when that copy and the models disagree. The output is JSON, which is also YAML 1.2, so
+fails when that copy and the types disagree. The output is JSON, which is also YAML 1.2, so
 the gateway needs no YAML library.
 
-Payload schemas come from pydantic (`EventMessage`, `Command`, `Reply`, and `StatusMessage`,
-`HealthReport` and `OpenAlertsMessage` below). Event bodies are free-form in `EventMessage`
-and `OpenAlert`; the document ties each kind the gateway raises to its body type
-(`AlertBody`, `HelpPointPlace` in gateway.model), and each open alert to `AlertBody`.
+Payload schemas come from pydantic: `EventMessage` below, the `Command` and `Reply` of
+gateway.commands, and the TypedDicts of gateway.reports (`StatusMessage`, `HealthReport`,
+`OpenAlertsMessage`), through `gateway.spec.adapter`. The daemon never imports this module:
+it writes the same payloads as plain JSON, and the tests validate them against these types.
+Event bodies are free-form in `EventMessage` and `OpenAlert`; the document ties each kind
+the gateway raises to its body type (`AlertBody`, `HelpPointPlace` in gateway.model), and
+each open alert to `AlertBody`.
 """
 
 from __future__ import annotations
@@ -28,16 +31,21 @@ from gateway.model import (
     CLOSED_STATES,
     REQUESTED_RESPONSE,
     AlertBody,
-    AlertRecord,
     AlertState,
-    EventMessage,
     HelpPointPlace,
     JSONValue,
     Priority,
     PriorityName,
 )
-from gateway.outbox import State
 from gateway.presses import Kind
+from gateway.reports import (
+    ALERTS_SCHEMA,
+    HealthReport,
+    OpenAlert,
+    OpenAlertsMessage,
+    StatusMessage,
+)
+from gateway.spec import adapter
 from gateway.topics import Topics
 
 JSONObject = dict[str, Any]
@@ -51,111 +59,27 @@ _SCHEMAS = "#/components/schemas/"
 # ---------------------------------------------------------------------- payload models
 
 
-class StatusMessage(BaseModel):
-    """The retained status: `online` after each connect, `offline` on shutdown and as the Will."""
+class EventMessage(BaseModel):
+    """The JSON payload of every event the gateway publishes (schema `stationgw/event/1`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # `Topics.render` writes the same JSON without building one (the tests compare the two),
+    # so the schema is built on first use.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, defer_build=True
+    )
 
-    state: Literal["online", "offline"] = Field(description="whether the gateway is connected")
+    schema_: Literal["stationgw/event/1"] = Field(
+        default="stationgw/event/1", alias="schema", description="payload schema id"
+    )
+    event_id: str = Field(description="stable id (UUIDv7); re-sends keep it, so de-duplicate on it")
     station: str = Field(description="station id from the gateway's config")
-    version: str = Field(description="gateway software version")
-    wall_time: float = Field(
-        description="Unix time it was made; in the Last Will, the time of the connect that "
-        "registered the Will"
-    )
-
-
-class FaultReport(BaseModel):
-    """An active fault in the health report."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    code: str = Field(description="fault code, e.g. broker_unreachable or help_point_stuck:ID")
-    message: str = Field(description="what a technician needs to know")
-    since: float = Field(description="Unix time the fault was raised")
-
-
-# Rows only in memory are counted under "memory" (see gateway.outbox.read_depth).
-OutboxState = Literal[State, "memory"]
-
-
-class OutboxReport(BaseModel):
-    """The outbox part of the health report."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    by_class: dict[PriorityName, dict[OutboxState, int]] = Field(
-        description="rows by class, then by state (states with no rows are left out)"
-    )
-    rows: int = Field(ge=0, description="rows in the outbox")
-    bytes: int = Field(ge=0, description="bytes the rows count against store.max_bytes")
-    memory_rows: int = Field(ge=0, description="rows held only in memory (database unwritable)")
-    in_flight: int = Field(ge=0, description="publishes awaiting their PUBACK")
-    oldest_unsent_age_s: float | None = Field(
-        description="age of the oldest row not yet confirmed, or null when the outbox is empty"
-    )
-
-
-class HealthReport(BaseModel):
-    """The retained health report, published every `mqtt.health_interval_s`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    station: str = Field(description="station id from the gateway's config")
-    version: str = Field(description="gateway software version")
-    uptime_s: float = Field(ge=0, description="seconds since the daemon started")
-    wall_time: float = Field(description="Unix time of the report")
-    outbox: OutboxReport
-    faults: list[FaultReport] = Field(description="active faults")
-    links: dict[str, str] = Field(description="link states, e.g. broker:URL -> up")
-    counters: dict[str, int] = Field(description="event counters since start")
-    boards: dict[str, dict[str, int]] = Field(
-        description="link quality of each serial board, by board id, counted since start: "
-        "frames, rejected frames by reason (bad_crc, oversize, unknown_type, malformed...), "
-        "sequence gaps and the frames lost in them, duplicates, board resets, port reopens, "
-        "online/offline transitions and command outcomes (docs/firmware-protocol.md)"
-    )
-
-
-ALERTS_SCHEMA = "stationgw/alerts/1"  # the `schema` value of the open-alerts snapshot
-
-
-class OpenAlert(BaseModel):
-    """One open alert in the snapshot, as the newest event about it describes it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    alert_id: str = Field(description="one rider's request, as in its events")
-    source: str = Field(description="help point that raised it")
-    priority: PriorityName = Field(alias="class", description="current priority class")
-    requested_response: str = Field(description="the response its class asks dispatch for")
-    state: AlertState = Field(description="lifecycle state: open, acknowledged or assigned")
-    body: dict[str, JSONValue] = Field(description="the alert's body, as its events carry it")
-
-    @classmethod
-    def of(cls, record: AlertRecord) -> OpenAlert:
-        """The snapshot entry of an alert's record (its body is the events' `alert_body`)."""
-        return cls(
-            alert_id=record.alert_id, source=record.source, priority=record.priority.name,
-            requested_response=REQUESTED_RESPONSE[record.priority], state=record.state,
-            body={**record.details, "alert_id": record.alert_id, "state": record.state},
-        )
-
-
-class OpenAlertsMessage(BaseModel):
-    """The retained snapshot of a station's open alerts: at each connect and on each change."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    schema_: Literal["stationgw/alerts/1"] = Field(
-        default="stationgw/alerts/1", alias="schema", description="payload schema id"
-    )
-    station: str = Field(description="station id from the gateway's config")
-    wall_time: float = Field(description="Unix time it was made; may jump before NTP sync")
-    alerts: list[OpenAlert] = Field(
-        description="every alert open at the station, most urgent class first; a closed "
-        "alert is simply absent"
-    )
+    priority: PriorityName = Field(alias="class", description="priority class")
+    requested_response: str = Field(description="the response this class asks dispatch for")
+    kind: str = Field(description="what happened, e.g. help_point.press")
+    source: str = Field(description="help point, sensor or gateway that raised it")
+    seq: int = Field(description="gateway-local monotonic sequence; orders events of one gateway")
+    wall_time: float = Field(description="Unix time at acceptance; may jump before NTP sync")
+    body: dict[str, JSONValue] = Field(default_factory=dict, description="kind-specific details")
 
 
 # Which body each kind the gateway raises carries; other kinds (sensors) are free-form.
@@ -173,9 +97,9 @@ ALERT_KINDS: tuple[str, ...] = (
 class _WireSchema(GenerateJsonSchema):
     """JSON Schema of what goes on the wire.
 
-    The gateway dumps its models whole (no `exclude_*`), so in serialization mode every model
-    field is required, defaults included. `NotRequired` keys of a TypedDict body stay optional:
-    they are absent until something sets them.
+    The gateway dumps its models and dataclasses whole (no `exclude_*`), so in serialization
+    mode every such field is required, defaults included. `NotRequired` keys of a TypedDict
+    stay optional: they are absent until something sets them.
     """
 
     def field_is_required(
@@ -183,7 +107,7 @@ class _WireSchema(GenerateJsonSchema):
         field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
         total: bool,
     ) -> bool:
-        """Every model field is on the wire in serialization mode."""
+        """Every model or dataclass field is on the wire in serialization mode."""
         if self.mode == "serialization" and field["type"] != "typed-dict-field":
             return True
         return super().field_is_required(field, total)
@@ -267,7 +191,7 @@ def _response_rules() -> list[JSONObject]:
 def component_schemas() -> tuple[dict[str, str], dict[str, JSONObject]]:
     """The payload schemas: (name -> $ref of its payload, components/schemas)."""
     keyed, top = TypeAdapter.json_schemas(
-        [(name, mode, TypeAdapter(tp)) for name, mode, tp in _PAYLOAD_TYPES],
+        [(name, mode, adapter(tp)) for name, mode, tp in _PAYLOAD_TYPES],
         by_alias=True,
         ref_template=_SCHEMAS + "{model}",
         schema_generator=_WireSchema,
@@ -295,8 +219,17 @@ def component_schemas() -> tuple[dict[str, str], dict[str, JSONObject]]:
 # ---------------------------------------------------------------------- examples
 
 
+def _checked(tp: Any, payload: Any) -> JSONObject:
+    """`payload` as JSON, after pydantic checked it against its spec type `tp`."""
+    spec = adapter(tp)
+    dumped: JSONObject = spec.dump_python(
+        spec.validate_python(payload), mode="json", by_alias=True
+    )
+    return dumped
+
+
 def _examples() -> dict[str, list[JSONObject]]:
-    """One or two real payloads per message, built through the models."""
+    """One or two real payloads per message, checked against their types."""
     station = "central-north"
     press = AlertBody(
         help_point="hp-p1-north", location="platform 1, north stairs", platform="1",
@@ -318,39 +251,44 @@ def _examples() -> dict[str, list[JSONObject]]:
         ).model_dump(mode="json", by_alias=True)
 
     def status(state: Literal["online", "offline"]) -> JSONObject:
-        return StatusMessage(
-            state=state, station=station, version=__version__, wall_time=1795699000.5
-        ).model_dump(mode="json")
+        message: StatusMessage = {
+            "state": state, "station": station, "version": __version__,
+            "wall_time": 1795699000.5,
+        }
+        return _checked(StatusMessage, message)
 
     command = Command(
         command_id="c7d1e2f3a4b5c6d7", station=station, alert_id=press["alert_id"],
         action="assign", team="co_response", eta_s=420, issued_at=1795700030.0,
         dispatcher="desk-3",
     )
-    health = HealthReport(
-        station=station, version=__version__, uptime_s=86400.0, wall_time=1795700040.0,
-        outbox=OutboxReport(
-            by_class={"P0": {}, "P1": {"pending": 1}, "P2": {}, "P3": {}}, rows=1, bytes=612,
-            memory_rows=0, in_flight=1, oldest_unsent_age_s=0.052,
-        ),
-        faults=[FaultReport(code="dispatch_not_listening", since=1795699500.0, message=(
-            "broker had no subscriber for stationgw/v1/central-north/events/P1"))],
-        links={"broker:mqtts://dispatch.example:8883": "up",
-               "serial:edge-p1": "online (board edge-beam-7f3a fw=1.4.2)"},
-        counters={"delivered_P1": 12, "commands_applied_acknowledge": 3},
-        boards={"edge-p1": {"frames": 86411, "bad_crc": 3, "gaps": 2, "lost": 2, "resets": 1,
-                            "reopens": 1, "online": 2, "offline": 1}},
-    )
-    open_alert = OpenAlert(
-        alert_id=assigned["alert_id"], source=assigned["help_point"], priority="P1",
-        requested_response=REQUESTED_RESPONSE[Priority.P1], state="assigned",
-        body=dict(assigned),
-    )
+    health: HealthReport = {
+        "station": station, "version": __version__, "uptime_s": 86400.0,
+        "wall_time": 1795700040.0,
+        "outbox": {
+            "by_class": {"P0": {}, "P1": {"pending": 1}, "P2": {}, "P3": {}}, "rows": 1,
+            "bytes": 612, "memory_rows": 0, "in_flight": 1, "oldest_unsent_age_s": 0.052,
+        },
+        "faults": [{"code": "dispatch_not_listening", "since": 1795699500.0, "message": (
+            "broker had no subscriber for stationgw/v1/central-north/events/P1")}],
+        "links": {"broker:mqtts://dispatch.example:8883": "up",
+                  "serial:edge-p1": "online (board edge-beam-7f3a fw=1.4.2)"},
+        "counters": {"delivered_P1": 12, "commands_applied_acknowledge": 3},
+        "boards": {"edge-p1": {"frames": 86411, "bad_crc": 3, "gaps": 2, "lost": 2,
+                               "resets": 1, "reopens": 1, "online": 2, "offline": 1}},
+    }
+    open_alert: OpenAlert = {
+        "alert_id": assigned["alert_id"], "source": assigned["help_point"], "class": "P1",
+        "requested_response": REQUESTED_RESPONSE[Priority.P1], "state": "assigned",
+        "body": dict(assigned),
+    }
 
     def alerts(wall_time: float, *open_alerts: OpenAlert) -> JSONObject:
-        return OpenAlertsMessage(
-            station=station, wall_time=wall_time, alerts=list(open_alerts)
-        ).model_dump(mode="json", by_alias=True)
+        message: OpenAlertsMessage = {
+            "schema": ALERTS_SCHEMA, "station": station, "wall_time": wall_time,
+            "alerts": list(open_alerts),
+        }
+        return _checked(OpenAlertsMessage, message)
 
     return {
         "alerts": [
@@ -370,20 +308,18 @@ def _examples() -> dict[str, list[JSONObject]]:
             {"name": "offline", "summary": "clean shutdown, or the Last Will",
              "payload": status("offline")},
         ],
-        "health": [{"name": "healthy", "payload": health.model_dump(mode="json")}],
-        "command": [
-            {"name": "assign", "payload": command.model_dump(mode="json", by_alias=True)}
-        ],
+        "health": [{"name": "healthy", "payload": _checked(HealthReport, health)}],
+        "command": [{"name": "assign", "payload": _checked(Command, command)}],
         "reply": [
-            {"name": "applied", "payload": Reply(
+            {"name": "applied", "payload": _checked(Reply, Reply(
                 command_id=command.command_id, alert_id=command.alert_id, status="applied",
                 station=station, wall_time=1795700030.2,
-            ).model_dump(mode="json", by_alias=True)},
-            {"name": "rejected", "payload": Reply(
+            ))},
+            {"name": "rejected", "payload": _checked(Reply, Reply(
                 command_id=command.command_id, alert_id=command.alert_id, status="rejected",
                 reason="replay", detail="this command id was already applied",
                 station=station, wall_time=1795700031.0,
-            ).model_dump(mode="json", by_alias=True)},
+            ))},
         ],
     }
 
@@ -447,9 +383,9 @@ def _operation(
 
 def asyncapi_document() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of every topic and message, as a JSON-compatible dict."""
-    prefix = MqttConfig.model_fields["topic_prefix"].default
-    mqtt_protocol = MqttConfig.model_fields["protocol"].default
-    station_pattern = StationConfig.model_json_schema()["properties"]["station_id"]["pattern"]
+    mqtt = MqttConfig()  # the defaults
+    prefix = mqtt.topic_prefix
+    station_pattern = adapter(StationConfig).json_schema()["properties"]["station_id"]["pattern"]
     topics = Topics(prefix, "{station}")
     refs, schemas = component_schemas()
     examples = _examples()
@@ -585,7 +521,7 @@ def asyncapi_document() -> dict[str, Any]:
             "dispatch": {
                 "host": "{broker}",
                 "protocol": "mqtt",
-                "protocolVersion": mqtt_protocol,
+                "protocolVersion": mqtt.protocol,
                 "title": "Dispatch broker",
                 "description": "Each `[[brokers]]` URL of the station config, tried in order. "
                 "`mqtts://` URLs use TLS (`mqtt.tls`). MQTT 3.1.1 is selectable but cannot "
@@ -596,8 +532,8 @@ def asyncapi_document() -> dict[str, Any]:
                 }},
                 "bindings": _mqtt(
                     cleanSession=False,
-                    keepAlive=MqttConfig.model_fields["keepalive_s"].default,
-                    sessionExpiryInterval=MqttConfig.model_fields["session_expiry_s"].default,
+                    keepAlive=mqtt.keepalive_s,
+                    sessionExpiryInterval=mqtt.session_expiry_s,
                     lastWill={
                         "topic": topics.status,
                         "qos": 1,

@@ -8,7 +8,7 @@ import uuid
 
 import aiomqtt
 
-from gateway.commands import Action, Command, Team
+from gateway.commands import Action, Command, Team, schema_problems
 
 
 def make_command(
@@ -20,8 +20,8 @@ def make_command(
     eta_s: int | None = None,
     dispatcher: str = "console",
 ) -> Command:
-    """A new command with a fresh id, issued now."""
-    return Command(
+    """A new command with a fresh id, issued now; ValueError names what the contract refuses."""
+    command = Command(
         command_id=uuid.uuid4().hex,
         station=station,
         alert_id=alert_id,
@@ -31,6 +31,10 @@ def make_command(
         issued_at=time.time(),
         dispatcher=dispatcher,
     )
+    problems = schema_problems(command.wire())
+    if problems:
+        raise ValueError("; ".join(problems))
+    return command
 
 
 def command_topic(prefix: str, station: str) -> str:
@@ -45,5 +49,5 @@ def reply_topic(prefix: str, station: str) -> str:
 
 async def send_command(client: aiomqtt.Client, prefix: str, command: Command) -> None:
     """Publish a command at QoS 1."""
-    payload = json.dumps(command.model_dump(by_alias=True, mode="json")).encode()
+    payload = json.dumps(command.wire()).encode()
     await client.publish(command_topic(prefix, command.station), payload, qos=1)

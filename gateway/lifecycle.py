@@ -155,7 +155,7 @@ class Lifecycle:
         ))
 
     async def _reply(self, client: GatewayClient, reply: Reply) -> None:
-        payload = json.dumps(reply.model_dump(by_alias=True, mode="json")).encode()
+        payload = json.dumps(reply.wire()).encode()
         rc = await client.publish_confirmed(
             self.reply_topic, payload, properties=self._properties
         )

@@ -1,4 +1,8 @@
-"""Core vocabulary: priority classes, events handed to the outbox, and the wire message."""
+"""Core vocabulary: priority classes, events handed to the outbox, and the event bodies.
+
+No pydantic here: the daemon imports this module (see gateway.spec). The wire message,
+`EventMessage`, is in gateway.contract.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,27 @@ import os
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Annotated, Any, Literal, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from gateway.commands import Team
 
+if TYPE_CHECKING:
+    from pydantic import Field  # the contract's markers; gateway.spec resolves them
+
 PriorityName = Literal["P0", "P1", "P2", "P3"]
-JSONValue = Any  # a JSON-serialisable value; pydantic checks it on the way out
+JSONValue = Any  # a JSON-serialisable value (tests check the payloads against the contract)
+_Spec = TypeVar("_Spec")
+
+
+def forbid_extra(spec: _Spec) -> _Spec:
+    """Refuse unknown keys when pydantic validates this TypedDict (it reads the attribute).
+
+    What `pydantic.with_config(ConfigDict(extra="forbid"))` does, without importing pydantic.
+    """
+    spec.__pydantic_config__ = {"extra": "forbid"}  # type: ignore[attr-defined]
+    return spec
 
 
 class Priority(IntEnum):
@@ -96,33 +112,10 @@ class Event:
     alert: AlertRecord | None = None  # stored in the same transaction as the event
 
 
-class EventMessage(BaseModel):
-    """The JSON payload of every event the gateway publishes (schema `stationgw/event/1`)."""
-
-    # The contract's model. `Topics.render` writes the same bytes without building one, so
-    # the schema is built on first use (the contract, tests), never in the daemon.
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, defer_build=True
-    )
-
-    schema_: Literal["stationgw/event/1"] = Field(
-        default="stationgw/event/1", alias="schema", description="payload schema id"
-    )
-    event_id: str = Field(description="stable id (UUIDv7); re-sends keep it, so de-duplicate on it")
-    station: str = Field(description="station id from the gateway's config")
-    priority: PriorityName = Field(alias="class", description="priority class")
-    requested_response: str = Field(description="the response this class asks dispatch for")
-    kind: str = Field(description="what happened, e.g. help_point.press")
-    source: str = Field(description="help point, sensor or gateway that raised it")
-    seq: int = Field(description="gateway-local monotonic sequence; orders events of one gateway")
-    wall_time: float = Field(description="Unix time at acceptance; may jump before NTP sync")
-    body: dict[str, JSONValue] = Field(default_factory=dict, description="kind-specific details")
-
-
 # TypedDicts, not models: bodies are built and merged as dicts (AlertRecord.details is
 # stored as JSON), and NotRequired keys are absent on the wire until something sets them.
 # Their docstrings and descriptions are published in docs/asyncapi.yaml.
-@with_config(ConfigDict(extra="forbid"))
+@forbid_extra
 class HelpPointPlace(TypedDict):
     """Body of `help_point.stuck` and `help_point.unstuck`: which help point, and where."""
 
@@ -131,7 +124,7 @@ class HelpPointPlace(TypedDict):
     platform: Annotated[str, Field(description="platform name or number, from the config")]
 
 
-@with_config(ConfigDict(extra="forbid"))
+@forbid_extra
 class AlertBody(HelpPointPlace):
     """Body of every event about an alert: its id, state, presses and what dispatch did."""
 

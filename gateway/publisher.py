@@ -18,27 +18,26 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
-from gateway.contract import (
-    FaultReport,
-    HealthReport,
-    OpenAlert,
-    OpenAlertsMessage,
-    OutboxReport,
-    StatusMessage,
-)
 from gateway.health import Health
-from gateway.model import AlertRecord, Priority
+from gateway.model import AlertRecord, Priority, PriorityName
 from gateway.mqtt import NO_MATCHING_SUBSCRIBERS, GatewayClient, json_properties, make_client
 from gateway.outbox import Key, Row, State
+from gateway.reports import (
+    HealthReport,
+    OutboxReport,
+    OutboxState,
+    StatusMessage,
+    open_alerts_message,
+)
 from gateway.store import AsyncOutbox
-from gateway.topics import Topics
+from gateway.topics import Topics, json_payload
 
 log = logging.getLogger(__name__)
 
@@ -393,11 +392,11 @@ class Publisher:
     # ------------------------------------------------------------------ status and health
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
-        status = StatusMessage(
-            state=state, station=self.config.station_id, version=__version__,
-            wall_time=round(time.time(), 3),
-        )
-        return json.dumps(status.model_dump(mode="json")).encode()
+        status: StatusMessage = {
+            "state": state, "station": self.config.station_id, "version": __version__,
+            "wall_time": round(time.time(), 3),
+        }
+        return json.dumps(status).encode()
 
     async def _health_loop(self, client: GatewayClient) -> NoReturn:
         while True:
@@ -422,50 +421,52 @@ class Publisher:
             await asyncio.sleep(ALERTS_COALESCE_S)
 
     async def _publish_alerts(self, client: GatewayClient) -> None:
-        snapshot = OpenAlertsMessage(
-            station=self.config.station_id, wall_time=round(time.time(), 3),
-            alerts=[OpenAlert.of(record) for record in self._open_alerts()],
+        snapshot = open_alerts_message(
+            self.config.station_id, round(time.time(), 3), self._open_alerts()
         )
         rc = await client.publish_confirmed(
-            self.topics.alerts, snapshot.model_dump_json(by_alias=True).encode(), retain=True,
-            properties=self._properties,
+            self.topics.alerts, json_payload(snapshot), retain=True, properties=self._properties
         )
         if rc.is_failure:
             self.health.count("alerts_snapshot_refused")
             log.warning(
                 "open-alerts snapshot (%d alert(s)) refused by broker on %s: %s",
-                len(snapshot.alerts), self.topics.alerts, rc.getName(),
+                len(snapshot["alerts"]), self.topics.alerts, rc.getName(),
             )
 
     async def health_report(self) -> dict[str, Any]:
-        """The health message: depth by class, oldest unsent age, faults, links, counters."""
+        """The health message: depth by class, oldest unsent age, faults, links, counters.
+
+        A `gateway.reports.HealthReport` (tests check it against the contract), as a dict to
+        which the daemon adds its own keys for the status file.
+        """
         depth = await self.outbox.depth()
         now = time.time()
-        # Built through the contract's models, so the report cannot drift from
-        # docs/asyncapi.yaml. The daemon adds its own keys to the dict for the status file.
-        report = HealthReport(
-            station=self.config.station_id,
-            version=__version__,
-            uptime_s=round(self.health.uptime_s, 1),
-            wall_time=round(now, 3),
-            # by_class keys come from SQLite as str: validating checks them against the enums.
-            outbox=OutboxReport.model_validate({
-                "by_class": depth.by_class,
-                "rows": depth.rows,
-                "bytes": depth.bytes,
-                "memory_rows": depth.memory_rows,
-                "in_flight": len(self._inflight),
-                "oldest_unsent_age_s": (
-                    None if depth.oldest_unsent_wall_time is None
-                    else round(max(0.0, now - depth.oldest_unsent_wall_time), 3)
-                ),
-            }),
-            faults=[
-                FaultReport(code=f.code, message=f.message, since=round(f.since, 3))
+        outbox: OutboxReport = {
+            # Class names, then outbox states and "memory", as gateway.outbox.read_depth
+            # counts them (the tests check the report against the contract).
+            "by_class": cast("dict[PriorityName, dict[OutboxState, int]]", depth.by_class),
+            "rows": depth.rows,
+            "bytes": depth.bytes,
+            "memory_rows": depth.memory_rows,
+            "in_flight": len(self._inflight),
+            "oldest_unsent_age_s": (
+                None if depth.oldest_unsent_wall_time is None
+                else round(max(0.0, now - depth.oldest_unsent_wall_time), 3)
+            ),
+        }
+        report: HealthReport = {
+            "station": self.config.station_id,
+            "version": __version__,
+            "uptime_s": round(self.health.uptime_s, 1),
+            "wall_time": round(now, 3),
+            "outbox": outbox,
+            "faults": [
+                {"code": f.code, "message": f.message, "since": round(f.since, 3)}
                 for f in self.health.faults.values()
             ],
-            links=dict(self.health.links),
-            counters=dict(self.health.counters),
-            boards=self.health.board_counters(),
-        )
-        return report.model_dump(mode="json")
+            "links": dict(self.health.links),
+            "counters": dict(self.health.counters),
+            "boards": self.health.board_counters(),
+        }
+        return dict(report)

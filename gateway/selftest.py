@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import operator
@@ -349,7 +350,7 @@ async def run_selftest(
     all_config = config
     on_gpio = [hp for hp in config.help_points if not hp.on_board]
     if on_gpio:  # help points on boards are checked with their board
-        config = config.model_copy(update={"help_points": on_gpio})
+        config = dataclasses.replace(config, help_points=on_gpio)
         health = Health()
         # Never opened: the selftest drives pins and lamps only, and raises no alerts.
         outbox = AsyncOutbox(Outbox(config.store.path, Topics("x", "x").render), health)

@@ -8,14 +8,40 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
-
-from pydantic_core import to_json
+from typing import Any
 
 from gateway.model import EVENT_SCHEMA, REQUESTED_RESPONSE, Event, Priority
 
 _CLASS_NAMES = tuple(p.name for p in Priority)  # indexed by class: no enum lookup per event
 _RESPONSES = tuple(REQUESTED_RESPONSE[p] for p in Priority)
+# Compact UTF-8, as pydantic writes JSON. Strict: NaN and infinities are not JSON. Payloads
+# are trees the gateway builds, never cyclic, so the cycle check is skipped (~10 % faster).
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def json_payload(value: Any) -> bytes:
+    """Compact UTF-8 JSON of `value`, with NaN and infinities as null (as pydantic does)."""
+    try:
+        text = _ENCODER.encode(value)
+    except ValueError:  # a non-finite float: rare, so the common case is not walked twice
+        text = _ENCODER.encode(_finite(value))
+    return text.encode()
 
 
 @dataclass(frozen=True)
@@ -50,16 +76,15 @@ class Topics:
         return f"{self.root}/alerts"
 
     def render(self, event: Event, seq: int, wall_time: float) -> tuple[str, bytes]:
-        """Topic and JSON payload (`gateway.model.EventMessage`) of an accepted event.
+        """Topic and JSON payload (`gateway.contract.EventMessage`) of an accepted event.
 
-        The payload is the bytes `EventMessage(...).model_dump_json(by_alias=True)` gives:
-        the same keys in the same order, through the same pydantic-core serializer, so that
-        `body` values come out alike (NaN as null, 1e-05 as 0.00001). It skips building and
-        validating a model per event, at less than half the CPU (tests compare the two).
+        The payload is the JSON value `EventMessage(...).model_dump(mode="json",
+        by_alias=True)` gives, keys in the same order (NaN and infinities as null), written
+        without pydantic, which the daemon does not load (tests compare the two).
         """
         cls = int(event.priority)
         name = _CLASS_NAMES[cls]
-        payload = to_json({
+        payload = json_payload({
             "schema": EVENT_SCHEMA,
             "event_id": event.event_id,
             "station": self.station,
@@ -70,5 +95,5 @@ class Topics:
             "seq": seq,
             "wall_time": round(wall_time, 6),
             "body": event.body,
-        }, inf_nan_mode="null")  # EventMessage's default (ser_json_inf_nan)
+        })
         return f"{self.prefix}/{self.station}/events/{name}", payload

@@ -40,10 +40,10 @@ from gateway.console import (
     parse_broker_url,
     parse_event,
 )
-from gateway.contract import OpenAlert, OpenAlertsMessage
 from gateway.daemon import Gateway
 from gateway.model import AlertRecord, AlertState, Event, Priority
-from gateway.topics import Topics
+from gateway.reports import open_alerts_message
+from gateway.topics import Topics, json_payload
 from tests.helpers import Subscriber, running, station_config, subscribe
 from tests.test_helppoints import HELP_POINTS, lamp_becomes, tap
 
@@ -160,9 +160,7 @@ def snapshot(station: str, wall_time: float, *alerts: tuple[str, str, AlertState
         })
         for alert_id, cls, state in alerts
     ]
-    return OpenAlertsMessage(
-        station=station, wall_time=wall_time, alerts=[OpenAlert.of(r) for r in records]
-    ).model_dump_json(by_alias=True).encode()
+    return json_payload(open_alerts_message(station, wall_time, records))
 
 
 def test_a_snapshot_seeds_alerts_raised_before_the_console_started() -> None:

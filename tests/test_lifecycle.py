@@ -121,7 +121,7 @@ async def test_bad_commands_are_rejected_with_a_reason_and_change_nothing(
     gw, sub, dispatcher = station
     sid = gw.config.station_id
     alert_id = await raise_alert(gw, sub)
-    good = make_command(sid, alert_id, "acknowledge").model_dump(by_alias=True, mode="json")
+    good = make_command(sid, alert_id, "acknowledge").wire()
     cases: list[tuple[str, bytes]] = [
         ("malformed", b"{not json"),
         ("malformed", b"\xff\xfe\x00garbage"),

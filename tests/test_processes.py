@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from gateway.broker import Mosquitto
-from gateway.config import load_config
+from gateway.config import StationConfig, load_config
+from gateway.dispatch import make_command, send_command
 from gateway.simulate import socket_path
 from tests.helpers import subscribe
 
@@ -64,15 +66,21 @@ def daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Path, subprocess
         log.close()
 
 
-async def test_simulate_drives_a_daemon_in_another_process(
-    broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
-) -> None:
-    config_path, proc = daemon
+async def simulate_socket_ready(config_path: Path, proc: subprocess.Popen[bytes]) -> StationConfig:
+    """The daemon's config, once its simulate socket is up (it has started)."""
     config = load_config(config_path)
     async with asyncio.timeout(20):
         while not socket_path(config).exists():
             assert proc.poll() is None, "daemon exited"
             await asyncio.sleep(0.05)
+    return config
+
+
+async def test_simulate_drives_a_daemon_in_another_process(
+    broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
+    config_path, proc = daemon
+    config = await simulate_socket_ready(config_path, proc)
     async with subscribe(broker.port, f"stationgw/v1/{config.station_id}/events/#") as sub:
         done = await asyncio.to_thread(stationgw, "simulate", "press", "hp-1", "--config",
                                        str(config_path))
@@ -94,6 +102,34 @@ async def test_simulate_drives_a_daemon_in_another_process(
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     assert not socket_path(config).exists()  # removed on a clean stop
+
+
+async def test_the_running_daemon_never_loads_pydantic(
+    broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
+    """pydantic would cost about 11 MiB of the daemon's 40 MB (gateway/spec.py).
+
+    Through a press, its alert and a dispatch command (checked by the daemon's own code),
+    the daemon's memory map never shows pydantic-core's library.
+    """
+    config_path, proc = daemon
+    config = await simulate_socket_ready(config_path, proc)
+    topic = f"stationgw/v1/{config.station_id}/#"
+    async with subscribe(broker.port, topic) as sub, aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as dispatcher:
+        done = await asyncio.to_thread(stationgw, "simulate", "press", "hp-1", "--config",
+                                       str(config_path))
+        assert done.returncode == 0, done.stderr
+        await sub.wait_for(lambda m: any(p.get("kind") == "help_point.press" for _, p in m))
+        press = next(p for _, p in sub.messages if p.get("kind") == "help_point.press")
+        command = make_command(config.station_id, press["body"]["alert_id"], "acknowledge")
+        await send_command(dispatcher, "stationgw/v1", command)
+        await sub.wait_for(lambda m: any(p.get("kind") == "alert.acknowledged" for _, p in m))
+    maps = await asyncio.to_thread(Path(f"/proc/{proc.pid}/maps").read_text)
+    assert proc.poll() is None
+    assert "/python3" in maps  # the map is the daemon's, and readable
+    assert "pydantic" not in maps
 
 
 def test_simulate_without_a_mock_daemon_says_so(tmp_path: Path) -> None:
@@ -166,10 +202,7 @@ def test_outbox_command_reads_the_store_and_run_overrides(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
     )
     try:
-        loaded = load_config(config)
-        sim = socket_path(
-            loaded.model_copy(update={"store": loaded.store.model_copy(update={"path": scratch})})
-        )
+        sim = socket_path(load_config(config, store=scratch))
         deadline = time.monotonic() + 20
         while not sim.exists():
             assert proc.poll() is None and time.monotonic() < deadline

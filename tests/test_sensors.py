@@ -10,11 +10,14 @@ from gateway.config import Sensor, parse_config
 from gateway.errors import ConfigError
 from gateway.model import Priority
 from gateway.sensors import SensorHappening, SensorRules
+from gateway.spec import adapter
 
 
 def sensor(**kw: Any) -> Sensor:
-    return Sensor.model_validate({"id": "edge-p1", "port": "/dev/null", "location": "p1 edge",
-                                  **kw})
+    sensor: Sensor = adapter(Sensor).validate_python(
+        {"id": "edge-p1", "port": "/dev/null", "location": "p1 edge", **kw}
+    )
+    return sensor
 
 
 def feed(rules: SensorRules, readings: list[tuple[float, float]], channel: str = "beam",

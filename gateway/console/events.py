@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.commands import Reply
+from gateway.spec import adapter
 
 DEDUP_WINDOW = 100_000  # event ids remembered; a re-send comes within one station's backlog
 
@@ -78,9 +79,10 @@ def parse_json_object(payload: bytes | bytearray) -> dict[str, Any] | None:
 def parse_reply(payload: bytes | bytearray) -> Reply | None:
     """A gateway's reply, or None when the payload is not one."""
     try:
-        return Reply.model_validate_json(payload)
+        reply: Reply = adapter(Reply).validate_json(payload)
     except ValidationError:
         return None
+    return reply
 
 
 def as_text(value: object, default: str = "") -> str:

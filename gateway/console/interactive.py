@@ -130,7 +130,7 @@ async def _interactive(
             dirty.set()
             return
         pending[command.command_id] = request
-        payload = json.dumps(command.model_dump(by_alias=True, mode="json")).encode()
+        payload = json.dumps(command.wire()).encode()
         screen.note(f"{request.action} {request.alert_id[:8]} at {request.station}: sent")
         dirty.set()
         try:

@@ -13,8 +13,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from gateway.commands import Action, Reply
 from gateway.console.errors import ConsoleConnectionError
 from gateway.console.events import as_number, as_text, parse_json_object, parse_reply
@@ -56,8 +54,8 @@ def one_shot(
             station, alert_id, chosen, team=next((t for t in TEAMS if t == team), None),
             eta_s=eta_s, dispatcher=dispatcher or f"cli-{socket.gethostname()}"[:64],
         )
-    except ValidationError as exc:
-        say(f"bad command: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+    except ValueError as exc:
+        say(f"bad command: {exc}")
         return 2
     replies, status_topic = reply_topic(prefix, station), f"{prefix}/{station}/status"
 
@@ -66,7 +64,7 @@ def one_shot(
         intake = Intake(host, port, [replies, status_topic],
                         client_id=f"stationgw-cli-{uuid.uuid4().hex[:12]}", session_expiry_s=0)
         async with intake:
-            payload = json.dumps(command.model_dump(by_alias=True, mode="json")).encode()
+            payload = json.dumps(command.wire()).encode()
             rc = await intake.publish(command_topic(prefix, station), payload)
             if rc.is_failure:
                 say(f"the broker refused the command: {rc.getName()}")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from gateway.commands import Action, Team
 from gateway.config import BrokerEndpoint
 from gateway.console.errors import ConsoleUsageError
+from gateway.spec import adapter
 
 PREFIX = "stationgw/v1"
 TEAMS: tuple[Team, ...] = ("crisis_team", "co_response", "ambassador", "emergency_services")
@@ -22,7 +23,7 @@ ACTIONS: dict[str, Action] = {
 def parse_broker_url(url: str) -> tuple[str, int]:
     """`mqtt://host:port` -> (host, port); the port is 1883 when not given."""
     try:
-        endpoint = BrokerEndpoint(url=url)
+        endpoint: BrokerEndpoint = adapter(BrokerEndpoint).validate_python({"url": url})
     except ValidationError as exc:
         msg = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise ConsoleUsageError(f"--broker: {msg}") from exc
