@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.commands import Command, Rejection
-from gateway.model import AlertRecord, AlertState, Priority
+from gateway.model import AlertRecord, AlertState, Priority, cite
 
 RECENTLY_CLOSED = 1000  # closed alerts remembered, so late commands get a precise answer
 
@@ -122,8 +122,8 @@ class AlertBook:
                 continue
             record = self.open[alert_id]
             count = int(record.details.get("escalations", 0)) + 1
-            evidence = [*record.details.get("evidence", []),
-                        f"not acknowledged within {self.ack_timeout_s:g}s"]
+            evidence = list(cite(record.details.get("evidence", []),
+                                 f"not acknowledged within {self.ack_timeout_s:g}s"))
             record = replace(
                 record,
                 priority=min(record.priority, self.escalate_to),

@@ -22,7 +22,7 @@ from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, Statio
 from gateway.errors import GatewayError
 from gateway.lamp import Cue, Lamp, LampState, Pattern, PatternOutput
 from gateway.lifecycle import Lifecycle, alert_body
-from gateway.model import AlertRecord, Event, Priority
+from gateway.model import AlertRecord, Event, Priority, cite
 from gateway.outbox import Row
 from gateway.presses import Alert, ButtonEvent, Happening, HelpPointLogic, PressRules
 
@@ -325,7 +325,7 @@ class HelpPoints:
         for priority, evidence in self._correlate(unit.config.id) if self._correlate else []:
             if priority < alert.priority or evidence not in alert.evidence:
                 alert = replace(alert, priority=min(alert.priority, priority),
-                                evidence=(*alert.evidence, evidence))
+                                evidence=cite(alert.evidence, evidence))
         unit.logic.alert = alert
         return alert
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar
@@ -79,6 +80,22 @@ def uuid7() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+#: An alert cites at most this many reasons for its class: the first (what raised it) and the
+#: newest. A reading that keeps changing while a rider presses again and again would
+#: otherwise grow every announcement of a long-open alert without bound.
+MAX_EVIDENCE = 16
+
+
+def cite(evidence: Sequence[str], reason: str) -> tuple[str, ...]:
+    """`evidence` with `reason` added last, unless it is there already; at most MAX_EVIDENCE."""
+    if reason in evidence:
+        return tuple(evidence)
+    cited = (*evidence, reason)
+    if len(cited) > MAX_EVIDENCE:
+        cited = (cited[0], *cited[len(cited) - MAX_EVIDENCE + 1:])
+    return cited
+
+
 AlertState = Literal["open", "acknowledged", "assigned", "resolved", "cancelled"]
 CLOSED_STATES: tuple[AlertState, ...] = ("resolved", "cancelled")
 
@@ -135,7 +152,10 @@ class AlertBody(HelpPointPlace):
     last_press: Annotated[float, Field(description="Unix time of the latest press")]
     held: Annotated[bool, Field(description="held past hold_time_s")]
     escalated: Annotated[bool, Field(description="raised by repeats or by dispatch silence")]
-    evidence: Annotated[list[str], Field(description="why it has its class, oldest first")]
+    evidence: Annotated[list[str], Field(
+        description="why it has its class, oldest first; each reason once, at most 16 (the "
+        "first and the newest)"
+    )]
     escalations: NotRequired[
         Annotated[int, Field(ge=1, description="re-announcements for want of an ack")]
     ]

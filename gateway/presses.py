@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from gateway.model import Priority
+from gateway.model import Priority, cite
 
 #: A button event: from a GPIO pin's edges, or a serial board's BTN frame (same words).
 ButtonEvent = Literal["press", "hold", "release"]
@@ -172,7 +172,7 @@ class HelpPointLogic:
             self.alert,
             held=True,
             priority=min(self.alert.priority, self.rules.hold_class),
-            evidence=(*self.alert.evidence, evidence),
+            evidence=cite(self.alert.evidence, evidence),
         )
         return [Happening("help_point.hold", self.alert)]
 
@@ -202,7 +202,7 @@ class HelpPointLogic:
                 alert,
                 escalated=True,
                 priority=min(alert.priority, self.rules.repeat_class),
-                evidence=(*alert.evidence, f"pressed {count} times"),
+                evidence=cite(alert.evidence, f"pressed {count} times"),
             )
         self.alert = alert
         return [Happening("help_point.repeat", alert)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Priority
+from gateway.alerts import AlertBook
+from gateway.model import MAX_EVIDENCE, Priority, cite
 from gateway.presses import Happening, HelpPointLogic, PressRules
 
 RULES = PressRules(bounce_time_s=0.05, hold_time_s=2.0, repeat_window_s=60,
@@ -142,3 +143,27 @@ def test_queued_release_then_press_is_two_presses_not_a_bounce() -> None:
     # A real bounce (within bounce_time_s of the release) is still one press.
     out = logic.button("release", 1.6) + logic.button("press", 1.62)
     assert out == []
+
+
+@given(st.lists(st.sampled_from([f"reason {i}" for i in range(40)]), max_size=120))
+def test_evidence_stays_bounded_keeps_the_first_and_cites_each_reason_once(
+    reasons: list[str],
+) -> None:
+    evidence: tuple[str, ...] = ("button pressed",)
+    for reason in reasons:
+        evidence = cite(evidence, reason)
+        assert evidence[0] == "button pressed"
+        assert reason in evidence
+        assert len(evidence) <= MAX_EVIDENCE
+        assert len(set(evidence)) == len(evidence)
+
+
+def test_an_alert_escalated_all_night_keeps_a_short_evidence_list() -> None:
+    book = AlertBook(ack_timeout_s=120, escalate_to=Priority.P0)
+    book.raised("a-1", "hp-1", Priority.P1, {"evidence": ["button pressed"]}, now=0)
+    for n in range(1, 301):  # ten hours of re-announcements without an acknowledgement
+        (record,) = book.escalate_due(now=n * 120.0)
+        assert record.details["escalations"] == n
+    assert record.details["evidence"] == ["button pressed", "not acknowledged within 120s"]
+    assert record.priority == Priority.P0
+
