@@ -1,0 +1,1 @@
+"""Reusable test support (fault injection, real resources); never imported by the daemon."""
