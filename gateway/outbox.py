@@ -3,7 +3,9 @@
 An event is *accepted* when its row is committed (WAL, ``synchronous=FULL``). Rows drain by
 class, then by sequence, and leave only when the broker confirms them. When the database
 cannot be written, rows are kept in memory instead so that alerts still go out, and the
-caller raises a fault.
+caller raises a fault. A failed read (a damaged page, an I/O error) marks the store
+`damage`d: no call raises it, new rows are kept in memory until a check finds the file
+sound again, and the rows in memory keep draining.
 
 `Outbox` is synchronous and owns one connection; `gateway.store.AsyncOutbox` runs it on one
 dedicated thread so the event loop never waits on fsync.
@@ -137,11 +139,37 @@ class Depth:
 _COLUMNS = "seq, event_id, class, kind, topic, payload, wall_time, attempts, state"
 
 
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes of a damaged file
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """True if SQLite found the file itself damaged (not merely full or unwritable)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def _malformed(what: str) -> sqlite3.DatabaseError:
+    # A damaged page can decode into values no row could hold (the schema's CHECKs are not
+    # re-checked on read): reported as SQLite reports damage, and handled the same way.
+    return sqlite3.DatabaseError(f"database disk image is malformed ({what})")
+
+
+def _priority(value: object) -> Priority:
+    if type(value) is not int or not 0 <= value <= 3:
+        raise _malformed(f"class {value!r}")
+    return Priority(value)
+
+
 def _row(rec: tuple[int, str, int, str, str, bytes, float, int, State]) -> Row:
     seq, event_id, cls, kind, topic, payload, wall_time, attempts, state = rec
-    return Row(
-        seq, event_id, Priority(cls), kind, topic, bytes(payload), wall_time, attempts, state
-    )
+    if not (
+        type(seq) is int and isinstance(event_id, str) and isinstance(kind, str)
+        and isinstance(topic, str) and isinstance(payload, bytes)
+        and isinstance(wall_time, int | float) and type(attempts) is int
+        and state in ("pending", "refused")
+    ):
+        raise _malformed(f"outbox row seq={seq!r}")
+    return Row(seq, event_id, _priority(cls), kind, topic, payload, wall_time, attempts, state)
 
 
 @contextlib.contextmanager
@@ -236,6 +264,11 @@ class Outbox:
         self.ttl_s = dict(ttl_s or {})
         self._conn: sqlite3.Connection | None = None
         self._memory: dict[int, Row] = {}  # rows accepted while the database was unwritable
+        self._undeleted: set[int] = set()  # confirmed rows whose delete failed: retried
+        #: Why the database cannot be trusted (the first failed read, or damage seen while
+        #: writing); None while it is sound. Set on this thread, read by `AsyncOutbox`.
+        self.damage: str | None = None
+        self.read_errors = 0
         self._next_seq = 1
         self._rows = 0
         self._bytes = 0
@@ -295,14 +328,31 @@ class Outbox:
                 Row(seq, event.event_id, event.priority, event.kind, topic, payload, wall_time,
                     alert=event.alert)
             )
+        if self.damage is not None:
+            # A row written into a damaged file might never be read back for the drain.
+            return self._hold(rows, f"database damaged: {self.damage}")
         try:
             evicted = self._write([*self._memory.values(), *rows])
         except sqlite3.Error as exc:
-            held = [replace(row, durable=False) for row in rows]
-            self._memory.update((row.seq, row) for row in held)
-            return AcceptResult(held, self._bound_memory(), error=str(exc))
+            self._note_write_error(exc)
+            return self._hold(rows, str(exc))
         self._memory.clear()
         return AcceptResult(rows, evicted)
+
+    def _hold(self, rows: list[Row], error: str) -> AcceptResult:
+        held = [replace(row, durable=False) for row in rows]
+        self._memory.update((row.seq, row) for row in held)
+        return AcceptResult(held, self._bound_memory(), error=error)
+
+    def _note_write_error(self, exc: sqlite3.Error) -> None:
+        if is_damage(exc) and self.damage is None:
+            self.damage = str(exc)
+
+    def _read_failed(self, exc: sqlite3.Error) -> None:
+        self.read_errors += 1  # counted each time, logged (and raised as a fault) once
+        if self.damage is None:
+            self.damage = str(exc)
+            log.warning("outbox read failed: %s", exc)
 
     def _write(self, rows: list[Row]) -> list[Row]:
         with transaction(self.conn) as conn:
@@ -359,19 +409,28 @@ class Outbox:
         return evicted
 
     def retry_memory(self) -> str | None:
-        """Try to commit rows held in memory; returns the error if it still fails."""
-        if not self._memory:
-            return None
+        """Try to commit rows held in memory, and to remove confirmed rows whose delete
+        failed; returns the error if it still fails."""
+        if self.damage is not None:
+            return f"database damaged: {self.damage}"
         try:
-            self._write(list(self._memory.values()))
+            if self._memory:
+                self._write(list(self._memory.values()))
+                self._memory.clear()
+            if self._undeleted:
+                self.delivered(())
         except sqlite3.Error as exc:
+            self._note_write_error(exc)
             return str(exc)
-        self._memory.clear()
         return None
+
+    def repaired(self) -> None:
+        """A check found the database sound again: write to it and read from it again."""
+        self.damage = None
 
     def delivered(self, seqs: Iterable[int]) -> None:
         """Remove rows the broker confirmed."""
-        db_seqs = []
+        db_seqs = sorted(self._undeleted)
         for seq in seqs:
             if self._memory.pop(seq, None) is None:
                 db_seqs.append(seq)
@@ -394,8 +453,15 @@ class Outbox:
                     ).fetchone()
                     count, size = count + gone[0], size + gone[1]
                     conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in chunk])
+        except sqlite3.Error as exc:
+            # Kept out of the drain and retried: a full disk must not turn every confirmed
+            # row into a re-send.
+            self._undeleted.update(db_seqs)
+            self._note_write_error(exc)
+            raise
         finally:
             conn.execute("PRAGMA synchronous = FULL")
+        self._undeleted.clear()
         self._rows -= count
         self._bytes -= size + count * ROW_OVERHEAD
 
@@ -409,17 +475,28 @@ class Outbox:
                 batch.append((attempts, state, error, seq))
         if not batch:
             return
-        with transaction(self.conn) as conn:
-            conn.executemany(
-                "UPDATE outbox SET attempts = ?, state = ?, last_error = ? WHERE seq = ?", batch
-            )
+        try:
+            with transaction(self.conn) as conn:
+                conn.executemany(
+                    "UPDATE outbox SET attempts = ?, state = ?, last_error = ? WHERE seq = ?",
+                    batch,
+                )
+        except sqlite3.Error as exc:
+            self._note_write_error(exc)
+            raise
 
     def requeue_refused(self) -> int:
         """Make refused rows pending again so they are retried; returns how many."""
         for seq, row in list(self._memory.items()):
             if row.state == "refused":
                 self._memory[seq] = replace(row, state="pending")
-        cur = self.conn.execute("UPDATE outbox SET state = 'pending' WHERE state = 'refused'")
+        try:
+            cur = self.conn.execute(
+                "UPDATE outbox SET state = 'pending' WHERE state = 'refused'"
+            )
+        except sqlite3.Error as exc:
+            self._note_write_error(exc)
+            raise
         return cur.rowcount
 
     def expire(self, now: float | None = None) -> list[Row]:
@@ -434,17 +511,22 @@ class Outbox:
             for seq, row in list(self._memory.items()):
                 if row.priority == priority and row.wall_time < cutoff:
                     expired.append(self._memory.pop(seq))
-            with transaction(conn):
-                rows = [
-                    _row(rec)
-                    for rec in conn.execute(
-                        f"SELECT {_COLUMNS} FROM outbox WHERE class = ? AND wall_time < ?",
+            try:
+                with transaction(conn):
+                    rows = [
+                        _row(rec)
+                        for rec in conn.execute(
+                            f"SELECT {_COLUMNS} FROM outbox WHERE class = ? AND wall_time < ?",
+                            (int(priority), cutoff),
+                        )
+                    ]
+                    conn.execute(
+                        "DELETE FROM outbox WHERE class = ? AND wall_time < ?",
                         (int(priority), cutoff),
                     )
-                ]
-                conn.execute(
-                    "DELETE FROM outbox WHERE class = ? AND wall_time < ?", (int(priority), cutoff)
-                )
+            except sqlite3.Error as exc:
+                self._note_write_error(exc)
+                raise
             self._rows -= len(rows)
             self._bytes -= sum(r.size for r in rows)
             expired.extend(rows)
@@ -458,6 +540,19 @@ class Outbox:
                 (time.time(), code, int(active), message),
             )
             conn.execute("DELETE FROM faults WHERE id <= (SELECT MAX(id) FROM faults) - 1000")
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed rows from the write-ahead log into the database file.
+
+        Without it, at a station's pace every row stays in ``-wal`` (SQLite's own checkpoint
+        waits for 1000 pages): a copy of the ``.db`` alone is empty. PASSIVE: it never waits
+        for a reader (`stationgw outbox`, a backup). Returns (frames in the log, frames
+        copied); raises `sqlite3.Error` if the file cannot be written.
+        """
+        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy:
+            log.debug("checkpoint busy: %d of %d frames copied", copied, frames)
+        return int(frames), int(copied)
 
     # ------------------------------------------------------------------ reads
 
@@ -484,11 +579,11 @@ class Outbox:
                     )
                 ]
         except sqlite3.Error as exc:
-            if not self._memory:
-                raise
             # The rows in memory must still go out when the database cannot be read.
-            log.warning("outbox read failed, draining memory rows only: %s", exc)
+            self._read_failed(exc)
             rows = []
+        if self._undeleted:
+            rows = [r for r in rows if r.seq not in self._undeleted]
         if self._memory:
             rows.extend(r for r in self._memory.values() if r.state == "pending" and r.key > after)
             rows.sort(key=lambda r: r.key)
@@ -498,37 +593,84 @@ class Outbox:
     def open_alerts(self) -> list[tuple[AlertRecord, bool]]:
         """Alerts not yet resolved or cancelled, each with whether all its events were sent."""
         unsent = {r.alert.alert_id for r in self._memory.values() if r.alert is not None}
-        unsent.update(
-            a for (a,) in self.conn.execute(
-                "SELECT DISTINCT alert_id FROM outbox WHERE alert_id IS NOT NULL"
-            )
-        )
         alerts = []
-        for alert_id, source, state, cls, details in self.conn.execute(
-            "SELECT alert_id, source, state, class, details FROM alerts "
-            "WHERE state NOT IN ('resolved', 'cancelled') ORDER BY updated_at"
-        ):
-            record = AlertRecord(alert_id, source, state, Priority(cls), json.loads(details))
-            alerts.append((record, alert_id not in unsent))
+        try:
+            unsent.update(
+                a for (a,) in self.conn.execute(
+                    "SELECT DISTINCT alert_id FROM outbox WHERE alert_id IS NOT NULL"
+                )
+            )
+            for alert_id, source, state, cls, details in self.conn.execute(
+                "SELECT alert_id, source, state, class, details FROM alerts "
+                "WHERE state NOT IN ('resolved', 'cancelled') ORDER BY updated_at"
+            ):
+                try:
+                    body = json.loads(details)
+                except (TypeError, ValueError) as exc:
+                    raise _malformed(f"alert {alert_id!r}") from exc
+                if not (isinstance(body, dict) and isinstance(alert_id, str)
+                        and isinstance(source, str)
+                        and state in ("open", "acknowledged", "assigned")):
+                    raise _malformed(f"alert {alert_id!r}")
+                record = AlertRecord(alert_id, source, state, _priority(cls), body)
+                alerts.append((record, alert_id not in unsent))
+        except sqlite3.Error as exc:
+            self._read_failed(exc)  # the alerts read so far are still restored
         return alerts
 
     def command_seen(self, command_id: str) -> bool:
         """True if a dispatch command with this id was already applied."""
-        found = self.conn.execute(
-            "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
-        ).fetchone()
+        try:
+            found = self.conn.execute(
+                "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            # Unreadable: a replay is still refused if the alert's state forbids it.
+            self._read_failed(exc)
+            found = None
         return found is not None or any(
             r.alert is not None and r.alert.command_id == command_id for r in self._memory.values()
         )
 
     def depth(self) -> Depth:
         """Rows by class and state, and the wall time of the oldest unsent row."""
-        return read_depth(self.conn, self._memory.values(), self._bytes)
+        try:
+            return read_depth(self.conn, self._memory.values(), self._bytes)
+        except sqlite3.Error as exc:
+            # Health must still go out: the counts this outbox keeps, the memory rows exact.
+            self._read_failed(exc)
+            depth = read_depth_of_memory(self._memory.values())
+            return replace(depth, rows=self._rows, bytes=self._bytes)
+
+    def memory_only(self) -> list[Row]:
+        """Rows held only in memory, in drain order."""
+        return sorted(self._memory.values(), key=lambda r: r.key)
+
+    @property
+    def undeleted(self) -> int:
+        """Confirmed rows still in the database because their delete failed."""
+        return len(self._undeleted)
 
     @property
     def memory_rows(self) -> int:
         """Rows held only in memory because the database could not be written."""
         return len(self._memory)
+
+
+def quick_check(path: Path) -> str | None:
+    """SQLite's ``quick_check`` on a read-only connection of its own: None if the file is
+    sound, else what is wrong (the first few problems)."""
+    try:
+        conn = connect(path, readonly=True)
+    except StoreError as exc:
+        return str(exc)
+    try:
+        found = [str(problem) for (problem,) in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None if found == ["ok"] else "; ".join(found)
 
 
 def read_depth(
@@ -544,12 +686,17 @@ def read_depth(
         "SELECT state, class, COUNT(*) FROM outbox GROUP BY state, class"
     ).fetchall()
     for state, cls, count in groups:
-        by_class[Priority(cls).name][state] = count
+        if state not in ("pending", "refused") or type(count) is not int:
+            raise _malformed(f"state {state!r}")
+        by_class[_priority(cls).name][state] = count
         total += count
-        (first,) = conn.execute(
+        found = conn.execute(
             "SELECT wall_time FROM outbox WHERE state = ? AND class = ? ORDER BY seq LIMIT 1",
             (state, cls),
         ).fetchone()
+        if found is None or not isinstance(found[0], int | float):
+            raise _malformed(f"oldest {state} row of class {cls}")
+        first = found[0]
         oldest = first if oldest is None else min(oldest, first)
     memory = list(memory)
     for row in memory:
@@ -562,3 +709,14 @@ def read_depth(
         ).fetchone()
         size += total * ROW_OVERHEAD
     return Depth(by_class, oldest, total, size, len(memory))
+
+
+def read_depth_of_memory(memory: Iterable[Row]) -> Depth:
+    """Depth figures of rows in memory only (when the database cannot be read)."""
+    by_class: dict[str, dict[str, int]] = {p.name: {} for p in Priority}
+    rows = list(memory)
+    for row in rows:
+        counts = by_class[row.priority.name]
+        counts["memory"] = counts.get("memory", 0) + 1
+    oldest = min((r.wall_time for r in rows), default=None)
+    return Depth(by_class, oldest, 0, 0, len(rows))

@@ -1,8 +1,15 @@
 """The outbox as an async resource: one worker thread owns the SQLite connection.
 
-It turns the outbox's results into health: a failed write raises the `store_unwritable`
-fault (the row is then held in memory and still published), evictions and expiries are
-counted and logged one line per event.
+It turns the outbox's results into health, and no storage error ends the daemon:
+
+- a failed write (disk full, I/O error) raises `store_unwritable`: new rows are held in
+  memory and still published, and are written once the disk has room again;
+- a failed read, or damage found while writing, raises `store_damaged`: rows in memory still
+  go out, new rows are held in memory too, and maintenance re-checks the file;
+- a failed checkpoint raises `store_checkpoint_failed` (the rows are safe in the ``-wal``).
+
+Each fault clears when its condition ends. Evictions and expiries are counted and logged one
+line per event.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import ParamSpec, TypeVar
 from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.model import Event, Priority
-from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State
+from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State, quick_check
 from gateway.worker import URGENT, PriorityWorker
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,7 @@ T = TypeVar("T")
 RowListener = Callable[[Row], None]
 _CLASS_NAMES = tuple(p.name for p in Priority)
 _ACCEPTED = tuple(f"accepted_{name}" for name in _CLASS_NAMES)  # health counters by class
+UNWRITABLE, DAMAGED, CHECKPOINT = "store_unwritable", "store_damaged", "store_checkpoint_failed"
 
 
 class AsyncOutbox:
@@ -58,8 +66,20 @@ class AsyncOutbox:
         self.health.listeners.remove(self._record_fault)
         if self._executor is not None:
             # The worker may be mid-commit: let it finish, then close on the same thread.
-            await asyncio.shield(self._run(self.outbox.close))
+            await asyncio.shield(self._run(self._close))
             self._executor.shutdown()
+
+    def _close(self) -> None:
+        """On the worker: a last try to save rows held in memory, then close."""
+        if self.outbox.memory_rows and self.outbox.retry_memory() is None:
+            log.info("rows held in memory are now committed")
+        for row in self.outbox.memory_only():
+            # Lost with this process: one line each, so that the journal names them.
+            log.error(
+                "lost at exit (held in memory, never confirmed) event_id=%s class=%s kind=%s "
+                "seq=%d", row.event_id, row.priority.name, row.kind, row.seq,
+            )
+        self.outbox.close()
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         assert self._executor is not None, "AsyncOutbox used outside `async with`"
@@ -124,14 +144,9 @@ class AsyncOutbox:
             return
         result = done.result()
         if result.error is not None:
-            self.health.count("store_write_errors")
-            self.health.raise_fault(
-                "store_unwritable",
-                f"outbox database cannot be written ({result.error}); alerts are held in "
-                "memory and still published, but will not survive a restart",
-            )
+            self._write_failed(result.error)
         else:
-            self.health.clear_fault("store_unwritable")
+            self._write_ok()
         counters = self.health.counters
         for (event, _), row in zip(batch, result.rows, strict=True):
             name = _CLASS_NAMES[row.priority]
@@ -163,58 +178,132 @@ class AsyncOutbox:
                 what, gone.event_id, gone.priority.name, gone.kind, gone.seq, why,
             )
 
+    # ------------------------------------------------------------------ storage faults
+
+    def _write_failed(self, error: object, what: str | None = None) -> None:
+        """A write failed: count it, and raise the fault that says what it means."""
+        self.health.count("store_write_errors")
+        if what is not None:  # accepts log one line per event instead
+            log.warning("outbox write failed: cannot %s: %s", what, error)
+        if self._check_damage():
+            return  # damage explains it, and has its own fault
+        # One message for every kind of write, so that alternating failures do not re-log.
+        self.health.raise_fault(
+            UNWRITABLE,
+            f"outbox database cannot be written ({error}); new alerts are held in memory and "
+            "still published, but will not survive a restart until they are written",
+        )
+
+    def _write_ok(self) -> None:
+        """A write succeeded: the disk takes writes again once nothing is left held."""
+        if not self.outbox.memory_rows and not self.outbox.undeleted:
+            self.health.clear_fault(UNWRITABLE)
+
+    def _check_damage(self) -> bool:
+        """Raise `store_damaged` if the outbox found the database damaged or unreadable."""
+        if self.outbox.read_errors:
+            self.health.counters["store_read_errors"] = self.outbox.read_errors
+        damage = self.outbox.damage
+        if damage is None:
+            return False
+        self.health.raise_fault(
+            DAMAGED,
+            f"outbox database {self.outbox.path} is damaged or unreadable ({damage}); rows "
+            "stored before may not be sent; new alerts are held in memory and still "
+            "published, but will not survive a restart. Keep the file for a technician",
+        )
+        return True
+
+    # ------------------------------------------------------------------ run time
+
     async def call(self, fn: Callable[[Outbox], T]) -> T:
         """Run `fn(outbox)` on the outbox's thread (maintenance, tests, tools)."""
-        return await self._run(fn, self.outbox)
+        result = await self._run(fn, self.outbox)
+        self._check_damage()
+        return result
 
     async def page(self, after: Key | None, limit: int) -> list[Row]:
-        """Pending rows after `after`, in drain order."""
-        return await self._run(self.outbox.page, after, limit)
+        """Pending rows after `after`, in drain order (rows in memory only, if unreadable)."""
+        rows = await self._run(self.outbox.page, after, limit)
+        self._check_damage()
+        return rows
 
     async def delivered(self, seqs: list[int]) -> None:
-        """Remove confirmed rows; a failure leaves them to be re-sent, never lost."""
+        """Remove confirmed rows; a failed delete is retried, and never loses a row."""
         try:
             await self._run(self.outbox.delivered, seqs)
         except sqlite3.Error as exc:
-            self.health.count("store_write_errors")
-            self.health.raise_fault(
-                "store_unwritable",
-                f"cannot remove delivered rows ({exc}); they will be sent again after a restart",
-            )
+            self._write_failed(exc, f"remove {len(seqs)} delivered row(s), retried later")
+        else:
+            self._write_ok()
 
     async def mark(self, updates: list[tuple[int, int, State, str | None]]) -> None:
         """Persist attempts and state of rows that stay in the outbox."""
         try:
             await self._run(self.outbox.mark, updates)
         except sqlite3.Error as exc:
-            self.health.count("store_write_errors")
-            log.warning("cannot record attempts of %d rows: %s", len(updates), exc)
+            self._write_failed(exc, f"record attempts of {len(updates)} row(s)")
+        else:
+            self._write_ok()
 
     async def requeue_refused(self) -> int:
         """Make refused rows pending again."""
         try:
-            return await self._run(self.outbox.requeue_refused)
+            count = await self._run(self.outbox.requeue_refused)
         except sqlite3.Error as exc:
-            log.warning("cannot requeue refused rows: %s", exc)
+            self._write_failed(exc, "requeue refused rows")
             return 0
+        self._write_ok()
+        return count
 
     async def maintain(self) -> None:
-        """Periodic upkeep: retry rows held in memory, and expire P2/P3 rows past their TTL."""
-        if self.outbox.memory_rows:
+        """Periodic upkeep: re-check a damaged file, write rows held in memory, expire
+        P2/P3 rows past their TTL, and checkpoint the write-ahead log. Never raises for a
+        storage error: each one is a fault."""
+        if self.outbox.damage is not None:
+            # On its own connection and thread: a full check of a large file must not hold
+            # up the commits of new alerts.
+            problem = await asyncio.to_thread(quick_check, self.outbox.path)
+            if problem is None:
+                await self._run(self.outbox.repaired)
+                log.warning("outbox database passes quick_check again; writing to it again")
+                self.health.clear_fault(DAMAGED)
+            else:
+                log.warning("outbox database still damaged: %s", problem)
+        if self.outbox.memory_rows or self.outbox.undeleted:
             error = await self._run(self.outbox.retry_memory)
             if error is None:
                 log.info("rows held in memory are now committed")
-                self.health.clear_fault("store_unwritable")
+                self._write_ok()
         try:
             expired = await self._run(self.outbox.expire)
         except sqlite3.Error as exc:
-            log.warning("cannot expire rows: %s", exc)
+            self._write_failed(exc, "expire rows")
+        else:
+            self._report_dropped(expired, "expired", "ttl")
+        await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file; a failure is a fault."""
+        try:
+            frames, copied = await self._run(self.outbox.checkpoint)
+        except sqlite3.Error as exc:
+            self.health.count("store_checkpoint_errors")
+            name = self.outbox.path.name
+            self.health.raise_fault(
+                CHECKPOINT,
+                f"cannot copy the write-ahead log into {name} ({exc}); the rows are safe in "
+                f"{name}-wal: never separate the two files",
+            )
             return
-        self._report_dropped(expired, "expired", "ttl")
+        log.debug("checkpoint: %d of %d frames in the database file", copied, frames)
+        self.health.clear_fault(CHECKPOINT)
 
     async def depth(self) -> Depth:
         """Depth by class and state."""
-        return await self._run(self.outbox.depth)
+        depth = await self._run(self.outbox.depth)
+        self._check_damage()
+        return depth
 
     def _record_fault(self, code: str, active: bool, message: str) -> None:
         """Health listener: keep a fault log in the database for `stationgw outbox`."""
