@@ -24,7 +24,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.install import PACKAGE_ROOT
-from gateway.outbox import connect, read_depth
+from gateway.outbox import backup, connect, read_depth
 
 log = logging.getLogger("gateway")
 
@@ -428,6 +428,27 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the outbox database to one file, safely while the daemon runs (SQLite's online
+    backup), and check the copy with quick_check."""
+    try:
+        config = load_with_overrides(args.config, store=args.store)
+    except ConfigError as err:
+        return _print_problems(args.config, err)
+    path = config.store.path
+    if not path.exists():
+        print(f"{path}: no outbox database yet (the daemon creates it on first start)",
+              file=sys.stderr)
+        return 1
+    try:
+        rows = backup(path, args.out)
+    except StoreError as exc:
+        print(f"backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {rows} row(s) from {path} to {args.out}; quick_check ok")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -528,6 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", type=int, default=10, help="how many recent faults to show")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser(
+        "backup", help="copy the outbox to one file (safe while running)",
+        description=cmd_backup.__doc__,
+    )
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--store", type=Path, metavar="PATH", help="back up this outbox database")
+    p.add_argument("--out", type=Path, required=True, metavar="PATH",
+                   help="the backup file to write (replaced only by a checked copy)")
+    p.set_defaults(func=cmd_backup)
     return parser
 
 

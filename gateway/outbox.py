@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -665,12 +666,60 @@ def quick_check(path: Path) -> str | None:
     except StoreError as exc:
         return str(exc)
     try:
+        return _quick_check(conn)
+    finally:
+        conn.close()
+
+
+def _quick_check(conn: sqlite3.Connection) -> str | None:
+    try:
         found = [str(problem) for (problem,) in conn.execute("PRAGMA quick_check(3)")]
     except sqlite3.Error as exc:
         return str(exc)
-    finally:
-        conn.close()
     return None if found == ["ok"] else "; ".join(found)
+
+
+def backup(path: Path, out: Path) -> int:
+    """Copy the outbox (with what its ``-wal`` holds) into `out`, one self-contained file.
+
+    Safe while the daemon runs: SQLite's online backup reads one consistent snapshot, and in
+    WAL mode a reader never holds up the daemon's commits. The copy is checked with
+    ``quick_check`` before it replaces `out`. Returns the number of rows copied; raises
+    `StoreError` (and leaves `out` as it was) if the store cannot be read or the copy is
+    not sound.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.unlink(missing_ok=True)
+    src = connect(path, readonly=True)
+    try:
+        dst = sqlite3.connect(partial, isolation_level=None)
+        try:
+            src.backup(dst)  # all pages in one step: one snapshot, never a mix
+            # A backup is one file: no -wal beside it to forget when it is copied on.
+            dst.execute("PRAGMA journal_mode = DELETE")
+            problem = _quick_check(dst)
+            if problem is None:
+                (rows,) = dst.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        finally:
+            dst.close()
+        if problem is not None:
+            raise StoreError(
+                f"{path}: the copy fails quick_check ({problem}); the store may be damaged, "
+                "no backup was written"
+            )
+        fd = os.open(partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, out)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot back up to {out}: {exc}") from exc
+    finally:
+        src.close()
+        partial.unlink(missing_ok=True)
+    return int(rows)
 
 
 def read_depth(

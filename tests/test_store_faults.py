@@ -13,6 +13,8 @@ import contextlib
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ needs_root = pytest.mark.skipif(
     not can_mount(), reason="mounting a tmpfs needs root (CI runs as root)"
 )
 TOPICS = Topics("stationgw/v1", "faults")
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -378,3 +381,56 @@ async def test_damage_clears_when_the_file_checks_sound_again(tmp_path: Path) ->
         assert held.event_id in stored(path)
         assert (await box.accept(event())).durable
         assert len(await box.page(None, 200)) == len(rows) + 2
+
+
+# ---------------------------------------------------------------------------- backup
+
+
+def stationgw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )
+
+
+async def test_backup_while_the_daemon_runs_is_one_checked_file(tmp_path: Path) -> None:
+    config = station_config(tmp_path, ["mqtt://127.0.0.1:1"])  # nothing drains
+    toml = tmp_path / "station.toml"
+    toml.write_text(
+        f'station_id = "{config.station_id}"\n[[brokers]]\nurl = "mqtt://127.0.0.1:1"\n'
+        f'[store]\npath = "{config.store.path}"\n'
+    )
+    out = tmp_path / "backups" / "outbox-backup.db"
+    async with running(Gateway(config)) as gw:
+        rows = [await gw.submit("help_point.press", f"hp-{n}", Priority.P1) for n in range(30)]
+        result = await asyncio.to_thread(stationgw, "backup", "--config", str(toml),
+                                         "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert "30 row(s)" in result.stdout and "quick_check ok" in result.stdout
+        late = await gw.submit("help_point.press", "hp-late", Priority.P1)
+    mode, ids = read_backup(out)
+    assert mode == "delete"  # one self-contained file, not a WAL database
+    assert ids == {r.event_id for r in rows} and late.event_id not in ids
+
+
+def read_backup(out: Path) -> tuple[str, set[str]]:
+    """The backup's journal mode and event ids; it must need no -wal beside it."""
+    assert not Path(f"{out}-wal").exists()
+    with contextlib.closing(sqlite3.connect(out)) as conn:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        return str(mode), {e for (e,) in conn.execute("SELECT event_id FROM outbox")}
+
+
+def test_backup_of_a_damaged_store_fails_and_says_why(tmp_path: Path) -> None:
+    db = _template(tmp_path)
+    damage(db, outbox_pages(db)[3], seed=1)
+    toml = tmp_path / "station.toml"
+    toml.write_text(
+        'station_id = "s1"\n[[brokers]]\nurl = "mqtt://127.0.0.1:1"\n'
+        f'[store]\npath = "{db}"\n'
+    )
+    out = tmp_path / "b.db"
+    result = stationgw("backup", "--config", str(toml), "--out", str(out))
+    assert result.returncode == 1
+    assert "quick_check" in result.stderr and str(db) in result.stderr
+    assert not out.exists()
