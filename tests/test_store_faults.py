@@ -19,7 +19,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gateway.daemon
 from gateway.broker import Mosquitto
@@ -268,17 +271,23 @@ def outbox_pages(db: Path) -> list[int]:
         )]
 
 
-def damage(db: Path, page: int, seed: int) -> None:
-    """Write random bytes over one page of the file, as a failing SD card might."""
+def damage(db: Path, page: int, seed: int, pattern: str = "random") -> None:
+    """Write garbage over one page of the file, as a failing SD card might: random bytes,
+    or an erased block (all 0x00 or all 0xff)."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
         (size,) = conn.execute("PRAGMA page_size").fetchone()
+    garbage = {
+        "random": random.Random(seed).randbytes(size), "zeros": bytes(size),
+        "ones": b"\xff" * size,
+    }[pattern]
     with db.open("r+b") as f:
         f.seek((page - 1) * size)
-        f.write(random.Random(seed).randbytes(size))
+        f.write(garbage)
 
 
+@pytest.mark.parametrize("where", [0.3, 0.7])
 async def test_damaged_page_mid_drain_keeps_the_station_taking_calls(
-    own_broker: Mosquitto, tmp_path: Path
+    own_broker: Mosquitto, tmp_path: Path, where: float
 ) -> None:
     config = station_config(tmp_path, [own_broker.url], mqtt={"health_interval_s": 0.2})
     root = f"stationgw/v1/{config.station_id}"
@@ -288,7 +297,8 @@ async def test_damaged_page_mid_drain_keeps_the_station_taking_calls(
             await gw.submit("sensor.reading", f"s-{n}", Priority.P3, {"pad": "z" * 400})
         await gw.outbox.call(lambda box: box.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         pages = outbox_pages(config.store.path)
-        for page in pages[len(pages) // 2 : len(pages) // 2 + 3]:
+        start = int(len(pages) * where)
+        for page in pages[start : start + 3]:
             damage(config.store.path, page, seed=page)
         # Forget cached pages, so that the drain reads the file as it now is.
         await gw.outbox.call(lambda box: box.conn.execute("PRAGMA shrink_memory"))
@@ -320,7 +330,10 @@ def _template(tmp_path: Path) -> Path:
     return path
 
 
-async def test_any_damaged_page_is_a_fault_and_new_calls_still_drain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pattern", ["random", "zeros", "ones"])
+async def test_any_damaged_page_is_a_fault_and_new_calls_still_drain(
+    tmp_path: Path, pattern: str
+) -> None:
     """Sweep: garbage over each page of the file in turn, under a live outbox."""
     template = _template(tmp_path)
     (pages,) = sqlite3.connect(template).execute("PRAGMA page_count").fetchone()
@@ -329,7 +342,7 @@ async def test_any_damaged_page_is_a_fault_and_new_calls_still_drain(tmp_path: P
         path = tmp_path / f"p{page}.db"
         shutil.copyfile(template, path)
         async with async_outbox(path) as box:
-            damage(path, page, seed=page)
+            damage(path, page, seed=page, pattern=pattern)
             await box.call(lambda b: b.conn.execute("PRAGMA shrink_memory"))
             after = None
             while len(drained := await box.page(after, 64)) == 64:
@@ -357,6 +370,55 @@ async def test_any_damaged_page_is_a_fault_and_new_calls_still_drain(tmp_path: P
                 assert p0.seq in drains, page
         path.unlink()
     assert found_damage > pages // 2  # most pages hold rows the drain reads
+
+
+# (page, offset in the page, xor): offsets favour the page header and cell pointers.
+_FLIP = st.tuples(st.integers(1, 60), st.one_of(st.integers(0, 63), st.integers(0, 4095)),
+                  st.integers(1, 255))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(_FLIP, min_size=1, max_size=8))
+def test_flipped_bytes_never_escape_as_errors_or_bad_rows(
+    tmp_path: Path, flips: list[tuple[int, int, int]]
+) -> None:
+    """Sweep: a few bytes changed anywhere in the file (a subtler damage than a lost page)
+    may decode into values no row can hold; reads report damage, never raise or return
+    them."""
+    template = tmp_path / "template.db"
+    if not template.exists():
+        _template(tmp_path)
+    path = tmp_path / "flipped.db"
+    shutil.copyfile(template, path)
+    data = bytearray(path.read_bytes())
+    size = 4096
+    for page, offset, xor in flips:
+        where = ((page - 1) * size + offset) % len(data)
+        data[max(where, 100)] ^= xor  # past the file header: that is checked at open
+    with Outbox(path, TOPICS.render) as box:
+        path.write_bytes(data)
+        box.conn.execute("PRAGMA shrink_memory")
+        after = None
+        while len(rows := box.page(after, 64)) == 64:
+            after = rows[-1].key
+            for row in rows:
+                assert isinstance(row.payload, bytes) and isinstance(row.topic, str)
+                assert row.priority in Priority and row.state in ("pending", "refused")
+        box.depth()
+        box.open_alerts()
+        box.command_seen("c-1")
+        damaged = box.damage is not None
+        hypothesis.event("damage found" if damaged else "no damage found")
+        (p0,) = box.accept([event(Priority.P0)]).rows
+        if damaged:
+            assert not p0.durable and p0.seq in {r.seq for r in box.page(None, 1000)}
+        with contextlib.suppress(sqlite3.Error):  # writes may fail: the caller's fault
+            box.delivered([1, 2])
+        with contextlib.suppress(sqlite3.Error):
+            box.expire()
+        box.retry_memory()
+    path.unlink()
 
 
 async def test_damage_clears_when_the_file_checks_sound_again(tmp_path: Path) -> None:
