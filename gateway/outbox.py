@@ -270,6 +270,7 @@ class Outbox:
         #: writing); None while it is sound. Set on this thread, read by `AsyncOutbox`.
         self.damage: str | None = None
         self.read_errors = 0
+        self.expire_error: str | None = None  # why the last `expire` left rows behind
         self._next_seq = 1
         self._rows = 0
         self._bytes = 0
@@ -501,9 +502,15 @@ class Outbox:
         return cur.rowcount
 
     def expire(self, now: float | None = None) -> list[Row]:
-        """Delete P2/P3 rows older than their class's TTL; returns them."""
+        """Delete P2/P3 rows older than their class's TTL; returns them.
+
+        Never raises for a storage error: a class whose delete fails keeps its stored rows
+        until the next call, and `expire_error` says why (rows in memory expire all the
+        same, and are returned, so that each one is reported).
+        """
         now = time.time() if now is None else now
         expired: list[Row] = []
+        self.expire_error = None
         conn = self.conn
         for priority, ttl in self.ttl_s.items():
             if not priority.evictable:
@@ -527,7 +534,8 @@ class Outbox:
                     )
             except sqlite3.Error as exc:
                 self._note_write_error(exc)
-                raise
+                self.expire_error = str(exc)
+                continue
             self._rows -= len(rows)
             self._bytes -= sum(r.size for r in rows)
             expired.extend(rows)

@@ -275,12 +275,9 @@ class AsyncOutbox:
             if error is None:
                 log.info("rows held in memory are now committed")
                 self._write_ok()
-        try:
-            expired = await self._run(self.outbox.expire)
-        except sqlite3.Error as exc:
-            self._write_failed(exc, "expire rows")
-        else:
-            self._report_dropped(expired, "expired", "ttl")
+        self._report_dropped(await self._run(self.outbox.expire), "expired", "ttl")
+        if self.outbox.expire_error is not None:
+            self._write_failed(self.outbox.expire_error, "expire rows")
         await self.checkpoint()
 
     async def checkpoint(self) -> None:
