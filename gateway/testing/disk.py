@@ -40,7 +40,6 @@ class SmallDisk:
         self.size = size
         self.path = Path()
         self._base: Path | None = None
-        self._filler: Path | None = None
 
     def __enter__(self) -> SmallDisk:
         self._base = Path(tempfile.mkdtemp(prefix="stationgw-disk-"))
@@ -69,9 +68,9 @@ class SmallDisk:
 
     def fill(self) -> int:
         """Write a filler file until the disk is full; returns the bytes written."""
-        self._filler = self.path / f".filler-{len(list(self.path.glob('.filler-*')))}"
+        filler = self.path / f".filler-{len(list(self.path.glob('.filler-*')))}"
         written = 0
-        fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             chunk = _CHUNK
             while chunk:
@@ -90,7 +89,6 @@ class SmallDisk:
         for filler in self.path.glob(".filler-*"):
             with contextlib.suppress(FileNotFoundError):
                 filler.unlink()
-        self._filler = None
 
     @property
     def available(self) -> int:
