@@ -22,9 +22,11 @@ from gateway.config import (
     load_config,
     load_config_isolated,
 )
-from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.errors import ConfigError, GatewayError, StoreDamagedError, StoreError
 from gateway.install import PACKAGE_ROOT
 from gateway.outbox import backup, connect, read_depth
+from gateway.status import status_path
+from gateway.storefile import WHAT_HAPPENS, check, kept_files
 
 log = logging.getLogger("gateway")
 
@@ -380,7 +382,20 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     except ConfigError as err:
         return _print_problems(args.config, err)
     path = config.store.path
-    if not path.exists():
+    kept = kept_files(path)
+    for one in kept:
+        print(f"moved aside, kept for a technician: {one}", file=sys.stderr)
+    try:
+        # While the daemon runs, its -wal is its own: never tidy it away.
+        exists = check(path, tidy=not status_path(config).exists())
+    except StoreDamagedError as exc:
+        print(f"outbox {path} is damaged or not the gateway's: {exc.reason}\n  "
+              + WHAT_HAPPENS.format(name=path.name), file=sys.stderr)
+        return 1
+    except (StoreError, OSError) as exc:
+        print(f"cannot read outbox: {exc}", file=sys.stderr)
+        return 1
+    if not exists:
         print(f"{path}: no outbox database yet (the daemon creates it on first start)")
         return 1
     try:

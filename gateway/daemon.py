@@ -20,6 +20,7 @@ from gateway.sdnotify import Notifier
 from gateway.status import INTERVAL_S as STATUS_INTERVAL_S
 from gateway.status import status_path, write_status
 from gateway.store import AsyncOutbox
+from gateway.storefile import kept_files
 from gateway.topics import Topics
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.outbox)
+            self._store_faults()
             requeued = await self.outbox.requeue_refused()
             if requeued:
                 log.info("retrying %d rows the broker refused before the restart", requeued)
@@ -111,6 +113,30 @@ class Gateway:
     ) -> None:
         self.notifier.notify(STOPPING="1")
         await self._stack.__aexit__(et, e, tb)
+
+    def _store_faults(self) -> None:
+        """Raise the store's faults: files moved aside (now or at an earlier start) wait
+        for a technician; no database at all means every row is in memory only."""
+        opening = self.outbox.opening
+        path = self.config.store.path
+        if opening is not None and opening.memory_only is not None:
+            self.health.raise_fault(
+                "store_memory_only",
+                f"no outbox database at {path} ({opening.memory_only}): alerts are held in "
+                "memory and still published, but do not survive a restart",
+            )
+        kept = kept_files(path)
+        if not kept:
+            self.health.clear_fault("store_moved_aside")
+            return
+        why = f"{opening.damage}; " if opening is not None and opening.damage else ""
+        runs = "in memory only" if opening and opening.memory_only else "on a fresh store"
+        self.health.raise_fault(
+            "store_moved_aside",
+            f"outbox {path}: {why}moved aside and kept for a technician as "
+            f"{', '.join(str(p) for p in kept)}; the gateway runs {runs} (move "
+            "the kept files out of this folder once their rows are recovered)",
+        )
 
     def _help_point_fault(self, code: str, message: str | None) -> None:
         if message is None:
@@ -164,10 +190,21 @@ class Gateway:
 
     async def _write_status(self) -> NoReturn:
         path = status_path(self.config)
+        failed: str | None = None
         try:
             while True:
                 self.health.changed.clear()
-                await asyncio.to_thread(write_status, path, await self.status_report())
+                try:
+                    await asyncio.to_thread(write_status, path, await self.status_report())
+                except OSError as exc:
+                    # Only a view for `stationgw status`: a full disk must not stop the
+                    # station (the health message on the broker still carries everything).
+                    if str(exc) != failed:
+                        log.warning("cannot write the status file %s: %s", path, exc)
+                    failed = str(exc)
+                    self.health.count("status_write_errors")
+                else:
+                    failed = None
                 # Rewritten at once when a fault or link changes, else every few seconds.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(STATUS_INTERVAL_S):
@@ -179,4 +216,12 @@ class Gateway:
     async def _maintain(self) -> NoReturn:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            if "store_memory_only" in self.health.faults and await self.outbox.call(
+                lambda box: box.recover()
+            ):
+                log.warning("outbox %s created: rows held in memory go to disk now",
+                            self.config.store.path)
+                self.health.clear_fault("store_memory_only")
             await self.outbox.maintain()
+            if "store_moved_aside" in self.health.faults and not kept_files(self.config.store.path):
+                self.health.clear_fault("store_moved_aside")  # the technician took them

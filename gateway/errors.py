@@ -17,3 +17,20 @@ class ConfigError(GatewayError, ValueError):
 
 class StoreError(GatewayError):
     """The outbox database cannot be opened, read or written."""
+
+
+class StoreDamagedError(StoreError):
+    """The outbox database is not the gateway's, or not intact: it must be moved aside.
+
+    `path` is the database, `reason` says what is wrong with it, for the log and health.
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class StoreUnavailableError(StoreError):
+    """The outbox database cannot be opened for a reason outside it (disk full, permissions,
+    I/O errors): the files are left alone, and the gateway runs in memory."""

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from gateway.errors import StoreError
+from gateway.errors import StoreError, StoreUnavailableError
 from gateway.model import AlertRecord, Event, Priority
+from gateway.storefile import APPLICATION_ID, check, classify, seal
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +206,15 @@ def _store_alert(conn: sqlite3.Connection, alert: AlertRecord, now: float) -> No
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the database in WAL mode with synchronous=FULL, and check both took effect."""
+    created = False
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"{path}: cannot create its folder: {exc}") from exc
+        created = not path.exists()
         conn = sqlite3.connect(path, isolation_level=None)  # explicit transactions only
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
@@ -218,7 +225,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         sync = conn.execute("PRAGMA synchronous").fetchone()[0]
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"{path}: cannot open outbox database: {exc}") from exc
+        if created:
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()  # ours, and empty (say, the disk is full): no store to keep
+        raise classify(path, exc, "cannot open outbox database") from exc
     if str(mode).lower() != "wal" or sync != SYNCHRONOUS_FULL:
         conn.close()
         raise StoreError(
@@ -228,7 +239,17 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply pending schema migrations, recording each in the `migrations` table."""
+    """Apply pending schema migrations, recording each in the `migrations` table.
+
+    Only for a database that `gateway.storefile.check` passed: empty, or the gateway's.
+    A store without the marker (new, or made before the marker existed) gets it, and a
+    random first seal in `user_version` (`gateway.storefile.seal`).
+    """
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    if app_id != APPLICATION_ID:
+        with transaction(conn):
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {secrets.randbelow(2**31 - 1) + 1}")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
     )
@@ -264,6 +285,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.ttl_s = dict(ttl_s or {})
         self._conn: sqlite3.Connection | None = None
+        self._memory_only: str | None = None  # why there is no database (`open_memory`)
         self._memory: dict[int, Row] = {}  # rows accepted while the database was unwritable
         self._undeleted: set[int] = set()  # confirmed rows whose delete failed: retried
         #: Why the database cannot be trusted (the first failed read, or damage seen while
@@ -278,7 +300,10 @@ class Outbox:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
-        """Open (creating and migrating if needed) the database."""
+        """Open (creating and migrating if needed) the database, once `storefile.check`
+        found it intact and the gateway's: else `StoreDamagedError` (move it aside) or
+        `StoreUnavailableError` (leave it alone)."""
+        check(self.path)
         conn = connect(self.path)
         try:
             migrate(conn)
@@ -290,10 +315,43 @@ class Outbox:
             ).fetchone()
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"{self.path}: cannot prepare outbox database: {exc}") from exc
+            raise classify(self.path, exc, "cannot prepare outbox database") from exc
         self._bytes += self._rows * ROW_OVERHEAD
         self._next_seq = int(last) + 1
         self._conn = conn
+        seal(conn)
+
+    def open_memory(self, reason: str) -> None:
+        """Run without a database: every row is held in memory (`durable=False`), exactly
+        as when the disk fails while running, with `reason` as the write error."""
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        migrate(conn)
+        # Every new row fails as on a failed disk, so rows take the one in-memory path.
+        conn.execute(
+            "CREATE TEMP TRIGGER memory_only BEFORE INSERT ON main.outbox "
+            "BEGIN SELECT RAISE(ABORT, 'no outbox database: memory only'); END"
+        )
+        self._memory_only = reason
+        self._conn = conn
+
+    def recover(self) -> bool:
+        """In memory only: make a fresh store at `path` if it can be made now (say, the disk
+        has room again); the rows in memory go into it at the next `retry_memory`. A store
+        that appeared there meanwhile is left for the next start to check."""
+        if self._memory_only is None:
+            return False
+        memory, next_seq = self._conn, self._next_seq
+        try:
+            if check(self.path):
+                return False
+            self.open()
+        except StoreError:
+            return False
+        if memory is not None:
+            memory.close()
+        self._next_seq = max(next_seq, self._next_seq)  # rows in memory keep their seq
+        self._memory_only = None
+        return True
 
     def close(self) -> None:
         """Close the database."""
@@ -337,7 +395,7 @@ class Outbox:
             evicted = self._write([*self._memory.values(), *rows])
         except sqlite3.Error as exc:
             self._note_write_error(exc)
-            return self._hold(rows, str(exc))
+            return self._hold(rows, self._memory_only or str(exc))
         self._memory.clear()
         return AcceptResult(rows, evicted)
 

@@ -21,7 +21,6 @@ import datetime
 import json
 import operator
 import shutil
-import sqlite3
 import subprocess
 import time
 import uuid
@@ -38,16 +37,17 @@ from firmware_bridge import Button, Fault, Hello, Nak
 from firmware_bridge.link import BoardEvent, BoardLink, CommandError, LinkEvents
 from firmware_bridge.protocol import HEARTBEAT_INTERVAL_S
 from gateway.config import HelpPoint, Sensor, StationConfig
-from gateway.errors import StoreError
+from gateway.errors import StoreDamagedError, StoreError
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
 from gateway.lamp import LampState
 from gateway.lifecycle import Lifecycle
 from gateway.model import Event
 from gateway.mqtt import make_client
-from gateway.outbox import Outbox, Row, connect
+from gateway.outbox import Outbox, Row
 from gateway.status import status_path
 from gateway.store import AsyncOutbox
+from gateway.storefile import WHAT_HAPPENS, check, kept_files
 from gateway.topics import Topics
 
 Outcome = Literal["pass", "warn", "fail", "skip"]
@@ -201,19 +201,19 @@ def storage(config: StationConfig) -> list[Check]:
     free = shutil.disk_usage(folder).free
     checks = [Check("free disk", "pass" if free >= MIN_FREE_BYTES else "fail",
                     f"{free / 2**20:.0f} MiB free in {folder}")]
-    if not path.exists():
-        checks.append(Check("database", "pass", f"{path}: not created yet"))
-        return checks
+    kept = kept_files(path)
+    if kept:
+        checks.append(Check("stores moved aside", "warn", "kept for a technician: "
+                            + ", ".join(str(p) for p in kept)))
     try:
-        conn = connect(path, readonly=True)
-        try:
-            (result,) = conn.execute("PRAGMA quick_check").fetchone()
-        finally:
-            conn.close()
-    except (sqlite3.Error, OSError, StoreError) as exc:
+        found = check(path)
+    except StoreDamagedError as exc:
+        what = WHAT_HAPPENS.format(name=path.name)
+        return [*checks, Check("database", "fail", f"{path}: {exc.reason}; {what}")]
+    except (StoreError, OSError) as exc:
         return [*checks, Check("database", "fail", str(exc))]
-    return [*checks, Check("database", "pass" if result == "ok" else "fail",
-                           f"{path}: quick_check {result}")]
+    return [*checks, Check("database", "pass", f"{path}: intact, the gateway's store"
+                           if found else f"{path}: not created yet")]
 
 
 class _BoardWatch(LinkEvents):

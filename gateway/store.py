@@ -27,6 +27,7 @@ from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.model import Event, Priority
 from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State, quick_check
+from gateway.storefile import Opening, open_store
 from gateway.worker import URGENT, PriorityWorker
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,13 @@ class AsyncOutbox:
         self._executor: PriorityWorker | None = None
         self._queue: list[tuple[Event, asyncio.Future[Row]]] = []
         self._committing = False  # a group commit is on the worker thread
+        self.opening: Opening | None = None  # how `__aenter__` found the store
 
     async def __aenter__(self) -> AsyncOutbox:
         self._executor = PriorityWorker("outbox")
         try:
-            await self._run(self.outbox.open)
+            # Never fails for what is on disk: a bad store is moved aside, or memory only.
+            self.opening = await self._run(open_store, self.outbox)
         except BaseException:
             self._executor.shutdown()
             raise
