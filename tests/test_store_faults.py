@@ -113,11 +113,6 @@ async def submit_until_held(gw: Gateway, limit: int = 500) -> tuple[list[Row], l
 
 
 @needs_root
-@pytest.mark.xfail(
-    raises=ExceptionGroup, strict=True,
-    reason="the status file beside the database: until Gateway._write_status survives ENOSPC "
-    "(issue 11, another branch), the daemon exits. Remove this mark when both are merged.",
-)
 async def test_full_disk_keeps_taking_calls_and_loses_nothing_when_space_returns(
     own_broker: Mosquitto, disk: SmallDisk, fast_maintenance: None
 ) -> None:
@@ -154,7 +149,12 @@ async def test_full_disk_keeps_taking_calls_and_loses_nothing_when_space_returns
             # means "on disk".
             own_broker.stop()
             await until(lambda: not gw.publisher.connected.is_set(), what="disconnect")
-            outage = [await gw.submit("sensor.reading", f"o-{n}", Priority.P3) for n in range(20)]
+            # Rows confirmed in phase 1 were deleted, and the write-ahead log restarts over
+            # their space: fill it again, so that what follows is held in memory.
+            refill, outage = await submit_until_held(gw)
+            outage = [*refill, *outage]
+            outage += [await gw.submit("sensor.reading", f"o-{n}", Priority.P3)
+                       for n in range(20)]
             assert gw.help_points is not None
             hp = gw.help_points.units["hp-1"]
             pressed = gw.health.counters["accepted_P1"]
@@ -165,7 +165,7 @@ async def test_full_disk_keeps_taking_calls_and_loses_nothing_when_space_returns
             press_rows = [r for r in in_memory.values() if r.kind == "help_point.press"]
             assert len(press_rows) == 1, "the press was not held in memory"
             assert hp.lamp.state == "idle"
-            assert not any(r.durable for r in outage)
+            assert not any(r.durable for r in outage[len(refill):])
             # The status file beside the database cannot be written either: the daemon
             # still runs (two status periods).
             await asyncio.sleep(2 * STATUS_INTERVAL_S)
@@ -410,6 +410,8 @@ def test_flipped_bytes_never_escape_as_errors_or_bad_rows(
     if not template.exists():
         _template(tmp_path)
     path = tmp_path / "flipped.db"
+    for stale in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+        stale.unlink(missing_ok=True)  # a damaged store may not have removed its WAL at close
     shutil.copyfile(template, path)
     data = bytearray(path.read_bytes())
     size = 4096
