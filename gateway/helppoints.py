@@ -408,6 +408,11 @@ class HelpPoints:
         """Publisher listener: a PUBACK arrived; the lamp may now say "sent"."""
         found = self._alert_of_event.pop(row.event_id, None)
         if found is None:
+            # A row accepted before a restart: the outbox read back the alert it carries.
+            found = next(((hp_id, u.logic.alert.alert_id) for hp_id, u in self.units.items()
+                          if u.logic.alert is not None
+                          and u.logic.alert.alert_id == row.alert_id), None)
+        if found is None:
             return
         hp_id, alert_id = found
         unit = self.units.get(hp_id)

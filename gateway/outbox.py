@@ -107,6 +107,12 @@ class Row:
     state: State = "pending"
     durable: bool = True
     alert: AlertRecord | None = None  # written with the row; not read back from the outbox
+    stored_alert_id: str | None = None  # read back from the outbox: the alert the row carries
+
+    @property
+    def alert_id(self) -> str | None:
+        """The help-point alert this row reports, if any, whether new or read back."""
+        return self.alert.alert_id if self.alert is not None else self.stored_alert_id
 
     @property
     def key(self) -> Key:
@@ -139,7 +145,7 @@ class Depth:
     memory_rows: int
 
 
-_COLUMNS = "seq, event_id, class, kind, topic, payload, wall_time, attempts, state"
+_COLUMNS = "seq, event_id, class, kind, topic, payload, wall_time, attempts, state, alert_id"
 
 
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes of a damaged file
@@ -163,16 +169,17 @@ def _priority(value: object) -> Priority:
     return Priority(value)
 
 
-def _row(rec: tuple[int, str, int, str, str, bytes, float, int, State]) -> Row:
-    seq, event_id, cls, kind, topic, payload, wall_time, attempts, state = rec
+def _row(rec: tuple[int, str, int, str, str, bytes, float, int, State, str | None]) -> Row:
+    seq, event_id, cls, kind, topic, payload, wall_time, attempts, state, alert_id = rec
     if not (
         type(seq) is int and isinstance(event_id, str) and isinstance(kind, str)
         and isinstance(topic, str) and isinstance(payload, bytes)
         and isinstance(wall_time, int | float) and type(attempts) is int
-        and state in ("pending", "refused")
+        and state in ("pending", "refused") and isinstance(alert_id, str | None)
     ):
         raise _malformed(f"outbox row seq={seq!r}")
-    return Row(seq, event_id, _priority(cls), kind, topic, payload, wall_time, attempts, state)
+    return Row(seq, event_id, _priority(cls), kind, topic, payload, wall_time, attempts, state,
+               stored_alert_id=alert_id)
 
 
 @contextlib.contextmanager
@@ -417,7 +424,7 @@ class Outbox:
     def _write(self, rows: list[Row]) -> list[Row]:
         with transaction(self.conn) as conn:
             conn.executemany(
-                f"INSERT INTO outbox ({_COLUMNS}, alert_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.seq, r.event_id, int(r.priority), r.kind, r.topic, r.payload,
                      r.wall_time, r.attempts, r.state, r.alert.alert_id if r.alert else None)

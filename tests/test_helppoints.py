@@ -158,6 +158,25 @@ async def test_lamp_never_shows_sent_before_the_puback(
         await lamp_becomes(gw, "hp-1", "sent", timeout=20)
 
 
+async def test_a_press_taken_before_a_restart_lights_sent_when_it_is_delivered(
+    own_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Press while the broker is down, restart, let the broker come back: the row read back
+    from the store still moves the rider's lamp on to "sent"."""
+    config = gpio_config(tmp_path, own_broker.url)
+    async with running(Gateway(config)) as gw:
+        await tap(gw, "hp-1")
+        await lamp_becomes(gw, "hp-1", "accepted")
+    async with running(Gateway(config)) as gw:
+        await lamp_becomes(gw, "hp-1", "accepted")
+        assert (await gw.outbox.depth()).rows == 1
+        own_broker.start()
+        await lamp_becomes(gw, "hp-1", "sent", timeout=20)
+        async with asyncio.timeout(10):  # confirmed rows are deleted in batches
+            while (await gw.outbox.depth()).rows:
+                await asyncio.sleep(0.05)
+
+
 async def test_lamp_and_sounder_pins_follow_the_state(broker: Mosquitto, tmp_path: Path) -> None:
     config = gpio_config(tmp_path, broker.url)
     async with running(Gateway(config)) as gw:
