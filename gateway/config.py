@@ -202,11 +202,22 @@ class MqttConfig(_Frozen):
         str, AfterValidator(_valid_prefix), Field(description="root of every topic")
     ] = "stationgw/v1"
     keepalive_s: Annotated[
-        int, Field(ge=5, le=3600, description="MQTT keepalive; a dead link is noticed within 1.5x")
+        int, Field(
+            ge=5, le=3600,
+            description="MQTT keepalive; paho notices an idle dead link within 2x",
+        ),
     ] = 30
     inflight_window: Annotated[
         int, Field(ge=1, le=1000, description="QoS 1 publishes awaiting PUBACK at once")
     ] = 32
+    puback_deadline_s: Annotated[
+        float, Field(
+            ge=0.5, le=300,
+            description="a P0/P1 row or the gateway's own status or health message unconfirmed "
+            "this long (or a CONNACK this late) drops the connection with fault "
+            "broker_stalled and tries the next broker",
+        ),
+    ] = 5.0
     health_interval_s: Annotated[
         float, Field(gt=0, le=3600, description="how often the retained health report goes out")
     ] = 30.0

@@ -8,10 +8,12 @@ never count a refusal (0x87 Not authorized) as delivered, so `GatewayClient` cha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -24,6 +26,8 @@ from gateway.config import BrokerEndpoint, StationConfig
 log = logging.getLogger(__name__)
 
 NO_MATCHING_SUBSCRIBERS = 0x10
+#: MQTT 5 DISCONNECT reason: another connection with this client id took the session over.
+SESSION_TAKEN_OVER = 0x8E
 # Called from the event loop with a PUBACK's reason code, or with the error that ended the
 # connection before one came.
 AckCallback = Callable[[ReasonCode | None, aiomqtt.MqttError | None], None]
@@ -55,6 +59,11 @@ class GatewayClient(aiomqtt.Client):
         kwargs.setdefault("logger", self._errors)
         super().__init__(*args, **kwargs)
         self._acks: dict[int, AckCallback] = {}
+        #: How the last connection ended: the broker's DISCONNECT reason code (MQTT 5), or
+        #: None while connected, after a plain socket close, or after `abort`.
+        self.disconnect_reason: ReasonCode | None = None
+        self.closed_by_peer = False  # the broker (or the path) ended it, not this client
+        self._aborting = False
         # aiomqtt owns these callbacks; wrap them rather than replace them.
         paho_client = self._client
         self._aiomqtt_on_publish: Callable[..., None] | None = paho_client.on_publish
@@ -72,7 +81,18 @@ class GatewayClient(aiomqtt.Client):
             self._aiomqtt_on_publish(client, userdata, mid, rc, props)
 
     def _on_lost(self, *args: Any) -> None:
-        if not self._connected.done():
+        # paho's VERSION2 on_disconnect: (client, userdata, flags, reason_code, properties)
+        flags = args[2] if len(args) > 2 else None
+        reason = args[3] if len(args) > 3 else None
+        from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        self.disconnect_reason = reason if from_broker and isinstance(reason, ReasonCode) else None
+        # A plain close of the socket reaches paho as a lost connection ("Unspecified
+        # error"); its own keepalive timeout and our clean DISCONNECT have their own names.
+        self.closed_by_peer = not self._aborting and (
+            from_broker
+            or (isinstance(reason, ReasonCode) and reason.getName() == "Unspecified error")
+        )
+        if not self._connected.done() and not self._aborting:
             # aiomqtt would wait out its timeout: fail the connect now, saying why.
             reason = self._errors.last_error or "connection closed before CONNACK"
             self._connected.set_exception(aiomqtt.MqttError(reason))
@@ -82,6 +102,29 @@ class GatewayClient(aiomqtt.Client):
             callback(None, lost)
         if self._aiomqtt_on_disconnect is not None:
             self._aiomqtt_on_disconnect(*args)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a DISCONNECT packet.
+
+        The broker then treats the session as lost and publishes the Will (retained
+        "offline"). paho notices the closed socket as a lost connection, so waiting
+        publishes fail, `messages` ends with an error, and leaving `async with` sends nothing.
+        """
+        sock = self._client.socket()
+        if sock is None:
+            return
+        self._aborting = True
+        try:
+            with contextlib.suppress(OSError):
+                # A TCP (or TLS) socket: paho's SocketLike also covers its WebSocket wrapper.
+                cast("socket.socket", sock).shutdown(socket.SHUT_RDWR)
+            # Let paho read the end of the stream now, so its state says "lost" before
+            # anyone leaves the client context (which would otherwise try a DISCONNECT).
+            self._client.loop_read()
+        finally:
+            self._aborting = False
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            self._disconnected.exception()  # seen: we caused it
 
     async def publish_confirmed(
         self,

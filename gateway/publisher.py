@@ -5,6 +5,13 @@ row (state ``refused``, retried every ``mqtt.refused_retry_s``) and raises a fau
 disconnect, rows in flight simply stay pending and are sent again, with the same event_id,
 after the reconnect. Reconnects use capped, jittered exponential backoff and fail over
 across the configured endpoints in order.
+
+A broker that takes publishes but stops confirming them, or a path that went quiet without
+closing (half-open), is noticed by the PUBACK deadline: a P0/P1 row, or the gateway's own
+status or health message, unconfirmed for `mqtt.puback_deadline_s` drops the socket (fault
+`broker_stalled`) and the next endpoint is tried. Any session that ends other than by a
+clean stop drops the socket without a DISCONNECT, so the broker publishes the Will
+("offline"); a clean stop publishes "offline" itself.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, Literal, NoReturn, cast
@@ -27,7 +35,13 @@ from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
 from gateway.health import Health
 from gateway.model import AlertRecord, Priority, PriorityName
-from gateway.mqtt import NO_MATCHING_SUBSCRIBERS, GatewayClient, json_properties, make_client
+from gateway.mqtt import (
+    NO_MATCHING_SUBSCRIBERS,
+    SESSION_TAKEN_OVER,
+    GatewayClient,
+    json_properties,
+    make_client,
+)
 from gateway.outbox import Key, Row, State
 from gateway.reports import (
     HealthReport,
@@ -49,8 +63,16 @@ _CLASS_NAMES = tuple(p.name for p in Priority)
 _DELIVERED = tuple(f"delivered_{name}" for name in _CLASS_NAMES)  # health counters by class
 #: Open-alerts snapshots go out at most this often; the newest state always follows a burst.
 ALERTS_COALESCE_S = 0.2
+#: Twins: on MQTT 3.1.1 (no reason codes) this many sessions closed by the broker within
+#: `TWIN_WINDOW_S` count as a client-id clash; a session up this long clears the fault.
+TWIN_CLOSES = 3
+TWIN_WINDOW_S = 60.0
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
 Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
+
+
+class BrokerStalledError(aiomqtt.MqttError):
+    """The broker confirmed nothing within `mqtt.puback_deadline_s`: the socket was dropped."""
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -119,6 +141,12 @@ class Publisher:
         self._store_wake = asyncio.Event()
         self._refused: set[int] = set()  # last attempt refused: keeps the fault up
         self._held: set[int] = set()  # refused rows kept out of the drain until the retry
+        # The PUBACK deadline: send times (monotonic) of what is awaiting its PUBACK.
+        self._urgent_sent: dict[int, float] = {}  # P0/P1 seq -> sent, oldest first
+        self._own_sent: dict[int, tuple[str, float]] = {}  # packet id -> (what, sent)
+        self._armed = asyncio.Event()  # something was added to one of them
+        self._peer_closes: deque[float] = deque()  # 3.1.1 twins: when sessions were closed
+        self._ended_by: Literal["taken_over", "peer"] | None = None  # the last session's end
         outbox.listeners.append(self._on_accept)
 
     # ------------------------------------------------------------------ intake
@@ -156,6 +184,7 @@ class Publisher:
         while True:
             endpoint = endpoints[index % len(endpoints)]
             started = time.monotonic()
+            self._ended_by = None
             try:
                 await self._session(endpoint)
             except* (aiomqtt.MqttError, OSError) as group:
@@ -173,9 +202,10 @@ class Publisher:
             if time.monotonic() - started > 30:
                 attempt = 0  # the session was healthy for a while: start backoff afresh
             index += 1
-            self.health.raise_fault(
-                "broker_unreachable", f"no connection to {endpoint.url}; outbox is buffering"
-            )
+            if not self._twin(endpoint):
+                self.health.raise_fault(
+                    "broker_unreachable", f"no connection to {endpoint.url}; outbox is buffering"
+                )
             if index % len(endpoints) == 0:
                 delay = backoff_delay(
                     attempt, self.config.mqtt.reconnect_initial_s, self.config.mqtt.reconnect_max_s
@@ -184,49 +214,183 @@ class Publisher:
                 log.info("reconnecting in %.2fs (attempt %d)", delay, attempt)
                 await asyncio.sleep(delay)
 
+    def _twin(self, endpoint: BrokerEndpoint) -> bool:
+        """After a session ended: was it taken over by a client with our client id?"""
+        if self._ended_by is None:
+            return False
+        client_id = self.config.client_id
+        if self._ended_by == "taken_over":
+            self.health.count("session_taken_over")
+            message = (
+                f"another client uses this client id ({client_id}): {endpoint.url} handed "
+                "our session to it (MQTT 5 reason 0x8E Session taken over); is a second "
+                f"gateway configured as station {self.config.station_id}?"
+            )
+        else:
+            now = time.monotonic()
+            self._peer_closes.append(now)
+            while self._peer_closes[0] < now - TWIN_WINDOW_S:
+                self._peer_closes.popleft()
+            if len(self._peer_closes) < TWIN_CLOSES:
+                return False
+            message = (
+                f"{endpoint.url} closed {len(self._peer_closes)} sessions within "
+                f"{TWIN_WINDOW_S:g}s: another client probably uses this client id "
+                f"({client_id}); is a second gateway configured as station "
+                f"{self.config.station_id}?"
+            )
+        self.health.raise_fault("client_id_in_use", message)
+        return True
+
     async def _session(self, endpoint: BrokerEndpoint) -> None:
         will = aiomqtt.Will(
             self.topics.status, self._status("offline"), qos=1, retain=True,
             properties=self._properties,
         )
         client = self._client_factory(self.config, endpoint, will)
+        # CONNACK and SUBACK: a broker that does not answer is as stalled as one that
+        # does not confirm.
+        client.timeout = self.config.mqtt.puback_deadline_s
         cancels = _cancel_requests()
-        async with client:
-            # From here on a stop must say offline: leaving `async with client` sends a clean
-            # DISCONNECT, after which the broker drops the Will and "online" stays retained.
-            try:
-                self.health.link(f"broker:{endpoint.url}", "up")
-                self.health.clear_fault("broker_unreachable")
-                self.health.clear_fault("broker_tls")
+        entered = said_offline = False
+        try:
+            async with client:
+                entered = True
+                try:
+                    await self._serve(client, endpoint, cancels)
+                except asyncio.CancelledError:
+                    # Clean shutdown: say so (the retained Will only covers a lost connection).
+                    said_offline = await self._say_offline(client)
+                    raise
+                finally:
+                    if not said_offline:
+                        # A fault in any task, a stall, or a stop that could not say
+                        # "offline": leaving `async with client` would send a clean
+                        # DISCONNECT, after which the broker drops the Will and "online"
+                        # stays retained. Drop the socket instead: the broker fires the Will.
+                        client.abort()
+                    self._ended(client)
+        except BaseException:
+            if not entered:
+                client.abort()  # a CONNACK that never came leaves paho's socket open
+            raise
+
+    def _ended(self, client: GatewayClient) -> None:
+        was_up = self.connected.is_set()
+        self.connected.clear()
+        self._inflight.clear()  # still pending in the outbox: re-sent on reconnect
+        self._low_inflight = 0
+        self._urgent_sent.clear()
+        self._own_sent.clear()
+        reason = client.disconnect_reason
+        if reason is not None and reason.value == SESSION_TAKEN_OVER:
+            self._ended_by = "taken_over"
+        elif was_up and client.closed_by_peer and self.config.mqtt.protocol == "3.1.1":
+            self._ended_by = "peer"
+
+    async def _serve(self, client: GatewayClient, endpoint: BrokerEndpoint, cancels: int) -> None:
+        self.health.link(f"broker:{endpoint.url}", "up")
+        self.health.clear_fault("broker_unreachable")
+        self.health.clear_fault("broker_tls")
+        try:
+            async with asyncio.timeout(self.config.mqtt.puback_deadline_s):
                 await client.publish_confirmed(
                     self.topics.status, self._status("online"), retain=True,
                     properties=self._properties,
                 )
-                for topic, _handler in self.subscriptions:
-                    await client.subscribe(topic, qos=1)
-                _honour_lost_cancel(cancels)
-                self._reset_drain()
-                self.connected.set()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._watch(client), name="publisher.watch")
-                    tg.create_task(self._drain(client), name="publisher.drain")
-                    tg.create_task(self._health_loop(client), name="publisher.health")
-                    tg.create_task(self._alerts_loop(client), name="publisher.alerts")
-            except asyncio.CancelledError:
-                # Clean shutdown: say so (the retained Will only covers a lost connection).
-                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await asyncio.wait_for(
-                        client.publish_confirmed(
-                            self.topics.status, self._status("offline"), retain=True,
-                            properties=self._properties,
-                        ),
-                        timeout=2,
-                    )
-                raise
-            finally:
-                self.connected.clear()
-                self._inflight.clear()  # still pending in the outbox: re-sent on reconnect
-                self._low_inflight = 0
+        except TimeoutError:
+            self._stalled(client, endpoint, "the status message")
+        self.health.clear_fault("broker_stalled")
+        for topic, _handler in self.subscriptions:
+            await client.subscribe(topic, qos=1)
+        _honour_lost_cancel(cancels)
+        self._reset_drain()
+        self.connected.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(client), name="publisher.watch")
+            tg.create_task(self._drain(client), name="publisher.drain")
+            tg.create_task(self._health_loop(client), name="publisher.health")
+            tg.create_task(self._alerts_loop(client), name="publisher.alerts")
+            tg.create_task(self._deadline_loop(client, endpoint), name="publisher.deadline")
+            tg.create_task(self._settle(), name="publisher.settle")
+
+    async def _say_offline(self, client: GatewayClient) -> bool:
+        """Publish the retained "offline" status; True once the broker confirmed it."""
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(min(2.0, self.config.mqtt.puback_deadline_s)):
+                await client.publish_confirmed(
+                    self.topics.status, self._status("offline"), retain=True,
+                    properties=self._properties,
+                )
+                return True
+        return False
+
+    async def _settle(self) -> None:
+        """A session that stays up a while clears the client-id clash."""
+        await asyncio.sleep(TWIN_WINDOW_S)
+        self._peer_closes.clear()
+        self.health.clear_fault("client_id_in_use")
+
+    # ------------------------------------------------------------------ the PUBACK deadline
+
+    def _oldest_unconfirmed(self) -> tuple[str, float] | None:
+        oldest: tuple[str, float] | None = None
+        for seq, sent in self._urgent_sent.items():
+            row = self._inflight.get(seq)
+            what = f"{row.priority.name} event {row.event_id}" if row else f"row {seq}"
+            oldest = (what, sent)
+            break
+        for what, sent in self._own_sent.values():
+            if oldest is None or sent < oldest[1]:
+                oldest = (what, sent)
+            break
+        return oldest
+
+    async def _deadline_loop(self, client: GatewayClient, endpoint: BrokerEndpoint) -> NoReturn:
+        """Drop the connection when a P0/P1 row or our own message waits too long."""
+        deadline = self.config.mqtt.puback_deadline_s
+        while True:
+            oldest = self._oldest_unconfirmed()
+            if oldest is None:
+                self._armed.clear()
+                await self._armed.wait()
+                continue
+            left = oldest[1] + deadline - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            self._stalled(client, endpoint, oldest[0])
+
+    def _stalled(self, client: GatewayClient, endpoint: BrokerEndpoint, what: str) -> NoReturn:
+        deadline = self.config.mqtt.puback_deadline_s
+        self.health.count("broker_stalls")
+        self.health.raise_fault(
+            "broker_stalled",
+            f"{endpoint.url} did not confirm {what} within {deadline:g}s "
+            "(mqtt.puback_deadline_s): connection dropped, trying the next broker",
+        )
+        client.abort()
+        raise BrokerStalledError(f"no PUBACK within {deadline:g}s for {what}")
+
+    def _publish_own(
+        self, client: GatewayClient, topic: str, payload: bytes, what: str,
+        on_rc: Callable[[ReasonCode], None] | None = None,
+    ) -> None:
+        """Publish a retained message of our own without waiting; the deadline watches it."""
+        mid = 0
+
+        def settle(rc: ReasonCode | None, error: aiomqtt.MqttError | None) -> None:
+            self._own_sent.pop(mid, None)
+            if rc is not None:
+                self.health.clear_fault("broker_stalled")
+                if on_rc is not None:
+                    on_rc(rc)
+
+        sent = time.monotonic()
+        mid = client.publish_nowait(topic, payload, settle, retain=True,
+                                    properties=self._properties)
+        self._own_sent[mid] = (what, sent)
+        self._armed.set()
 
     async def _watch(self, client: GatewayClient) -> None:
         """Hand incoming messages to their handlers, in order; ends when the link drops."""
@@ -276,6 +440,9 @@ class Publisher:
         self._inflight[row.seq] = row
         if row.priority > Priority.P1:
             self._low_inflight += 1
+        else:
+            self._urgent_sent[row.seq] = time.monotonic()
+            self._armed.set()
         try:
             client.publish_nowait(
                 row.topic, row.payload, partial(self._on_puback, row, attempts),
@@ -295,12 +462,15 @@ class Publisher:
             del self._inflight[row.seq]
             if row.priority > Priority.P1:
                 self._low_inflight -= 1
+            else:
+                self._urgent_sent.pop(row.seq, None)
             self._room.set()
         if rc is None:
             # The row is still pending in the outbox and goes out again after the reconnect.
             log.info("not confirmed event_id=%s seq=%d: %s", row.event_id, row.seq, error)
             self._store_later(marks=[(row.seq, attempts, "pending", str(error))])
             return
+        self.health.clear_fault("broker_stalled")  # it answered
         if rc.is_failure:
             self._on_refused(row, attempts, rc.getName(), rc.value)
             self._store_later(marks=[(row.seq, attempts, "refused", rc.getName())])
@@ -399,11 +569,12 @@ class Publisher:
         return json.dumps(status).encode()
 
     async def _health_loop(self, client: GatewayClient) -> NoReturn:
+        """The retained health report, every `mqtt.health_interval_s`; never waits for its
+        PUBACK (the deadline watches it)."""
         while True:
             report = await self.health_report()
-            await client.publish_confirmed(
-                self.topics.health, json.dumps(report).encode(), retain=True,
-                properties=self._properties,
+            self._publish_own(
+                client, self.topics.health, json.dumps(report).encode(), "the health message"
             )
             await asyncio.sleep(self.config.mqtt.health_interval_s)
 
@@ -424,15 +595,22 @@ class Publisher:
         snapshot = open_alerts_message(
             self.config.station_id, round(time.time(), 3), self._open_alerts()
         )
-        rc = await client.publish_confirmed(
-            self.topics.alerts, json_payload(snapshot), retain=True, properties=self._properties
+
+        def answered(rc: ReasonCode) -> None:
+            if rc.is_failure:
+                self.health.count("alerts_snapshot_refused")
+                log.warning(
+                    "open-alerts snapshot (%d alert(s)) refused by broker on %s: %s",
+                    len(snapshot["alerts"]), self.topics.alerts, rc.getName(),
+                )
+
+        # Not awaited: a stalled broker never holds this loop (nor the deadline's count:
+        # a derived snapshot is repeated by the next change or connect).
+        client.publish_nowait(
+            self.topics.alerts, json_payload(snapshot),
+            lambda rc, _error: None if rc is None else answered(rc),
+            retain=True, properties=self._properties,
         )
-        if rc.is_failure:
-            self.health.count("alerts_snapshot_refused")
-            log.warning(
-                "open-alerts snapshot (%d alert(s)) refused by broker on %s: %s",
-                len(snapshot["alerts"]), self.topics.alerts, rc.getName(),
-            )
 
     async def health_report(self) -> dict[str, Any]:
         """The health message: depth by class, oldest unsent age, faults, links, counters.
