@@ -63,8 +63,8 @@ _CLASS_NAMES = tuple(p.name for p in Priority)
 _DELIVERED = tuple(f"delivered_{name}" for name in _CLASS_NAMES)  # health counters by class
 #: Open-alerts snapshots go out at most this often; the newest state always follows a burst.
 ALERTS_COALESCE_S = 0.2
-#: Twins: on MQTT 3.1.1 (no reason codes) this many sessions closed by the broker within
-#: `TWIN_WINDOW_S` count as a client-id clash; a session up this long clears the fault.
+#: Twins: this many sessions closed by the broker without a reason within `TWIN_WINDOW_S`
+#: count as a client-id clash; a session up this long clears the fault.
 TWIN_CLOSES = 3
 TWIN_WINDOW_S = 60.0
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
@@ -147,6 +147,7 @@ class Publisher:
         self._armed = asyncio.Event()  # something was added to one of them
         self._peer_closes: deque[float] = deque()  # 3.1.1 twins: when sessions were closed
         self._ended_by: Literal["taken_over", "peer"] | None = None  # the last session's end
+        self._peer_close_pending = False  # the broker closed the last session (no reason)
         outbox.listeners.append(self._on_accept)
 
     # ------------------------------------------------------------------ intake
@@ -215,32 +216,44 @@ class Publisher:
                 await asyncio.sleep(delay)
 
     def _twin(self, endpoint: BrokerEndpoint) -> bool:
-        """After a session ended: was it taken over by a client with our client id?"""
-        if self._ended_by is None:
-            return False
-        client_id = self.config.client_id
+        """After a session ended: was it (probably) taken over by a client with our id?
+
+        MQTT 5 brokers may say so (DISCONNECT 0x8E Session taken over). Others, Mosquitto
+        2.0 among them, just close the socket; `TWIN_CLOSES` such closes within
+        `TWIN_WINDOW_S`, each followed by a reconnect that worked at once (so the broker
+        was there all along), count as the same clash (see `_note_peer_close`).
+        """
         if self._ended_by == "taken_over":
             self.health.count("session_taken_over")
-            message = (
-                f"another client uses this client id ({client_id}): {endpoint.url} handed "
-                "our session to it (MQTT 5 reason 0x8E Session taken over); is a second "
-                f"gateway configured as station {self.config.station_id}?"
+            self.health.raise_fault(
+                "client_id_in_use",
+                f"another client uses this client id ({self.config.client_id}): "
+                f"{endpoint.url} handed our session to it (MQTT 5 reason 0x8E Session "
+                f"taken over); is a second gateway configured as station "
+                f"{self.config.station_id}?",
             )
-        else:
-            now = time.monotonic()
-            self._peer_closes.append(now)
-            while self._peer_closes[0] < now - TWIN_WINDOW_S:
-                self._peer_closes.popleft()
-            if len(self._peer_closes) < TWIN_CLOSES:
-                return False
-            message = (
-                f"{endpoint.url} closed {len(self._peer_closes)} sessions within "
-                f"{TWIN_WINDOW_S:g}s: another client probably uses this client id "
-                f"({client_id}); is a second gateway configured as station "
-                f"{self.config.station_id}?"
+            return True
+        self._peer_close_pending = self._ended_by == "peer"
+        return self._peer_close_pending and "client_id_in_use" in self.health.faults
+
+    def _note_peer_close(self, endpoint: BrokerEndpoint) -> None:
+        """Connected again right after the broker closed our last session."""
+        if not self._peer_close_pending:
+            return
+        self._peer_close_pending = False
+        now = time.monotonic()
+        self._peer_closes.append(now)
+        while self._peer_closes[0] < now - TWIN_WINDOW_S:
+            self._peer_closes.popleft()
+        if len(self._peer_closes) >= TWIN_CLOSES:
+            self.health.count("session_taken_over")
+            self.health.raise_fault(
+                "client_id_in_use",
+                f"{endpoint.url} closed {len(self._peer_closes)} of our sessions within "
+                f"{TWIN_WINDOW_S:g}s and took us back at once each time: another client "
+                f"probably uses this client id ({self.config.client_id}); is a second "
+                f"gateway configured as station {self.config.station_id}?",
             )
-        self.health.raise_fault("client_id_in_use", message)
-        return True
 
     async def _session(self, endpoint: BrokerEndpoint) -> None:
         will = aiomqtt.Will(
@@ -285,11 +298,12 @@ class Publisher:
         reason = client.disconnect_reason
         if reason is not None and reason.value == SESSION_TAKEN_OVER:
             self._ended_by = "taken_over"
-        elif was_up and client.closed_by_peer and self.config.mqtt.protocol == "3.1.1":
+        elif was_up and client.closed_by_peer:
             self._ended_by = "peer"
 
     async def _serve(self, client: GatewayClient, endpoint: BrokerEndpoint, cancels: int) -> None:
         self.health.link(f"broker:{endpoint.url}", "up")
+        self._note_peer_close(endpoint)
         self.health.clear_fault("broker_unreachable")
         self.health.clear_fault("broker_tls")
         try:

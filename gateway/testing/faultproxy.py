@@ -14,7 +14,8 @@ variable-length Remaining Length), so a filter drops whole packets and never des
 the stream. Bytes read while black-holed are discarded.
 
 Use as ``async with FaultProxy(upstream_port) as proxy:`` and point the client at
-``proxy.url``; `close_connections` cuts every open connection with a reset-free close.
+``proxy.url``; `close_connections` cuts every open connection with a plain close, and
+`disconnect_clients` ends each session the way a broker does, with a reason code.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class FaultProxy:
         self.connections = 0  # accepted so far
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -116,6 +118,15 @@ class FaultProxy:
             writer.close()
         self._writers.clear()
 
+    def disconnect_clients(self, reason: int) -> None:
+        """Play the broker ending each session: an MQTT 5 DISCONNECT with `reason` (for
+        example 0x8E Session taken over) to every client, then close the connection."""
+        packet = bytes([0xE0, 0x02, reason, 0x00])  # reason code, no properties
+        for writer in list(self._clients):
+            writer.write(packet)
+            writer.close()
+        self._clients.clear()
+
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
@@ -124,6 +135,7 @@ class FaultProxy:
             client_w.close()
             return
         self._writers.update((client_w, broker_w))
+        self._clients.add(client_w)
         up = asyncio.create_task(self._pump(client_r, broker_w, lambda _packet: True))
         down = asyncio.create_task(self._pump(broker_r, client_w, self._passes))
         for task in (up, down):
@@ -135,6 +147,7 @@ class FaultProxy:
             for writer in (client_w, broker_w):
                 writer.close()
                 self._writers.discard(writer)
+            self._clients.discard(client_w)
             up.cancel()
             down.cancel()
 
