@@ -3,7 +3,8 @@
 The PKI is made at test time (trustme, and cryptography for the CRL). The matrix: a valid
 client certificate connects; expired, wrong-CA and revoked ones are refused, and a wrong
 server name is refused, each reported clearly. The ACL template keeps each station to its
-own topics.
+own topics, and binds the client id to the certificate, so no station can take over
+another's session.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def tls_broker(pki: Pki) -> Iterator[Mosquitto]:
     port = free_port()
     keep = ("per_listener_settings", "allow_anonymous", "listener", "cafile", "certfile",
             "keyfile", "crlfile", "require_certificate", "use_identity_as_username",
-            "tls_version")
+            "use_username_as_clientid", "tls_version")
     conf = []
     for line in (TEMPLATE / "stationgw.conf").read_text().splitlines():
         key = line.split(" ", 1)[0]
@@ -255,3 +256,35 @@ async def test_password_auth_reads_the_password_from_a_file(
                             await asyncio.sleep(0.05)
                     assert "Not authorized" in gw.health.links[link]  # CONNACK 0x87
                     assert not gw.publisher.connected.is_set()
+
+
+def _station_client(pki: Pki, port: int, cert: str, identifier: str) -> aiomqtt.Client:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    crt, key = pki.pair(cert)
+    context.load_cert_chain(str(crt), str(key))
+    return aiomqtt.Client("localhost", port, identifier=identifier, tls_context=context,
+                          protocol=aiomqtt.ProtocolVersion.V5)
+
+
+async def test_a_station_certificate_cannot_take_over_another_stations_session(
+    pki: Pki, tls_broker: Mosquitto, tmp_path: Path, dispatch: aiomqtt.Client
+) -> None:
+    await dispatch.subscribe("stationgw/v1/station-b/replies", qos=1)
+    config = tls_config(pki, tmp_path, tls_broker.port, "station-b", station="station-b")
+    async with running(Gateway(config)) as gw:
+        await asyncio.wait_for(gw.publisher.connected.wait(), 10)
+        # Station A's certificate asks for B's client id (and for B's certificate name),
+        # again and again, while dispatch commands B.
+        for identifier in [config.client_id, "station-b"] * 3:
+            async with _station_client(pki, tls_broker.port, "station-a", identifier):
+                await asyncio.sleep(0.2)
+        await send_command(dispatch, "stationgw/v1",
+                           make_command("station-b", "no-such-alert", "acknowledge"))
+        reply = await _next(dispatch)
+        assert str(reply.topic) == "stationgw/v1/station-b/replies"
+        assert isinstance(reply.payload, bytes)
+        assert json.loads(reply.payload)["reason"] == "unknown_alert"
+        # B was never knocked off: one session all along.
+        assert gw.health.counters["broker_disconnects"] == 0
+        assert gw.publisher.connected.is_set()
+        assert "client_id_in_use" not in gw.health.faults
