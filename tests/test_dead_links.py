@@ -93,6 +93,12 @@ async def test_a_stalled_primary_fails_over_within_the_puback_deadline(
         faults = FaultLog(gw)
         await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
         assert gw.health.links[f"broker:{proxy.url}"] == "up"
+        # The connect's own health message is out and confirmed first, so that what the
+        # fault names is the row.
+        health = f"stationgw/v1/{config.station_id}/health"
+        async with subscribe(broker.port, health) as on_primary:
+            await on_primary.wait_for(bool, WAIT)
+        await until(lambda: not gw.publisher._own_sent)
         proxy.mode = mode  # type: ignore[assignment]
         started = time.monotonic()
         row = await gw.submit("help_point.press", "hp-1", priority, {"alert_id": "a-1"})
