@@ -30,10 +30,13 @@ RejectReason = Literal[
     "replay",
     "unknown_alert",
     "invalid_transition",
+    "internal_error",
 ]
 COMMAND_SCHEMA: Literal["stationgw/command/1"] = "stationgw/command/1"
 REPLY_SCHEMA: Literal["stationgw/reply/1"] = "stationgw/reply/1"
 _COMMAND_ID = r"[A-Za-z0-9_.:-]+"
+MAX_DEPTH = 8  # a command is a flat object; anything nested deeper is not one
+MAX_INT_DIGITS = 20  # eta_s and issued_at need far fewer; int() of 5,000 digits raises
 
 
 def _wire(message: Any) -> dict[str, Any]:
@@ -143,8 +146,12 @@ def _eta(value: Any) -> str:
 
 
 def _time(value: Any) -> str:
-    if type(value) in (int, float) and math.isfinite(value):
-        return ""
+    if type(value) in (int, float):
+        try:
+            if math.isfinite(value):
+                return ""
+        except OverflowError:  # an int beyond any float
+            pass
     return "Input should be a finite number"
 
 
@@ -186,6 +193,58 @@ class Rejection:
     alert_id: str | None = None
 
 
+class NotStrictJsonError(ValueError):
+    """The payload is JSON only in Python's lenient sense, or not at all."""
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise NotStrictJsonError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotStrictJsonError(f"the number {text[:24]} is out of range")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise NotStrictJsonError(f"{name} is not JSON")
+
+
+def _check_tree(raw: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and text that is not Unicode (lone surrogates
+    from `\\ud800` escapes), walking without recursion."""
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise NotStrictJsonError("text with a lone surrogate is not Unicode") from None
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise NotStrictJsonError(f"nested deeper than {MAX_DEPTH} levels")
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items)
+
+
+def decode_strict(payload: bytes) -> Any:
+    """Parse strict JSON (RFC 8259): no NaN or Infinity, numbers that fit, bounded nesting,
+    valid Unicode. Raises `ValueError` (with a reason) for anything else."""
+    try:
+        raw = json.loads(payload, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except RecursionError:
+        raise NotStrictJsonError(f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_tree(raw)
+    return raw
+
+
 def parse_command(
     payload: bytes, *, station: str, now: float, max_age_s: float, max_bytes: int
 ) -> Command | Rejection:
@@ -193,9 +252,9 @@ def parse_command(
     if len(payload) > max_bytes:
         return Rejection("oversized", f"{len(payload)} bytes, limit {max_bytes}")
     try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Rejection("malformed", f"not JSON: {exc}")
+        raw = decode_strict(payload)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and NotStrictJsonError
+        return Rejection("malformed", f"not JSON: {str(exc)[:200]}")
     ids = raw if isinstance(raw, dict) else {}
     command_id = ids.get("command_id") if isinstance(ids.get("command_id"), str) else None
     alert_id = ids.get("alert_id") if isinstance(ids.get("alert_id"), str) else None

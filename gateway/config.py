@@ -415,6 +415,15 @@ class DispatchConfig(_Frozen):
     max_command_bytes: Annotated[
         int, Field(ge=256, le=65536, description="larger commands are refused unread")
     ] = 4096
+    reject_reply_burst: Annotated[
+        int, Field(ge=1, le=100000, description="rejections of one reason answered one by one "
+                   "before replies are rate-limited (a flood of bad commands)")
+    ] = 20
+    reject_replies_per_s: Annotated[
+        float, Field(gt=0, le=10000, description="then at most this many replies a second per "
+                     "reason; the rest are counted (`command_replies_suppressed`) and told "
+                     "in the next reply of that reason")
+    ] = 5.0
 
 
 def _one_direction(rule: ThresholdRule) -> ThresholdRule:

@@ -8,6 +8,7 @@ new record, so the published state and the stored state never disagree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import aiomqtt
 from gateway.alerts import AlertBook
 from gateway.commands import Command, Rejection, Reply, parse_command
 from gateway.config import StationConfig
+from gateway.flood import ReplyLimiter
 from gateway.health import Health
 from gateway.model import AlertRecord, Event, Priority
 from gateway.mqtt import GatewayClient, json_properties
@@ -25,6 +27,8 @@ from gateway.store import AsyncOutbox
 from gateway.topics import Topics
 
 log = logging.getLogger(__name__)
+
+HANDLER_FAULT_S = 300.0  # command_handling stays up this long after the last failure
 
 
 def alert_body(record: AlertRecord) -> dict[str, Any]:
@@ -48,6 +52,11 @@ class Lifecycle:
         self.alerts_changed = asyncio.Event()
         self.book.listeners.append(lambda _record: self.alerts_changed.set())
         self._properties = json_properties(config.mqtt.protocol)
+        self.replies = ReplyLimiter(
+            burst=config.dispatch.reject_reply_burst,
+            rate_per_s=config.dispatch.reject_replies_per_s,
+        )
+        self._handler_failed_at = 0.0
 
     async def restore(self) -> list[tuple[AlertRecord, bool]]:
         """Load open alerts after a restart; returns them with whether all were sent."""
@@ -114,8 +123,38 @@ class Lifecycle:
         return f"{self.topics.root}/replies"
 
     async def on_message(self, client: GatewayClient, message: aiomqtt.Message) -> None:
-        """Handle one message from the command topic; never raises for bad input."""
+        """Handle one message from the command topic. Never raises: a command that breaks
+        the handler is answered `internal_error` and shown as a fault, and the next one is
+        handled as usual."""
         payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            await self._handle(client, payload)
+        except aiomqtt.MqttError:
+            raise  # the link, not the command: the session ends and reconnects
+        except Exception as exc:
+            log.exception("command handling failed (%d bytes)", len(payload))
+            self.health.count("command_handling_errors")
+            self._handler_failed_at = time.monotonic()
+            if "command_handling" not in self.health.faults:
+                asyncio.get_running_loop().call_later(HANDLER_FAULT_S, self._handler_fault_over)
+            self.health.raise_fault(
+                "command_handling",
+                f"a command broke the handler ({type(exc).__name__}: {str(exc)[:120]}); "
+                "it was answered internal_error and the gateway goes on",
+            )
+            with contextlib.suppress(Exception):
+                await self._reject(client, Rejection(
+                    "internal_error", f"the gateway could not handle it: {type(exc).__name__}",
+                ))
+
+    def _handler_fault_over(self) -> None:
+        wait = self._handler_failed_at + HANDLER_FAULT_S - time.monotonic()
+        if wait > 0:
+            asyncio.get_running_loop().call_later(wait, self._handler_fault_over)
+        else:
+            self.health.clear_fault("command_handling")
+
+    async def _handle(self, client: GatewayClient, payload: bytes) -> None:
         parsed = parse_command(
             payload,
             station=self.config.station_id,
@@ -144,15 +183,42 @@ class Lifecycle:
 
     async def _reject(self, client: GatewayClient, rejection: Rejection) -> None:
         self.health.count(f"commands_rejected_{rejection.reason}")
+        now = time.monotonic()
+        held_back = self.replies.admit(rejection.reason, now)
+        if held_back is None:  # a flood of this reason: counted, answered later in one line
+            self.health.count("command_replies_suppressed")
+            self._flood_noticed(now)
+            return
+        detail = rejection.detail
+        if held_back:
+            detail = f"{detail} (and {held_back} more {rejection.reason} not answered singly)"
         log.warning(
             "command rejected command_id=%s alert_id=%s reason=%s detail=%s",
-            rejection.command_id, rejection.alert_id, rejection.reason, rejection.detail[:200],
+            rejection.command_id, rejection.alert_id, rejection.reason, detail[:300],
         )
         await self._reply(client, Reply(
             command_id=rejection.command_id, alert_id=rejection.alert_id, status="rejected",
-            reason=rejection.reason, detail=rejection.detail, station=self.config.station_id,
+            reason=rejection.reason, detail=detail, station=self.config.station_id,
             wall_time=time.time(),
         ))
+
+    def _flood_noticed(self, now: float) -> None:
+        if "command_flood" not in self.health.faults:
+            self.health.raise_fault(
+                "command_flood",
+                "rejected commands arrive faster than they are answered: replies are "
+                "coalesced per reason (see counter command_replies_suppressed)",
+            )
+            asyncio.get_running_loop().call_later(self.replies.quiet_s, self._flood_over)
+
+    def _flood_over(self) -> None:
+        now = time.monotonic()
+        if self.replies.flooding(now):
+            assert self.replies.last_suppressed_at is not None
+            wait = self.replies.last_suppressed_at + self.replies.quiet_s - now
+            asyncio.get_running_loop().call_later(max(wait, 0.1), self._flood_over)
+        else:
+            self.health.clear_fault("command_flood")
 
     async def _reply(self, client: GatewayClient, reply: Reply) -> None:
         payload = json.dumps(reply.wire()).encode()

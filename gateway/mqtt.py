@@ -51,6 +51,11 @@ class _ErrorMemo(logging.Logger):
         super().handle(record)
 
 
+RECEIVE_MAXIMUM = 32
+MAXIMUM_PACKET_SIZE = 128 * 1024  # above dispatch.max_command_bytes' ceiling
+QOS0_QUEUE_LIMIT = 64  # QoS 0 messages waiting beyond this are dropped (and counted)
+
+
 class GatewayClient(aiomqtt.Client):
     """aiomqtt client whose `publish_confirmed` returns the broker's PUBACK reason code."""
 
@@ -64,12 +69,41 @@ class GatewayClient(aiomqtt.Client):
         self.disconnect_reason: ReasonCode | None = None
         self.closed_by_peer = False  # the broker (or the path) ended it, not this client
         self._aborting = False
+        self._on_qos0_dropped: Callable[[], None] | None = None
         # aiomqtt owns these callbacks; wrap them rather than replace them.
         paho_client = self._client
         self._aiomqtt_on_publish: Callable[..., None] | None = paho_client.on_publish
         self._aiomqtt_on_disconnect: Callable[..., None] | None = paho_client.on_disconnect
         paho_client.on_publish = self._on_puback
         paho_client.on_disconnect = self._on_lost
+
+    def acknowledge_manually(self, on_dropped: Callable[[], None] | None = None) -> None:
+        """Send each QoS 1 PUBACK only when `ack` says so (set before connecting).
+
+        With MQTT 5's Receive Maximum (or the broker's in-flight limit on 3.1.1) this is the
+        back-pressure: a slow or flooded reader holds at most that many messages, the broker
+        the rest. QoS 0 messages have no such bound, so those beyond `QOS0_QUEUE_LIMIT`
+        waiting are dropped, and `on_dropped` counts each one.
+        """
+        self._client.manual_ack_set(True)
+        self._on_qos0_dropped = on_dropped
+        paho_client = self._client
+        aiomqtt_on_message = paho_client.on_message
+
+        def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+            if message.qos == 0 and self._queue.qsize() >= QOS0_QUEUE_LIMIT:
+                if self._on_qos0_dropped is not None:
+                    self._on_qos0_dropped()
+                return
+            if aiomqtt_on_message is not None:
+                aiomqtt_on_message(client, userdata, message)
+
+        paho_client.on_message = on_message
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge a message handled under `acknowledge_manually` (QoS 0: nothing)."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
 
     def _on_puback(
         self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Properties
@@ -232,10 +266,16 @@ def make_client(
     """A client for one endpoint, configured from the station config."""
     v5 = config.mqtt.protocol == "5"
     properties = None
-    if v5 and persistent:
-        # A persistent session: the broker keeps dispatch's commands while the link is down.
+    if v5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = config.mqtt.session_expiry_s
+        # Bounded intake: at most RECEIVE_MAXIMUM unacknowledged QoS 1 messages (commands)
+        # come in at once, the broker holds the rest; nothing larger than a command can be.
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        properties.MaximumPacketSize = MAXIMUM_PACKET_SIZE
+        if persistent:
+            # A persistent session: the broker keeps dispatch's commands while the link is
+            # down.
+            properties.SessionExpiryInterval = config.mqtt.session_expiry_s
     return GatewayClient(
         endpoint.host,
         endpoint.port,

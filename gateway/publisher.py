@@ -261,6 +261,7 @@ class Publisher:
             properties=self._properties,
         )
         client = self._client_factory(self.config, endpoint, will)
+        client.acknowledge_manually(lambda: self.health.count("commands_dropped_qos0"))
         # CONNACK and SUBACK: a broker that does not answer is as stalled as one that
         # does not confirm.
         client.timeout = self.config.mqtt.puback_deadline_s
@@ -409,9 +410,14 @@ class Publisher:
     async def _watch(self, client: GatewayClient) -> None:
         """Hand incoming messages to their handlers, in order; ends when the link drops."""
         async for message in client.messages:
-            for topic, handler in self.subscriptions:
-                if message.topic.matches(topic):
-                    await handler(client, message)
+            try:
+                for topic, handler in self.subscriptions:
+                    if message.topic.matches(topic):
+                        await handler(client, message)
+            finally:
+                # Only now may the broker send the next one (manual acknowledgement).
+                with contextlib.suppress(ValueError, OSError):  # the link is already gone
+                    client.ack(message)
 
     def _may_send(self, row: Row) -> bool:
         """Room in the window; P2/P3 leave its last eighth free for P0/P1 alerts."""

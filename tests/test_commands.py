@@ -112,5 +112,6 @@ def test_a_nan_issue_time_cannot_dodge_the_staleness_check() -> None:
     parsed = parse_command(
         payload, station="central-north", now=time.time(), max_age_s=600, max_bytes=4096
     )
-    assert isinstance(parsed, Rejection) and parsed.reason == "schema"
-    assert "issued_at" in parsed.detail and parsed.command_id == GOOD["command_id"]
+    # NaN is not JSON (RFC 8259): refused before any field is read.
+    assert isinstance(parsed, Rejection) and parsed.reason == "malformed"
+    assert "NaN" in parsed.detail

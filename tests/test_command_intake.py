@@ -1,0 +1,347 @@
+"""The commands topic is hostile: no payload, and no flood of them, silences a station.
+
+Every byte string a dispatcher (or an attacker with the dispatch role, or a buggy script)
+can put on `.../commands` is applied or rejected with a reason and a reply, by a daemon in
+its own process that keeps its pid. A flood is absorbed with bounded memory: the broker holds
+what the gateway has not read (MQTT 5 Receive Maximum and manual acknowledgement), rejection
+replies are coalesced per reason, and a real acknowledge still gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import signal
+import subprocess
+import sys
+import time
+import typing
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.broker import Mosquitto
+from gateway.commands import RejectReason
+from gateway.config import load_config
+from gateway.daemon import Gateway
+from gateway.dispatch import make_command, send_command
+from gateway.simulate import socket_path
+from gateway.testing.cmdflood import CommandFlood
+from tests.helpers import running, subscribe
+from tests.test_lifecycle import lifecycle_config, raise_alert, replies
+
+ROOT = Path(__file__).resolve().parent.parent
+REASONS = set(typing.get_args(RejectReason))
+MAX_BYTES = 4096
+WAIT = 30.0  # generous: a slow machine is not a failure
+
+
+def write_config(path: Path, url: str, *, extra: str = "") -> Path:
+    config = path / "station.toml"
+    config.write_text(
+        f'''station_id = "in-{uuid.uuid4().hex[:10]}"
+gpio_pin_factory = "mock"
+[[brokers]]
+url = "{url}"
+[store]
+path = "{path / "outbox.db"}"
+[mqtt]
+health_interval_s = 1
+[dispatch]
+max_command_bytes = {MAX_BYTES}
+{extra}
+[[help_points]]
+id = "hp-1"
+pin = 17
+lamp_pin = 27
+hold_time_s = 0.5
+'''
+    )
+    return config
+
+
+@dataclass
+class Daemon:
+    """`stationgw run` in its own process, with a raw paho client on its topics."""
+
+    proc: subprocess.Popen[bytes]
+    pid: int
+    config_path: Path
+    station: str
+    root: str
+    client: paho.Client
+    replies: queue.Queue[dict[str, Any]]
+    health: list[dict[str, Any]]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.proc.pid == self.pid
+
+    def send(self, payload: bytes) -> dict[str, Any]:
+        """Publish one payload on the commands topic and wait for its reply."""
+        self.client.publish(f"{self.root}/commands", payload, qos=1).wait_for_publish(WAIT)
+        try:
+            return self.replies.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError(
+                f"no reply to {payload[:80]!r} (daemon alive: {self.alive()})"
+            ) from None
+
+
+@contextlib.contextmanager
+def start_daemon(tmp: Path, broker: Mosquitto, extra: str = "") -> Iterator[Daemon]:
+    config_path = write_config(tmp, broker.url, extra=extra)
+    config = load_config(config_path)
+    root = f"stationgw/v1/{config.station_id}"
+    log = (tmp / "daemon.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    replies_q: queue.Queue[dict[str, Any]] = queue.Queue()
+    health: list[dict[str, Any]] = []
+    connected = queue.Queue[int]()
+
+    def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        body = json.loads(message.payload)
+        if message.topic.endswith("/replies"):
+            replies_q.put(body)
+        elif message.topic.endswith("/health"):
+            health.append(body)
+
+    def on_subscribe(client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
+        connected.put(mid)
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = on_subscribe
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    client.subscribe([(f"{root}/replies", 1), (f"{root}/health", 1)])
+    try:
+        connected.get(timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while not socket_path(config).exists() or not health:  # started, and connected
+            assert proc.poll() is None, (tmp / "daemon.log").read_text()
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.05)
+        yield Daemon(proc, proc.pid, config_path, config.station_id, root, client, replies_q,
+                     health)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        log.close()
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+# ------------------------------------------------------------- every payload gets an answer
+
+
+@pytest.fixture(scope="module")
+def sweep_daemon(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    # The sweep sends one payload at a time and waits for its reply; replies are not
+    # coalesced here (a flood is the next test's subject).
+    with start_daemon(tmp_path_factory.mktemp("sweep"), broker,
+                      extra="reject_reply_burst = 100000") as daemon:
+        yield daemon
+        assert daemon.alive(), "the daemon died during the sweep"
+
+
+def _nested(depth: int, opener: bytes, closer: bytes, closed: bool) -> bytes:
+    return opener * depth + (closer * depth if closed else b"")
+
+
+NUMBERS = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1e-999"]) | (
+    st.integers(15, 5000).map(lambda n: "9" * n)
+) | st.integers(15, 5000).map(lambda n: "-" + "1" * n)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+COMMANDISH = st.fixed_dictionaries(
+    {
+        "schema": st.sampled_from(["stationgw/command/1", "stationgw/command/2", ""]),
+        "command_id": st.text(max_size=20) | st.integers(),
+        "alert_id": st.text(max_size=20) | st.none(),
+        "action": st.sampled_from(["acknowledge", "assign", "resolve", "cancel", "explode"]),
+        "dispatcher": st.text(max_size=20),
+        "issued_at": st.floats() | st.just(time.time()),
+    },
+    optional={"team": st.text(max_size=10), "eta_s": st.integers() | st.floats(),
+              "extra": JSONISH},
+)
+
+PAYLOADS = st.one_of(
+    st.binary(max_size=600),
+    st.binary(min_size=MAX_BYTES - 8, max_size=MAX_BYTES + 64),
+    JSONISH.map(lambda v: json.dumps(v).encode()),
+    COMMANDISH.map(lambda v: json.dumps(v).encode()),  # NaN and Infinity included
+    st.text().map(lambda t: json.dumps({"command_id": t}, ensure_ascii=False).encode()),
+    st.integers(0xD800, 0xDFFF).map(lambda c: b'{"command_id": "\\u%04x"}' % c),
+    st.builds(_nested, st.integers(1, MAX_BYTES), st.sampled_from([b"[", b'{"a":']),
+              st.sampled_from([b"]", b"}"]), st.booleans()),
+    st.builds(lambda key, n: json.dumps({key: 0}).replace("0", n).encode(),
+              st.sampled_from(["eta_s", "issued_at", "command_id", "x"]), NUMBERS),
+)
+
+
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(payload=PAYLOADS)
+def test_every_payload_is_answered_and_the_daemon_keeps_its_pid(
+    sweep_daemon: Daemon, payload: bytes
+) -> None:
+    reply = sweep_daemon.send(payload)
+    assert sweep_daemon.alive(), "the daemon died"
+    assert reply["station"] == sweep_daemon.station
+    # Nothing here names an open alert of this station, so nothing may be applied.
+    assert reply["status"] == "rejected", reply
+    assert reply["reason"] in REASONS, reply
+    if len(payload) > MAX_BYTES:
+        assert reply["reason"] == "oversized", reply
+    assert reply["reason"] != "internal_error", reply  # bad input is not a gateway bug
+
+
+# ----------------------------------------------------------- a bug in handling one command
+
+
+class BugError(Exception):
+    """The unexpected exception."""
+
+
+async def test_a_command_that_breaks_the_handler_is_answered_and_the_station_goes_on(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    config = lifecycle_config(tmp_path, broker.url)
+    root = f"stationgw/v1/{config.station_id}"
+    async with (
+        aiomqtt.Client("127.0.0.1", broker.port,
+                       protocol=aiomqtt.ProtocolVersion.V5) as dispatcher,
+        subscribe(broker.port, [f"{root}/events/#", f"{root}/replies"]) as sub,
+        running(Gateway(config)) as gw,
+    ):
+        await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
+        alert_id = await raise_alert(gw, sub)
+        broken = {"armed": True}
+
+        def listener(record: Any) -> None:  # a state-change listener with a bug
+            if broken.pop("armed", False):
+                raise BugError("listener broke")
+
+        gw.lifecycle.book.listeners.append(listener)
+        await send_command(dispatcher, "stationgw/v1",
+                           make_command(config.station_id, alert_id, "acknowledge"))
+        await sub.wait_for(lambda m: len(replies(sub)) >= 1, WAIT)
+        first = replies(sub)[0]
+        assert (first["status"], first["reason"]) == ("rejected", "internal_error"), first
+        assert "BugError" in first["detail"]
+        assert "command_handling" in gw.health.faults
+        assert gw.health.counters["command_handling_errors"] == 1
+        assert gw.publisher.connected.is_set()  # the session did not end
+
+        # The next command is handled as usual.
+        await send_command(dispatcher, "stationgw/v1",
+                           make_command(config.station_id, alert_id, "resolve"))
+        await sub.wait_for(lambda m: len(replies(sub)) >= 2, WAIT)
+        assert replies(sub)[1]["status"] == "applied", replies(sub)[1]
+        await sub.wait_for(lambda m: "resolved" in [
+            p["body"].get("state") for p in sub.events() if p["body"].get("alert_id") == alert_id
+        ], WAIT)
+
+
+# ---------------------------------------------------------------------------------- a flood
+
+
+FLOOD_S = 6.0
+
+
+@pytest.fixture
+def flood_daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[Daemon]:
+    with start_daemon(tmp_path, broker) as daemon:  # default reply limits
+        yield daemon
+
+
+async def test_a_flood_of_junk_is_absorbed_and_a_real_acknowledge_gets_through(
+    broker: Mosquitto, flood_daemon: Daemon
+) -> None:
+    daemon = flood_daemon
+    config_path = daemon.config_path
+    idle_kib = rss_kib(daemon.pid)
+    async with subscribe(broker.port, f"{daemon.root}/events/#") as events:
+        started = time.monotonic()
+        with (
+            CommandFlood(broker.port, daemon.station, rate=10000, qos=0) as flood0,
+            CommandFlood(broker.port, daemon.station, rate=500, qos=1) as flood1,
+        ):
+            await asyncio.sleep(1.0)  # well into it
+            press = await asyncio.to_thread(subprocess.run, [
+                sys.executable, "-m", "gateway.cli", "simulate", "press", "hp-1",
+                "--config", str(config_path)], capture_output=True, text=True, cwd=ROOT,
+                timeout=WAIT, check=False)
+            assert press.returncode == 0, press.stderr
+            await events.wait_for(lambda m: any(
+                p.get("kind") == "help_point.press" for _, p in m), WAIT)
+            alert_id = next(p["body"]["alert_id"] for p in events.events()
+                            if p.get("kind") == "help_point.press")
+            command = make_command(daemon.station, alert_id, "acknowledge")
+            async with aiomqtt.Client("127.0.0.1", broker.port,
+                                      protocol=aiomqtt.ProtocolVersion.V5) as dispatcher:
+                await send_command(dispatcher, "stationgw/v1", command)
+            await events.wait_for(lambda m: any(
+                p["body"].get("state") == "acknowledged" for p in events.events()), WAIT)
+            remaining = FLOOD_S - (time.monotonic() - started)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        flooded_s = time.monotonic() - started
+    sent = flood0.sent + flood1.sent
+    assert sent > 10000, f"the flood itself was too small to mean anything ({sent})"
+    peak_kib = rss_kib(daemon.pid, "VmHWM")
+    assert daemon.alive()
+
+    # The acknowledge was applied and answered, among coalesced rejections.
+    answers: list[dict[str, Any]] = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            answers.append(daemon.replies.get(timeout=2.0))
+    applied = [r for r in answers if r["status"] == "applied"]
+    assert [r["command_id"] for r in applied] == [command.command_id]
+    reasons = {r["reason"] for r in answers if r["status"] == "rejected"}
+    # Per reason: a burst of 20, then 5 a second (and a little slack for the last second).
+    bound = len(reasons) * (20 + 5 * (flooded_s + 4))
+    assert len(answers) - 1 <= bound, (len(answers), sent, reasons)
+    assert any("not answered singly" in r["detail"] for r in answers)
+
+    # Health says so: the suppressed count and the flood fault.
+    def flood_in_health() -> bool:
+        latest = daemon.health[-1]
+        return latest["counters"].get("command_replies_suppressed", 0) > 0 and any(
+            f["code"] == "command_flood" for f in latest["faults"])
+
+    deadline = time.monotonic() + WAIT
+    while not flood_in_health():
+        assert time.monotonic() < deadline, daemon.health[-1]
+        await asyncio.sleep(0.2)
+
+    # Memory stayed bounded (today's unbounded queue grew it by hundreds of MB).
+    assert peak_kib - idle_kib < 12 * 1024, (idle_kib, peak_kib)
