@@ -32,7 +32,14 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.common import (
-    REPO, Figure, median, print_machine, print_table, proc_memory_kib, workdir, write_json,
+    REPO,
+    Figure,
+    median,
+    print_machine,
+    print_table,
+    proc_memory_kib,
+    workdir,
+    write_json,
 )
 from gateway.broker import Mosquitto
 from gateway.config import load_config
@@ -145,7 +152,8 @@ def main() -> None:
         try:
             deadline = time.monotonic() + WAIT
             while not socket_path(load_config(config_path)).exists():
-                assert proc.poll() is None and time.monotonic() < deadline, "daemon did not start"
+                assert proc.poll() is None, "the daemon exited"
+                assert time.monotonic() < deadline, "the daemon did not start"
                 time.sleep(0.05)
             time.sleep(1.0)  # connected and settled
             results: dict[str, list[tuple[float, float]]] = {"idle": [], "flood": []}

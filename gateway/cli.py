@@ -113,8 +113,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_problems(args.config, err)
     from gateway.install import permission_problems  # noqa: PLC0415
 
-    secrets = [p for p in (config.mqtt.password_file, config.mqtt.tls.key_file) if p]
-    too_open = permission_problems(args.config, secrets)
+    tls = config.mqtt.tls
+    secrets = {key: path for key, path in (
+        ("mqtt.password_file", config.mqtt.password_file), ("mqtt.tls.key_file", tls.key_file),
+    ) if path}
+    trusted = {key: path for key, path in (
+        ("mqtt.tls.ca_file", tls.ca_file), ("mqtt.tls.cert_file", tls.cert_file),
+    ) if path}
+    too_open = permission_problems(args.config, secrets, trusted)
     if too_open:
         return _print_problems(args.config, ConfigError(too_open))
     setup_logging(args.log_level)

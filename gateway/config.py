@@ -12,6 +12,7 @@ same dataclasses, so that pydantic's memory never enters the long-running proces
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import pickle
 import re
@@ -79,6 +80,28 @@ def _readable_file(path: Path | None, info: ValidationInfo) -> Path | None:
     return path
 
 
+def loopback_host(host: str) -> bool:
+    """A broker address on this machine, decided by address: 127.0.0.0/8, ::1, localhost.
+    A name such as "127.example.net" is not loopback, whatever its first label."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def masked_url(url: str) -> str:
+    """A broker URL with any user name and password replaced, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
 def _relative_to_config(path: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if base is not None and not path.is_absolute():
@@ -109,13 +132,27 @@ def _check_pin(pin: int | str | None) -> int | str | None:
 
 
 def _valid_url(url: str) -> str:
-    parts = urlsplit(url)
+    shown = masked_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(
+            f"broker url {shown!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+        ) from None
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"broker url {shown!r} carries credentials, which would be shown in logs and "
+            "health (remove them from the URL: set mqtt.username, and put the password in "
+            "the file named by mqtt.password_file)"
+        )
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"broker url {url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        raise ValueError(
+            f"broker url {shown!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+        )
     try:
         _ = parts.port
     except ValueError:
-        raise ValueError(f"broker url {url!r} has a bad port (use 1-65535)") from None
+        raise ValueError(f"broker url {shown!r} has a bad port (use 1-65535)") from None
     return url
 
 
@@ -146,7 +183,8 @@ class BrokerEndpoint(_Frozen):
 
     url: Annotated[
         str, AfterValidator(_valid_url),
-        Field(description="mqtt://host:port or mqtts://host:port (TLS)"),
+        Field(description="mqtt://host:port or mqtts://host:port (TLS); never a user or "
+              "password in it (use mqtt.username and mqtt.password_file)"),
     ]
 
     @property
@@ -168,7 +206,7 @@ class BrokerEndpoint(_Frozen):
     @property
     def loopback(self) -> bool:
         """True for a broker on this machine, where plaintext never leaves the host."""
-        return self.host in ("localhost", "127.0.0.1", "::1") or self.host.startswith("127.")
+        return loopback_host(self.host)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -593,7 +631,10 @@ def _format(err: Any) -> str:
     msg = _KEY_MESSAGES.get(err["type"]) or str(err["msg"]).removeprefix("Value error, ")
     fix = _fix(err)
     missing = err["type"] in ("missing", "missing_keyword_argument")
-    value = "" if missing else f" (got {err['input']!r})"
+    shown = err.get("input")
+    if err["loc"] and err["loc"][-1] == "url" and isinstance(shown, str):
+        shown = masked_url(shown)  # never echo a password
+    value = "" if missing else f" (got {shown!r})"
     return f"{_path(err['loc'])}: {msg}{value}" + (f" ({fix})" if fix else "")
 
 
@@ -740,10 +781,10 @@ def _plaintext_needs_opt_in(raw: dict[str, Any]) -> list[str]:
             host = urlsplit(url).hostname or ""
         except ValueError:
             continue  # a malformed URL is reported by the field check
-        if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+        if loopback_host(host):
             continue
         problems.append(
-            f"brokers[{i}].url: {url!r} sends alerts unencrypted (use mqtts:// with "
+            f"brokers[{i}].url: {masked_url(url)!r} sends alerts unencrypted (use mqtts:// with "
             "[mqtt.tls], or set mqtt.allow_plaintext = true on a trusted network)"
         )
     return problems

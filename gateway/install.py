@@ -208,20 +208,38 @@ class Installer:
         return self.done
 
 
-def permission_problems(config_path: Path, secrets: list[Path]) -> list[str]:
-    """Files too open for a station gateway: checked by `stationgw run` at start."""
+def permission_problems(
+    config_path: Path, secrets: dict[str, Path], trusted: dict[str, Path] | None = None
+) -> list[str]:
+    """Files too open for a station gateway: checked by `stationgw run` at start.
+
+    The config, the `secrets` (password and key files, by key path) and the other `trusted`
+    files (certificates) must belong to root or to the user running the gateway: whoever
+    owns one can change it, and so control the station. The config may not be writable by
+    others, and a secret not readable by them.
+    """
     problems = []
+    files = {"config": config_path, **secrets, **(trusted or {})}
+    me = os.geteuid()
+    for key, path in files.items():
+        owner = path.stat().st_uid
+        if owner not in (0, me):
+            where = f"{path}" if key == "config" else f"{key}: {path}"
+            problems.append(
+                f"{where}: owned by uid {owner}, neither root nor the user running the gateway "
+                f"(uid {me}), so another user can change it (chown root {path})"
+            )
     mode = stat.S_IMODE(config_path.stat().st_mode)
     if mode & 0o022:
         problems.append(
             f"{config_path}: mode {mode:04o} lets others change the station config "
             f"(chmod 640 {config_path})"
         )
-    for secret in secrets:
+    for key, secret in secrets.items():
         mode = stat.S_IMODE(secret.stat().st_mode)
         if mode & 0o027:
             problems.append(
-                f"{secret}: mode {mode:04o} lets others read or change a secret "
+                f"{key}: {secret}: mode {mode:04o} lets others read or change a secret "
                 f"(chmod 600 {secret}, or 640 with group stationgw)"
             )
     return problems

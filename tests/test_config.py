@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from gateway import cli
 from gateway.config import INPUT_KINDS, StationConfig, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.install import permission_problems
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "station.example.toml"
@@ -615,3 +616,121 @@ def test_plaintext_to_another_machine_needs_an_explicit_opt_in(
     valid["brokers"] = [{"url": "mqtt://127.0.0.1:1883"}]  # on this machine only
     del valid["mqtt"]
     assert stationgw("check-config", write_config(tmp_path, valid)).returncode == 0
+
+
+# ------------------------------------------------------------------ config and secrets
+
+USERINFO_CHARS = st.characters(
+    codec="ascii", categories=("L", "N"), include_characters="-._~!$&'()*+,;=%"
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    user=st.text(USERINFO_CHARS, min_size=1, max_size=16),
+    password=st.none() | st.text(USERINFO_CHARS, min_size=4, max_size=24),
+    scheme=st.sampled_from(["mqtt", "mqtts"]),
+    index=st.integers(0, 1),
+)
+def test_credentials_in_a_broker_url_are_refused_and_never_echoed(
+    scratch: Path, user: str, password: str | None, scheme: str, index: int
+) -> None:
+    raw = valid_raw(scratch)
+    secret = f"{user}:{password}" if password is not None else user
+    raw["brokers"][index] = {"url": f"{scheme}://{secret}@dispatch-x.example:8883"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, base_dir=scratch)
+    problems = caught.value.problems
+    assert any(p.startswith(f"brokers[{index}].url: ") and "credentials" in p
+               and "mqtt.password_file" in p for p in problems), problems
+    text = "\n".join(problems)
+    assert f"{secret}@" not in text, text
+    assert f"{scheme}://***@dispatch-x.example:8883" in text, text
+
+
+def test_check_config_refuses_credentials_in_a_url_with_78_and_hides_them(
+    tmp_path: Path, valid: dict[str, Any]
+) -> None:
+    valid["brokers"] = [{"url": "mqtts://station:hunter2-secret@dispatch-a.example:8883"}]
+    result = stationgw("check-config", write_config(tmp_path, valid))
+    assert_refused(result, "brokers[0].url", "credentials", "mqtt.password_file", "***@")
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
+LOOPBACK_V4 = st.ip_addresses(v=4, network="127.0.0.0/8").map(str)
+NOT_LOOPBACK = (
+    st.from_regex(r"127\.[a-z][a-z0-9-]{0,12}(\.[a-z]{2,6})?", fullmatch=True)  # a name
+    | st.from_regex(r"127\.[0-9]{1,3}\.[a-z]{1,8}\.example", fullmatch=True)
+    | st.ip_addresses(v=4).filter(lambda a: not a.is_loopback).map(str)
+    | st.ip_addresses(v=6).filter(lambda a: not a.is_loopback).map(lambda a: f"[{a}]")
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(host=LOOPBACK_V4 | st.just("[::1]") | st.just("localhost"))
+def test_plaintext_to_a_loopback_address_needs_no_opt_in(scratch: Path, host: str) -> None:
+    raw = valid_raw(scratch)
+    raw["brokers"] = [{"url": f"mqtt://{host}:1883"}]
+    config = parse_config(raw, base_dir=scratch)
+    assert config.brokers[0].loopback
+
+
+@settings(deadline=None, max_examples=300)
+@given(host=NOT_LOOPBACK)
+def test_plaintext_to_any_other_host_needs_the_opt_in_whatever_its_name(
+    scratch: Path, host: str
+) -> None:
+    raw = valid_raw(scratch)
+    raw["brokers"] = [{"url": f"mqtt://{host}:1883"}]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, base_dir=scratch)
+    assert any(p.startswith("brokers[0].url: ") and "unencrypted" in p
+               for p in caught.value.problems), caught.value.problems
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="only root can give a file to another user; CI runs as root",
+)
+
+
+@needs_root
+@settings(deadline=None, max_examples=60)
+@given(uid=st.integers(1, 65534), which=st.sampled_from(["config", "mqtt.password_file",
+                                                         "mqtt.tls.key_file", "mqtt.tls.ca_file"]))
+def test_a_file_another_user_owns_is_refused(scratch: Path, uid: int, which: str) -> None:
+    files = {name: scratch / name.replace(".", "-") for name in
+             ("config", "mqtt.password_file", "mqtt.tls.key_file", "mqtt.tls.ca_file")}
+    for path in files.values():
+        path.write_text("x\n")
+        path.chmod(0o600)
+        os.chown(path, 0, 0)
+    secrets = {k: files[k] for k in ("mqtt.password_file", "mqtt.tls.key_file")}
+    assert permission_problems(files["config"], secrets, {"mqtt.tls.ca_file":
+                                                          files["mqtt.tls.ca_file"]}) == []
+    os.chown(files[which], uid, 0)
+    problems = permission_problems(files["config"], secrets,
+                                   {"mqtt.tls.ca_file": files["mqtt.tls.ca_file"]})
+    where = str(files["config"]) if which == "config" else which
+    assert [p for p in problems if p.startswith(f"{where}: ") and f"uid {uid}" in p
+            and "chown root" in p], problems
+
+
+@needs_root
+def test_run_refuses_a_config_or_password_file_owned_by_another_user(
+    tmp_path: Path, valid: dict[str, Any]
+) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    valid["brokers"] = [{"url": "mqtt://127.0.0.1:1"}]
+    valid["mqtt"] = {"username": "cn", "password_file": "mqtt-password"}
+    config = write_config(tmp_path, valid)
+    for path, key in ((config, str(config)), (secret, "mqtt.password_file")):
+        os.chown(path, 65534, 65534)  # nobody
+        result = stationgw("run", "--config", config)
+        assert result.returncode == EX_CONFIG, result.stderr
+        assert any(p.startswith(f"{key}: ") and "uid 65534" in p and "chown root" in p
+                   for p in problems_in(result.stderr)), result.stderr
+        os.chown(path, 0, 0)
+    assert not (tmp_path / "state").exists()  # refused before the store was opened
