@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
+from gateway.clock import DispatchClock
+
 if TYPE_CHECKING:  # the spec's markers; gateway.spec gives them to pydantic (not the daemon)
     from pydantic import Field
 
@@ -27,6 +29,7 @@ RejectReason = Literal[
     "schema",
     "wrong_station",
     "stale",
+    "future",
     "replay",
     "unknown_alert",
     "invalid_transition",
@@ -246,9 +249,15 @@ def decode_strict(payload: bytes) -> Any:
 
 
 def parse_command(
-    payload: bytes, *, station: str, now: float, max_age_s: float, max_bytes: int
+    payload: bytes, *, station: str, now: float, max_age_s: float, max_bytes: int,
+    dispatch_clock: DispatchClock | None = None,
 ) -> Command | Rejection:
-    """Check a raw command payload up to (not including) the alert-specific checks."""
+    """Check a raw command payload up to (not including) the alert-specific checks.
+
+    `now` is the gateway's steady time (`gateway.clock.SteadyWall`). Age is judged on
+    dispatch's clock as `dispatch_clock` has learned it (and it learns from this command);
+    without one, the two clocks are taken to agree.
+    """
     if len(payload) > max_bytes:
         return Rejection("oversized", f"{len(payload)} bytes, limit {max_bytes}")
     try:
@@ -267,11 +276,16 @@ def parse_command(
             "wrong_station", f"command is for {command.station!r}, this is {station!r}",
             command.command_id, command.alert_id,
         )
-    age = now - command.issued_at
-    if age > max_age_s:
+    verdict, age = (dispatch_clock or DispatchClock()).judge(command.issued_at, now, max_age_s)
+    if verdict == "stale":
         return Rejection(
             "stale", f"issued {age:.0f}s ago, limit {max_age_s:g}s",
             command.command_id, command.alert_id,
+        )
+    if verdict == "future":
+        return Rejection(
+            "future", f"issued {-age:.0f}s in the future by dispatch's clock as its other "
+            f"commands show it, limit {max_age_s:g}s", command.command_id, command.alert_id,
         )
     if command.action == "assign" and command.team is None:
         return Rejection(

@@ -447,12 +447,18 @@ class DispatchConfig(_Frozen):
     ] = "P0"
     command_max_age_s: Annotated[
         float,
-        Field(gt=0, le=86400, description="commands issued longer ago than this are stale and "
-              "refused (needs NTP)"),
+        Field(gt=0, le=86400, description="commands issued longer ago than this, or further "
+              "in the future, are refused (`stale`, `future`), by dispatch's clock as its "
+              "commands show it"),
     ] = 600.0
     max_command_bytes: Annotated[
         int, Field(ge=256, le=65536, description="larger commands are refused unread")
     ] = 4096
+    clock_skew_max_s: Annotated[
+        float, Field(gt=0, le=86400, description="the `clock_skew` fault is raised when the "
+                     "wall clock steps this far from the steady clock, or dispatch's clock "
+                     "(as its commands show it) is this far from the station's")
+    ] = 30.0
     reject_reply_burst: Annotated[
         int, Field(ge=1, le=100000, description="rejections of one reason answered one by one "
                    "before replies are rate-limited (a flood of bad commands)")

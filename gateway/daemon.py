@@ -8,6 +8,7 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from gateway.clock import SYSTEM, Clock
 from gateway.config import StationConfig
 from gateway.health import Health
 from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
@@ -40,8 +41,10 @@ class Gateway:
         *,
         client_factory: ClientFactory = make_client,
         notifier: Notifier | None = None,
+        clock: Clock = SYSTEM,
     ):
         self.config = config
+        self.clock = clock
         self.notifier = notifier or Notifier()
         self.health = Health()
         self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
@@ -51,9 +54,10 @@ class Gateway:
             max_rows=config.store.max_rows,
             max_bytes=config.store.max_bytes,
             ttl_s={Priority.parse(k): v for k, v in config.store.ttl_s.items()},
+            clock=clock,
         )
         self.outbox = AsyncOutbox(outbox, self.health)
-        self.lifecycle = Lifecycle(config, self.outbox, self.health)
+        self.lifecycle = Lifecycle(config, self.outbox, self.health, clock)
         self.publisher = Publisher(
             config, self.outbox, self.health, client_factory=client_factory,
             open_alerts=self.lifecycle.open_alerts, alerts_changed=self.lifecycle.alerts_changed,

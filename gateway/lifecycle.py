@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import aiomqtt
 
 from gateway.alerts import AlertBook
+from gateway.clock import SYSTEM, Clock, DispatchClock, SteadyWall
 from gateway.commands import Command, Rejection, Reply, parse_command
 from gateway.config import StationConfig
 from gateway.flood import ReplyLimiter
@@ -29,6 +30,7 @@ from gateway.topics import Topics
 log = logging.getLogger(__name__)
 
 HANDLER_FAULT_S = 300.0  # command_handling stays up this long after the last failure
+CLOCK_CHECK_S = 10.0  # how often the escalation loop looks for a wall-clock step
 
 
 def alert_body(record: AlertRecord) -> dict[str, Any]:
@@ -39,8 +41,14 @@ def alert_body(record: AlertRecord) -> dict[str, Any]:
 class Lifecycle:
     """Alert lifecycle service: owns the `AlertBook`, handles commands, escalates."""
 
-    def __init__(self, config: StationConfig, outbox: AsyncOutbox, health: Health) -> None:
+    def __init__(
+        self, config: StationConfig, outbox: AsyncOutbox, health: Health,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self.config = config
+        self.clock = clock
+        self.steady = SteadyWall(clock)  # command ages; a wall-clock step cannot move it
+        self.dispatch_clock = DispatchClock()
         self.outbox = outbox
         self.health = health
         self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
@@ -61,9 +69,14 @@ class Lifecycle:
     async def restore(self) -> list[tuple[AlertRecord, bool]]:
         """Load open alerts after a restart; returns them with whether all were sent."""
         found = await self.outbox.call(lambda box: box.open_alerts())
-        now = time.monotonic()
+        announced = await self.outbox.call(lambda box: box.announced_at())
+        mono, wall = self.clock.monotonic(), self.clock.wall()
+        timeout = self.config.dispatch.ack_timeout_s
         for record, _sent in found:
-            self.book.restore(record, now)
+            # The timer runs from the stored last announcement, so restarts cannot hold off
+            # an escalation; a clock that went back restarts it, one far ahead escalates now.
+            waited = min(max(wall - announced.get(record.alert_id, wall), 0.0), timeout)
+            self.book.restore(record, mono - waited)
         if found:
             log.info("restored %d open alert(s) from the database", len(found))
         self._changed.set()
@@ -74,7 +87,7 @@ class Lifecycle:
         self, alert_id: str, source: str, priority: Priority, details: dict[str, Any]
     ) -> AlertRecord:
         """A source raised or updated an alert; returns its record for the event."""
-        record = self.book.raised(alert_id, source, priority, details, time.monotonic())
+        record = self.book.raised(alert_id, source, priority, details, self.clock.monotonic())
         self._changed.set()
         self.alerts_changed.set()
         return record
@@ -90,14 +103,16 @@ class Lifecycle:
         while True:
             deadline = self.book.deadline()
             self._changed.clear()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            timeout = CLOCK_CHECK_S if deadline is None else min(
+                CLOCK_CHECK_S, max(0.0, deadline - self.clock.monotonic()))
+            self.check_clock()
             try:
                 async with asyncio.timeout(timeout):
                     await self._changed.wait()
                 continue  # something changed: recompute the deadline
             except TimeoutError:
                 pass
-            for record in self.book.escalate_due(time.monotonic()):
+            for record in self.book.escalate_due(self.clock.monotonic()):
                 log.warning(
                     "escalated alert_id=%s class=%s escalations=%s: no acknowledgement",
                     record.alert_id, record.priority.name, record.details.get("escalations"),
@@ -147,6 +162,26 @@ class Lifecycle:
                     "internal_error", f"the gateway could not handle it: {type(exc).__name__}",
                 ))
 
+    def check_clock(self) -> None:
+        """Raise `clock_skew` while the wall clock has stepped from the steady one, or
+        dispatch's clock is off from the station's, by more than the bound; else clear it."""
+        bound = self.config.dispatch.clock_skew_max_s
+        problems = []
+        step = self.steady.stepped_by()
+        if abs(step) > bound:
+            problems.append(f"the wall clock stepped {step:+.0f}s since the gateway started "
+                            "(ages and TTLs are measured on the steady clock)")
+        offset = self.dispatch_clock.offset
+        if abs(offset) > bound:
+            problems.append(f"dispatch's clock is {offset:+.0f}s from this station's (commands "
+                            "are judged by dispatch's clock)")
+        if problems:
+            self.health.raise_fault(
+                "clock_skew", "; ".join(problems) + f" (bound {bound:g}s; check NTP here and "
+                "at dispatch)")
+        else:
+            self.health.clear_fault("clock_skew")
+
     def _handler_fault_over(self) -> None:
         wait = self._handler_failed_at + HANDLER_FAULT_S - time.monotonic()
         if wait > 0:
@@ -158,10 +193,12 @@ class Lifecycle:
         parsed = parse_command(
             payload,
             station=self.config.station_id,
-            now=time.time(),
+            now=self.steady.now(),
             max_age_s=self.config.dispatch.command_max_age_s,
             max_bytes=self.config.dispatch.max_command_bytes,
+            dispatch_clock=self.dispatch_clock,
         )
+        self.check_clock()
         if isinstance(parsed, Command):
             command_id = parsed.command_id
             replay = await self.outbox.call(lambda box: box.command_seen(command_id))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from gateway.clock import SYSTEM, Clock, SteadyWall
 from gateway.errors import StoreError, StoreUnavailableError
 from gateway.model import AlertRecord, Event, Priority
 from gateway.storefile import APPLICATION_ID, check, classify, seal
@@ -89,6 +90,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         );
         """,
     ),
+    (
+        # A row's age for its TTL, on the steady clock (gateway.clock): a step of the wall
+        # clock neither expires a backlog nor keeps rows forever.
+        "0003_row_age",
+        """
+        ALTER TABLE outbox ADD COLUMN aged_from REAL;
+        UPDATE outbox SET aged_from = wall_time;
+        CREATE INDEX outbox_age ON outbox (class, aged_from);
+        """,
+    ),
 )
 
 
@@ -108,6 +119,7 @@ class Row:
     durable: bool = True
     alert: AlertRecord | None = None  # written with the row; not read back from the outbox
     stored_alert_id: str | None = None  # read back from the outbox: the alert the row carries
+    aged_from: float = 0.0  # steady time of acceptance (TTL); set on rows accepted in this run
 
     @property
     def alert_id(self) -> str | None:
@@ -285,8 +297,11 @@ class Outbox:
         max_rows: int = 100_000,
         max_bytes: int = 64 * 1024 * 1024,
         ttl_s: dict[Priority, float] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.path = path
+        self.clock = clock
+        self.steady = SteadyWall(clock)  # ages (TTL), immune to steps of the wall clock
         self._render = render
         self.max_rows = max_rows
         self.max_bytes = max_bytes
@@ -385,7 +400,8 @@ class Outbox:
     def accept(self, events: list[Event]) -> AcceptResult:
         """Commit events in one transaction; if the database cannot be written, keep them in
         memory instead (`AcceptResult.error` says why; those rows have `durable=False`)."""
-        wall_time = time.time()
+        wall_time = self.clock.wall()
+        aged_from = self.steady.now()
         rows = []
         for event in events:
             seq = self._next_seq
@@ -393,7 +409,7 @@ class Outbox:
             topic, payload = self._render(event, seq, wall_time)
             rows.append(
                 Row(seq, event.event_id, event.priority, event.kind, topic, payload, wall_time,
-                    alert=event.alert)
+                    alert=event.alert, aged_from=aged_from)
             )
         if self.damage is not None:
             # A row written into a damaged file might never be read back for the drain.
@@ -424,10 +440,12 @@ class Outbox:
     def _write(self, rows: list[Row]) -> list[Row]:
         with transaction(self.conn) as conn:
             conn.executemany(
-                f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO outbox ({_COLUMNS}, aged_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.seq, r.event_id, int(r.priority), r.kind, r.topic, r.payload,
-                     r.wall_time, r.attempts, r.state, r.alert.alert_id if r.alert else None)
+                     r.wall_time, r.attempts, r.state, r.alert.alert_id if r.alert else None,
+                     r.aged_from)
                     for r in rows
                 ],
             )
@@ -569,11 +587,14 @@ class Outbox:
     def expire(self, now: float | None = None) -> list[Row]:
         """Delete P2/P3 rows older than their class's TTL; returns them.
 
+        Age is measured on the steady clock (`now`, default `self.steady.now()`): rows of
+        earlier runs age from when they were accepted as this run's start saw it.
+
         Never raises for a storage error: a class whose delete fails keeps its stored rows
         until the next call, and `expire_error` says why (rows in memory expire all the
         same, and are returned, so that each one is reported).
         """
-        now = time.time() if now is None else now
+        now = self.steady.now() if now is None else now
         expired: list[Row] = []
         self.expire_error = None
         conn = self.conn
@@ -582,19 +603,19 @@ class Outbox:
                 continue
             cutoff = now - ttl
             for seq, row in list(self._memory.items()):
-                if row.priority == priority and row.wall_time < cutoff:
+                if row.priority == priority and row.aged_from < cutoff:
                     expired.append(self._memory.pop(seq))
             try:
                 with transaction(conn):
                     rows = [
                         _row(rec)
                         for rec in conn.execute(
-                            f"SELECT {_COLUMNS} FROM outbox WHERE class = ? AND wall_time < ?",
+                            f"SELECT {_COLUMNS} FROM outbox WHERE class = ? AND aged_from < ?",
                             (int(priority), cutoff),
                         )
                     ]
                     conn.execute(
-                        "DELETE FROM outbox WHERE class = ? AND wall_time < ?",
+                        "DELETE FROM outbox WHERE class = ? AND aged_from < ?",
                         (int(priority), cutoff),
                     )
             except sqlite3.Error as exc:
@@ -691,6 +712,19 @@ class Outbox:
         except sqlite3.Error as exc:
             self._read_failed(exc)  # the alerts read so far are still restored
         return alerts
+
+    def announced_at(self) -> dict[str, float]:
+        """Wall time each unacknowledged (open) alert was last announced: the escalation
+        timer runs from there across restarts. Empty if it cannot be read."""
+        try:
+            return {
+                alert_id: float(at) for alert_id, at in self.conn.execute(
+                    "SELECT alert_id, updated_at FROM alerts WHERE state = 'open'"
+                ) if isinstance(alert_id, str) and isinstance(at, int | float)
+            }
+        except sqlite3.Error as exc:
+            self._read_failed(exc)
+            return {}
 
     def command_seen(self, command_id: str) -> bool:
         """True if a dispatch command with this id was already applied."""

@@ -47,6 +47,7 @@ WAL_HEADER, FRAME_HEADER = 32, 24
 TABLES = {
     "0001_outbox": ("outbox", "faults"),
     "0002_alerts": ("alerts", "commands"),
+    "0003_row_age": (),
 }
 DAMAGED_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 WHAT_HAPPENS = (

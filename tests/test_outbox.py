@@ -111,7 +111,7 @@ def test_byte_bound_evicts_too(tmp_path: Path) -> None:
 def test_ttl_expires_only_configured_low_classes(tmp_path: Path) -> None:
     with Outbox(tmp_path / "t.db", TOPICS.render, ttl_s={Priority.P3: 60}) as box:
         old = box.accept([event(Priority.P3), event(Priority.P1), event(Priority.P2)]).rows
-        expired = box.expire(now=old[0].wall_time + 61)
+        expired = box.expire(now=old[0].aged_from + 61)
         assert [r.seq for r in expired] == [old[0].seq]
         assert {r.priority for r in box.page(None, 10)} == {Priority.P1, Priority.P2}
 
