@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Literal, NoReturn
 
@@ -76,12 +76,16 @@ COUNTER_KEYS: tuple[str, ...] = (
     "bytes_in", "frames", *REJECT_REASONS, "gaps", "lost", "duplicates", "resets",
     "unwelcomed", "bytes_out", "frames_out", "opens", "reopens", "open_failures", "port_lost",
     "online", "offline", "refusals", "commands", "command_retries", "command_timeouts",
-    "acks", "naks", "stray_answers",
+    "acks", "naks", "stray_answers", "echoes",
 )
 
 #: Default first reopen delay bound and cap, seconds (full jitter: uniform(0, bound)).
 REOPEN_INITIAL_S = 0.5
 REOPEN_MAX_S = 10.0
+#: A received frame equal to one the gateway wrote this recently is its own, echoed back.
+ECHO_WINDOW_S = 0.5
+#: The echo is over after this long without one.
+ECHO_QUIET_S = 10.0
 
 
 class CommandError(BridgeError):
@@ -130,6 +134,11 @@ class LinkEvents:
 
     def frame(self, link: BoardLink, device_id: str, frame: BoardEvent) -> None:
         """A welcomed board sent a button event, a reading or a fault (duplicates dropped)."""
+
+    def echo(self, link: BoardLink, active: bool, detail: str) -> None:
+        """The link echoes the gateway's own frames back (`active`), or has stopped doing so
+        for `ECHO_QUIET_S`. An echoed frame is never taken as the board's: a dead board on
+        an echoing line goes offline all the same."""
 
 
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
@@ -208,7 +217,12 @@ class BoardLink:
         self._session: _Session | None = None
         self._session_started = asyncio.Event()
         self._command_lock = asyncio.Lock()
-        self._tx_seq = 0
+        # The downlink counter starts anywhere (the protocol fixes only the board's start):
+        # a board's heartbeat then cannot match the gateway's byte for byte by accident,
+        # as two counters started together from 0 would, so an equal one is an echo.
+        self._tx_seq = random.randrange(65536)
+        self._sent: deque[tuple[bytes, float]] = deque(maxlen=32)  # (frame, loop time written)
+        self._echo_at: float | None = None  # loop time of the last echo while one is active
         self._was_open = False
         self._welcomed_since_open = False
 
@@ -374,10 +388,44 @@ class BoardLink:
             self._counts["bytes_in"] += len(data)
             frames = self._decoder.feed(data)
             for rejection in self._decoder.take_rejections():
+                if rejection.reason == "wrong_direction" and self._echoed(rejection.data):
+                    continue  # one of ours (WELCOME, LAMP, TEST, TIME) came back
                 log.info("%s: rejected %s: %s: %r", self.path, rejection.reason,
                          rejection.detail, rejection.data)
             for frame in frames:
+                if isinstance(frame, Heartbeat) and self._echoed(encode(frame)):
+                    continue  # our heartbeat came back: no sign of life from the board
                 await self._handle(frame)
+
+    def _echoed(self, line: bytes) -> bool:
+        """Whether `line` is a frame this link wrote within `ECHO_WINDOW_S`; if so, count it
+        and raise the echo (a heartbeat of the board's own that happened to be identical
+        would have to arrive within that window of ours, too)."""
+        now = asyncio.get_running_loop().time()
+        if not any(sent == line and now - at <= ECHO_WINDOW_S for sent, at in self._sent):
+            return False
+        self._counts["echoes"] += 1
+        first = self._echo_at is None
+        self._echo_at = now
+        if first:
+            log.warning("%s: the line echoes the gateway's own frames back (a TX/RX loopback, "
+                        "or a stuck RS-485 transceiver?)", self.path)
+            self.events.echo(self, True, f"{self.path} echoes the gateway's own frames back "
+                             "(TX/RX loopback or a stuck transceiver); echoed frames are not "
+                             "taken as the board's")
+            asyncio.get_running_loop().call_later(ECHO_QUIET_S, self._echo_quiet)
+        return True
+
+    def _echo_quiet(self) -> None:
+        if self._echo_at is None:
+            return
+        left = self._echo_at + ECHO_QUIET_S - asyncio.get_running_loop().time()
+        if left > 0:
+            asyncio.get_running_loop().call_later(left, self._echo_quiet)
+            return
+        self._echo_at = None
+        log.info("%s: no echo for %g s", self.path, ECHO_QUIET_S)
+        self.events.echo(self, False, "no echo")
 
     async def _handle(self, frame: Frame) -> None:
         session = self._session
@@ -516,6 +564,7 @@ class BoardLink:
             raise PortLostError(f"{self.path}: port not open")
         self._counts["bytes_out"] += len(data)
         self._counts["frames_out"] += 1
+        self._sent.append((data, asyncio.get_running_loop().time()))
         await port.write(data)
 
     def _set_state(self, state: LinkState, detail: str) -> None:

@@ -116,6 +116,11 @@ class BoardSimulator:
         self.ignore_commands = 0
         #: Answer every command with this NAK (code, detail) instead of carrying it out.
         self.nak: tuple[NakCode, str] | None = None
+        #: Write every byte received straight back (a TX/RX loopback, a stuck transceiver).
+        self.echo = False
+        #: The board's processor is dead: it sends nothing and reads nothing (the line may
+        #: still echo).
+        self.dead = False
         # What a test may inspect.
         self.state: BoardState = "unplugged"
         self.pty_path: str | None = None
@@ -287,6 +292,12 @@ class BoardSimulator:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self.dead:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._wake.wait()
+                continue
             now = loop.time()
             if self.state == "running" and now - self._last_rx >= self.gateway_lost_after_s:
                 log.info("%s: board %s lost the gateway; saying HELLO again", self.link,
@@ -324,6 +335,10 @@ class BoardSimulator:
             return
         except OSError:
             # EIO: no slave end open. The board keeps one open, so this means it is going.
+            return
+        if self.echo:
+            self._write(data)
+        if self.dead:
             return
         for frame in self.decoder.feed(data):
             self._received(frame)

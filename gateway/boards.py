@@ -31,6 +31,7 @@ from firmware_bridge.link import (
     LinkEvents,
     LinkState,
 )
+from gateway.boardfaults import FaultDebounce
 from gateway.config import Sensor, StationConfig
 from gateway.health import Health
 from gateway.lamp import LampState
@@ -52,6 +53,10 @@ BoardStateListener = Callable[[str, bool], None]
 #: Waits before sending a lamp state again after a NAK or no answer: doubling, capped.
 LAMP_RETRY_S = 1.0
 LAMP_RETRY_MAX_S = 30.0
+#: Readings and fault reports waiting for a board's rules task: beyond this they are dropped
+#: and counted. Button events never wait here (they go straight to their help point), and a
+#: board going online or offline is always queued.
+BOARD_QUEUE_LIMIT = 256
 
 
 class BoardLamp:
@@ -150,6 +155,8 @@ class Board:
     device_id: str | None = None
     buttons: dict[str, ButtonHandler] = field(default_factory=dict)  # by button id
     lamps: list[BoardLamp] = field(default_factory=list)
+    faults: FaultDebounce = field(default_factory=FaultDebounce)
+    dropped: int = 0  # readings and fault reports dropped because the queue was full
 
 
 class Boards(LinkEvents):
@@ -263,14 +270,42 @@ class Boards(LinkEvents):
                 return
             handler(frame.event, time.monotonic())
             return
-        board.queue.put_nowait(("frame", frame))
+        if isinstance(frame, Fault):
+            reports = board.faults.offer(frame, time.monotonic())
+            if not reports and board.queue.empty():
+                board.queue.put_nowait(("wake", None))  # a change is held: its deadline counts
+            for report in reports:
+                self._enqueue(board, ("fault", report))
+            return
+        self._enqueue(board, ("frame", frame))
+
+    def _enqueue(self, board: Board, item: tuple[str, Any]) -> None:
+        if board.queue.qsize() < BOARD_QUEUE_LIMIT:
+            board.queue.put_nowait(item)
+            return
+        board.dropped += 1
+        self.health.count(f"board_frames_dropped:{board.sensor.id}")
+        if board.dropped == 1 or board.dropped % 1000 == 0:
+            log.warning("board %s sends faster than its rules keep up: %d readings or fault "
+                        "reports dropped so far (button events are never dropped)",
+                        board.sensor.id, board.dropped)
+
+    def echo(self, link: BoardLink, active: bool, detail: str) -> None:
+        """The line echoes the gateway's frames: a fault while it lasts."""
+        sensor = self._board(link).sensor
+        if active:
+            self.health.count("device_echo")
+            self.health.raise_fault(f"device_echo:{sensor.id}", f"board {sensor.id}: {detail}")
+        else:
+            self.health.clear_fault(f"device_echo:{sensor.id}")
 
     # ------------------------------------------------------------ turning it into events
 
     async def _drive(self, board: Board) -> NoReturn:
         while True:
-            deadline = board.rules.deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            deadlines = [d for d in (board.rules.deadline(), board.faults.deadline())
+                         if d is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             correlating = board.rules.correlating()
             try:
                 async with asyncio.timeout(timeout):
@@ -288,8 +323,10 @@ class Boards(LinkEvents):
                         item.sensor, float(item.value), item.unit, time.monotonic()
                     ):
                         await self._sensor_event(board, happening)
-                elif isinstance(item, Fault):
-                    await self._fault(board, item)
+                elif what == "fault":
+                    await self._fault(board, *item)
+            for report in board.faults.due(time.monotonic()):
+                await self._fault(board, *report)
             if board.rules.correlating() - correlating:
                 self._correlated(board)
 
@@ -328,10 +365,10 @@ class Boards(LinkEvents):
         self.health.count("device_offline")
         await self._emit(board, "device.offline", Priority.P2, {"reason": reason})
 
-    async def _fault(self, board: Board, fault: Fault) -> None:
+    async def _fault(self, board: Board, fault: Fault, coalesced: int) -> None:
         await self._emit(board, "device.fault", Priority.P2, {
             "code": fault.code, "fault_source": fault.source, "state": fault.state,
-            "detail": fault.detail,
+            "detail": fault.detail, "coalesced": coalesced,
         })
 
     async def _sensor_event(self, board: Board, happening: SensorHappening) -> None:

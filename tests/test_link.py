@@ -293,8 +293,8 @@ async def test_gateway_restart_finds_a_running_board(link_path: Path) -> None:
             hello = await welcomed(sim, events)
             assert hello.seq > 0  # the board did not restart
             assert collapse(events.transitions()) == ["online"]
-            # The new link numbers its frames from 0; its first is the WELCOME.
-            assert isinstance(next(f for f in sim.received[before:] if f.seq == 0), Welcome)
+            # The new link's first frame is the WELCOME.
+            assert isinstance(sim.received[before], Welcome)
 
 
 async def test_another_board_on_the_same_port_replaces_the_first(link_path: Path) -> None:
