@@ -207,8 +207,15 @@ class Gateway:
                         log.warning("cannot write the status file %s: %s", path, exc)
                     failed = str(exc)
                     self.health.count("status_write_errors")
+                    self.health.raise_fault(
+                        "status_unwritable",
+                        f"cannot write the status file {path}: {exc.strerror or exc} "
+                        "(`stationgw status` shows stale or no data; the health message on "
+                        "the broker is complete)",
+                    )
                 else:
                     failed = None
+                    self.health.clear_fault("status_unwritable")
                 # Rewritten at once when a fault or link changes, else every few seconds.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(STATUS_INTERVAL_S):

@@ -21,7 +21,8 @@ from gateway.broker import Mosquitto
 from gateway.daemon import Gateway
 from gateway.mqtt import GatewayClient
 from gateway.sdnotify import Notifier
-from tests.helpers import station_config, subscribe
+from gateway.status import status_path
+from tests.helpers import running, station_config, subscribe
 
 WAIT = 20.0
 
@@ -102,3 +103,27 @@ async def test_a_task_that_raises_leaves_the_station_offline_for_dispatch(
         messages = await late.wait_for(bool, WAIT)
         assert messages[-1][1]["state"] == "offline"
         assert messages[-1][1]["station"] == config.station_id
+
+
+@pytest.mark.parametrize("blocked", ["tmp", "final"])
+async def test_a_status_file_that_cannot_be_written_is_a_fault_not_a_crash(
+    tmp_path: Path, broker: Mosquitto, blocked: str
+) -> None:
+    """Not essential work: the daemon keeps running, says so in health, and recovers."""
+    config = station_config(tmp_path, [broker.url])
+    path = status_path(config)
+    # A folder where the file (or its temporary twin) must go: writing fails even as root.
+    obstacle = path.with_suffix(".tmp") if blocked == "tmp" else path
+    obstacle.mkdir(parents=True)
+    async with running(Gateway(config)) as gw:
+        async with asyncio.timeout(WAIT):
+            while "status_unwritable" not in gw.health.faults:
+                await asyncio.sleep(0.05)
+        assert gw.health.counters["status_write_errors"] >= 1
+        await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)  # still serving
+        obstacle.rmdir()
+        gw.health.changed.set()  # rewritten at once on a change, else every few seconds
+        async with asyncio.timeout(WAIT):
+            while "status_unwritable" in gw.health.faults:
+                await asyncio.sleep(0.05)
+        assert path.is_file()
