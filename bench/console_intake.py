@@ -277,7 +277,7 @@ def role_aiomqtt(port: int, expect: int) -> int:
 
 
 CONSOLE = (
-    "import sys; from gateway.console import watch_json; "
+    "import sys; from dispatch.console import watch_json; "
     "sys.exit(watch_json('127.0.0.1', {port}, share=None, prefix='stationgw/v1', "
     "client_id=None))"
 )

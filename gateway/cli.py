@@ -295,7 +295,7 @@ def cmd_simulate_device(args: argparse.Namespace) -> int:
 def cmd_dispatch(args: argparse.Namespace) -> int:
     """The dispatch console: the live queue of every station's alerts (the default), a JSON
     stream for scripts (`watch --json`), or one command (`ack`, `assign`, `resolve`)."""
-    from gateway.console import (  # noqa: PLC0415 - keep the other commands light
+    from dispatch.console import (  # noqa: PLC0415 - keep the other commands light
         ConsoleUsageError,
         interactive,
         one_shot,

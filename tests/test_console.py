@@ -28,8 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import Mosquitto
-from gateway.console import (
+from dispatch.console import (
     AlertQueue,
     ConsoleUsageError,
     KeyReader,
@@ -40,6 +39,7 @@ from gateway.console import (
     parse_broker_url,
     parse_event,
 )
+from gateway.broker import Mosquitto
 from gateway.daemon import Gateway
 from gateway.model import AlertRecord, AlertState, Event, Priority
 from gateway.reports import open_alerts_message
@@ -403,7 +403,7 @@ class Watch:
     def __init__(self, port: int, prefix: str, *, share: str | None = None,
                  client_id: str | None = None) -> None:
         code = (
-            "import sys; from gateway.console import watch_json; "
+            "import sys; from dispatch.console import watch_json; "
             f"sys.exit(watch_json('127.0.0.1', {port}, share={share!r}, prefix={prefix!r}, "
             f"client_id={client_id!r}))"
         )
@@ -623,7 +623,7 @@ class Terminal:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
         code = (
-            "import sys; from gateway.console import interactive; "
+            "import sys; from dispatch.console import interactive; "
             f"sys.exit(interactive('127.0.0.1', {port}, prefix={prefix!r}))"
         )
         self.proc = subprocess.Popen(

@@ -10,12 +10,12 @@ import sys
 
 import paho.mqtt.client as paho
 
-from gateway.console.errors import ConsoleUsageError
-from gateway.console.events import Dedup, parse_event
-from gateway.console.intake import Intake
-from gateway.console.link import Link
-from gateway.console.options import PREFIX, events_filter
-from gateway.console.running import run, say
+from dispatch.console.errors import ConsoleUsageError
+from dispatch.console.events import Dedup, parse_event
+from dispatch.console.intake import Intake
+from dispatch.console.link import Link
+from dispatch.console.options import PREFIX, events_filter
+from dispatch.console.running import run, say
 
 
 def watch_json(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from gateway.console.events import (
+from dispatch.console.events import (
     DEDUP_WINDOW,
     Dedup,
     as_number,

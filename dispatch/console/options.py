@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from dispatch.console.errors import ConsoleUsageError
 from gateway.commands import Action, Team
 from gateway.config import BrokerEndpoint
-from gateway.console.errors import ConsoleUsageError
 from gateway.spec import adapter
 
 PREFIX = "stationgw/v1"

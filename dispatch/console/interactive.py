@@ -21,15 +21,15 @@ from typing import IO, NoReturn
 
 import paho.mqtt.client as paho
 
-from gateway.console.errors import ConsoleConnectionError, ConsoleUsageError
-from gateway.console.events import as_text, parse_json_object, parse_reply
-from gateway.console.intake import Intake
-from gateway.console.keys import KeyReader
-from gateway.console.link import Link
-from gateway.console.options import PREFIX, events_filter
-from gateway.console.queue import AlertQueue
-from gateway.console.running import run, say
-from gateway.console.screen import Screen, Send
+from dispatch.console.errors import ConsoleConnectionError, ConsoleUsageError
+from dispatch.console.events import as_text, parse_json_object, parse_reply
+from dispatch.console.intake import Intake
+from dispatch.console.keys import KeyReader
+from dispatch.console.link import Link
+from dispatch.console.options import PREFIX, events_filter
+from dispatch.console.queue import AlertQueue
+from dispatch.console.running import run, say
+from dispatch.console.screen import Screen, Send
 from gateway.dispatch import command_topic, make_command
 
 

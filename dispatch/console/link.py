@@ -12,8 +12,8 @@ from typing import NoReturn
 
 import paho.mqtt.client as paho
 
-from gateway.console.errors import ConsoleConnectionError
-from gateway.console.intake import EPHEMERAL_SESSION_S, Intake
+from dispatch.console.errors import ConsoleConnectionError
+from dispatch.console.intake import EPHEMERAL_SESSION_S, Intake
 
 PERSISTENT_SESSION_S = 24 * 3600  # a named console's session outlives a day's absence
 

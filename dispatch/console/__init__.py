@@ -23,8 +23,8 @@ are large: acknowledging on receipt instead cost 210 rather than 116 CPU us/msg.
 
 from __future__ import annotations
 
-from gateway.console.errors import ConsoleConnectionError, ConsoleError, ConsoleUsageError
-from gateway.console.events import (
+from dispatch.console.errors import ConsoleConnectionError, ConsoleError, ConsoleUsageError
+from dispatch.console.events import (
     DEDUP_WINDOW,
     Dedup,
     parse_event,
@@ -32,20 +32,20 @@ from gateway.console.events import (
     parse_reply,
     parse_snapshot,
 )
-from gateway.console.intake import (
+from dispatch.console.intake import (
     CONNECT_TIMEOUT_S,
     EPHEMERAL_SESSION_S,
     RECEIVE_MAXIMUM,
     Intake,
 )
-from gateway.console.interactive import interactive
-from gateway.console.keys import KeyReader
-from gateway.console.link import PERSISTENT_SESSION_S, Handler, Link, backoff
-from gateway.console.oneshot import describe, one_shot, report_reply
-from gateway.console.options import ACTIONS, PREFIX, TEAMS, events_filter, parse_broker_url
-from gateway.console.queue import CLOSED_MEMORY, AlertQueue, AlertRow, Change, Fault
-from gateway.console.screen import ANSI_CLEAR, Mode, Screen, Send, age
-from gateway.console.watch import watch_json
+from dispatch.console.interactive import interactive
+from dispatch.console.keys import KeyReader
+from dispatch.console.link import PERSISTENT_SESSION_S, Handler, Link, backoff
+from dispatch.console.oneshot import describe, one_shot, report_reply
+from dispatch.console.options import ACTIONS, PREFIX, TEAMS, events_filter, parse_broker_url
+from dispatch.console.queue import CLOSED_MEMORY, AlertQueue, AlertRow, Change, Fault
+from dispatch.console.screen import ANSI_CLEAR, Mode, Screen, Send, age
+from dispatch.console.watch import watch_json
 
 __all__ = [
     "ACTIONS",

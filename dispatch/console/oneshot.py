@@ -13,12 +13,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from dispatch.console.errors import ConsoleConnectionError
+from dispatch.console.events import as_number, as_text, parse_json_object, parse_reply
+from dispatch.console.intake import Intake
+from dispatch.console.options import ACTIONS, PREFIX, TEAMS
+from dispatch.console.running import say
 from gateway.commands import Action, Reply
-from gateway.console.errors import ConsoleConnectionError
-from gateway.console.events import as_number, as_text, parse_json_object, parse_reply
-from gateway.console.intake import Intake
-from gateway.console.options import ACTIONS, PREFIX, TEAMS
-from gateway.console.running import say
 from gateway.dispatch import command_topic, make_command, reply_topic
 
 

@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.console.errors import ConsoleConnectionError
+from dispatch.console.errors import ConsoleConnectionError
 from gateway.mqtt import json_properties
 
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages in flight to us: bounds memory when behind

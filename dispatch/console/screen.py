@@ -8,9 +8,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+from dispatch.console.options import TEAMS
+from dispatch.console.queue import AlertQueue, AlertRow, Fault
 from gateway.commands import Action, Team
-from gateway.console.options import TEAMS
-from gateway.console.queue import AlertQueue, AlertRow, Fault
 from gateway.model import Priority
 
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.console.errors import ConsoleError
+from dispatch.console.errors import ConsoleError
 
 
 def say(text: str) -> None:
