@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from dispatch.console import (
     AlertQueue,
+    Change,
     ConsoleUsageError,
     KeyReader,
     Screen,
@@ -69,18 +70,46 @@ def payload(
     return Topics("stationgw/v1", station).render(event, seq, first_press + seq)[1]
 
 
+def _topic(raw: bytes, channel: str) -> str:
+    """The topic a payload was published on: its own station's (a test of one station
+    publishing as another builds its topic by hand)."""
+    try:
+        station = json.loads(raw).get("station")
+    except (ValueError, AttributeError):
+        station = None
+    station = station if isinstance(station, str) and station else "north"
+    if channel == "alerts":
+        return f"stationgw/v1/{station}/alerts"
+    try:
+        cls = json.loads(raw).get("class")
+    except (ValueError, AttributeError):
+        cls = None
+    return f"stationgw/v1/{station}/events/{cls if cls in ('P0', 'P1', 'P2', 'P3') else 'P1'}"
+
+
+def fed(queue: AlertQueue, raw: bytes) -> Change:
+    """Feed an event payload on its station's events topic; what it changed."""
+    (change,) = queue.feed_message(_topic(raw, "events"), raw)
+    return change
+
+
+def fed_snapshot(queue: AlertQueue, raw: bytes) -> list[Change]:
+    """Feed an open-alerts snapshot on its station's alerts topic."""
+    return queue.feed_message(_topic(raw, "alerts"), raw)
+
+
 # ---------------------------------------------------------------------------- the queue
 
 
 def test_queue_orders_by_class_then_oldest_first() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "p1-old", seq=1, first_press=100))
-    queue.feed_payload(payload("south", "p1-new", seq=1, first_press=300))
-    queue.feed_payload(payload("north", "p0-new", seq=2, cls="P0", kind="help_point.hold",
+    fed(queue, payload("north", "p1-old", seq=1, first_press=100))
+    fed(queue, payload("south", "p1-new", seq=1, first_press=300))
+    fed(queue, payload("north", "p0-new", seq=2, cls="P0", kind="help_point.hold",
                                first_press=400))
-    queue.feed_payload(payload("east", "p2", seq=1, cls="P2", kind="sensor.threshold",
+    fed(queue, payload("east", "p2", seq=1, cls="P2", kind="sensor.threshold",
                                first_press=50))
-    queue.feed_payload(payload("east", "p0-old", seq=2, cls="P0", first_press=200))
+    fed(queue, payload("east", "p0-old", seq=2, cls="P0", first_press=200))
     assert [r.alert_id for r in queue.rows()] == ["p0-old", "p0-new", "p1-old", "p1-new", "p2"]
     assert queue.get("north", "p1-old") is not None
     assert queue.get("south", "p1-old") is None  # alert ids are per station
@@ -90,7 +119,7 @@ def test_a_resent_event_is_folded_once() -> None:
     queue = AlertQueue()
     press = payload("north", "a1", seq=1)
     repeat = payload("north", "a1", seq=2, kind="help_point.repeat", press_count=2)
-    assert [queue.feed_payload(p) for p in (press, repeat, press, repeat)] == [
+    assert [fed(queue, p) for p in (press, repeat, press, repeat)] == [
         "new", "updated", "duplicate", "duplicate"
     ]
     (row,) = queue.rows()
@@ -100,53 +129,53 @@ def test_a_resent_event_is_folded_once() -> None:
 
 def test_rows_follow_the_alert_state_and_never_roll_back() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "a1", seq=1))
-    queue.feed_payload(payload("north", "a1", seq=2, kind="alert.acknowledged",
+    fed(queue, payload("north", "a1", seq=1))
+    fed(queue, payload("north", "a1", seq=2, kind="alert.acknowledged",
                                state="acknowledged", dispatcher="desk-1"))
     assert queue.rows()[0].state == "acknowledged"
-    queue.feed_payload(payload("north", "a1", seq=3, kind="alert.assigned", state="assigned",
+    fed(queue, payload("north", "a1", seq=3, kind="alert.assigned", state="assigned",
                                team="co_response", eta_s=300))
     # the outbox drains P0 before P1: an older event can arrive after a newer one
-    assert queue.feed_payload(payload("north", "a1", seq=1, kind="help_point.press")) == "stale"
+    assert fed(queue, payload("north", "a1", seq=1, kind="help_point.press")) == "stale"
     (row,) = queue.rows()
     assert (row.state, row.team, row.eta_s, row.seq) == ("assigned", "co_response", 300, 3)
 
 
 def test_a_hold_that_overtook_its_press_keeps_the_alert_p0() -> None:
     queue = AlertQueue()
-    assert queue.feed_payload(payload("north", "a1", seq=2, cls="P0", kind="help_point.hold",
+    assert fed(queue, payload("north", "a1", seq=2, cls="P0", kind="help_point.hold",
                                       held=True)) == "new"
-    assert queue.feed_payload(payload("north", "a1", seq=1)) == "stale"
+    assert fed(queue, payload("north", "a1", seq=1)) == "stale"
     (row,) = queue.rows()
     assert row.priority == Priority.P0 and row.kind == "help_point.hold"
 
 
 def test_closed_alerts_leave_the_queue_and_stay_gone() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "a1", seq=1))
-    queue.feed_payload(payload("north", "a2", seq=2, source="hp-2"))
-    assert queue.feed_payload(payload("north", "a1", seq=3, kind="alert.resolved",
+    fed(queue, payload("north", "a1", seq=1))
+    fed(queue, payload("north", "a2", seq=2, source="hp-2"))
+    assert fed(queue, payload("north", "a1", seq=3, kind="alert.resolved",
                                       state="resolved")) == "closed"
-    assert queue.feed_payload(payload("north", "a2", seq=4, kind="alert.cancelled",
+    assert fed(queue, payload("north", "a2", seq=4, kind="alert.cancelled",
                                       state="cancelled")) == "closed"
     assert queue.rows() == [] and len(queue) == 0
     # a late escalation re-announcement of a1 (new event id) does not bring it back
     late = payload("north", "a1", seq=5, cls="P0", kind="alert.escalated", escalated=True)
-    assert queue.feed_payload(late) == "stale"
+    assert fed(queue, late) == "stale"
     assert queue.rows() == []
 
 
 def test_a_stuck_button_is_a_fault_not_an_alert() -> None:
     queue = AlertQueue()
-    assert queue.feed_payload(payload("north", None, seq=1, cls="P2",
+    assert fed(queue, payload("north", None, seq=1, cls="P2",
                                       kind="help_point.stuck")) == "fault"
     assert queue.rows() == []
     (fault,) = queue.faults()
     assert (fault.station, fault.source, fault.location) == ("north", "hp-1", "platform 1")
-    assert queue.feed_payload(payload("north", None, seq=2, cls="P3",
+    assert fed(queue, payload("north", None, seq=2, cls="P3",
                                       kind="help_point.unstuck")) == "fault_cleared"
     assert queue.faults() == []
-    assert queue.feed_payload(payload("north", None, seq=3, cls="P3",
+    assert fed(queue, payload("north", None, seq=3, cls="P3",
                                       kind="sensor.reading")) == "ignored"
 
 
@@ -165,7 +194,7 @@ def snapshot(station: str, wall_time: float, *alerts: tuple[str, str, AlertState
 
 def test_a_snapshot_seeds_alerts_raised_before_the_console_started() -> None:
     queue = AlertQueue()
-    changes = queue.feed_snapshot_payload(
+    changes = fed_snapshot(queue,
         snapshot("north", 500.0, ("a1", "P1", "open"), ("a2", "P0", "acknowledged")))
     assert changes == ["seeded", "seeded"]
     assert [(r.alert_id, r.priority.name, r.state) for r in queue.rows()] == [
@@ -176,54 +205,62 @@ def test_a_snapshot_seeds_alerts_raised_before_the_console_started() -> None:
         "hp-a1", "platform a1", 2, 100.0)  # its age counts from the first press
     assert row.requested_response == "crisis_team" and row.seq == 0
     # its next event is newer news, whatever its seq
-    assert queue.feed_payload(payload("north", "a1", seq=1, kind="alert.acknowledged",
+    assert fed(queue, payload("north", "a1", seq=1, kind="alert.acknowledged",
                                       state="acknowledged", source="hp-a1")) == "updated"
     assert queue.rows()[1].state == "acknowledged"
 
 
 def test_a_snapshot_closes_what_it_no_longer_lists() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "a1", seq=1, first_press=1000))  # wall time 1001
-    queue.feed_payload(payload("north", "a2", seq=2, first_press=1000, source="hp-2"))
-    queue.feed_payload(payload("south", "b1", seq=1, first_press=1000))
+    fed(queue, payload("north", "a1", seq=1, first_press=1000))  # wall time 1001
+    fed(queue, payload("north", "a2", seq=2, first_press=1000, source="hp-2"))
+    fed(queue, payload("south", "b1", seq=1, first_press=1000))
     # a snapshot made before the newest event about a2 cannot say it was closed since
-    assert queue.feed_snapshot_payload(snapshot("north", 1001.5, ("a1", "P1", "open"))) == [
+    assert fed_snapshot(queue, snapshot("north", 1001.5, ("a1", "P1", "open"))) == [
         "stale"]
     assert len(queue) == 3
-    assert queue.feed_snapshot_payload(snapshot("north", 1500.0, ("a2", "P1", "open"))) == [
+    assert fed_snapshot(queue, snapshot("north", 1500.0, ("a2", "P1", "open"))) == [
         "stale", "gone"]
     assert [r.alert_id for r in queue.rows()] == ["a2", "b1"]  # other stations untouched
     # gone for good: neither a late event nor an older snapshot brings it back
-    assert queue.feed_payload(payload("north", "a1", seq=5, kind="alert.escalated")) == "stale"
-    assert queue.feed_snapshot_payload(snapshot("north", 900.0, ("a1", "P1", "open"),
+    assert fed(queue, payload("north", "a1", seq=5, kind="alert.escalated")) == "stale"
+    assert fed_snapshot(queue, snapshot("north", 900.0, ("a1", "P1", "open"),
                                                 ("a2", "P1", "open"))) == ["stale", "stale"]
-    assert queue.feed_snapshot_payload(snapshot("south", 1500.0)) == ["gone"]
+    assert fed_snapshot(queue, snapshot("south", 1500.0)) == ["gone"]
     assert [r.alert_id for r in queue.rows()] == ["a2"]
 
 
 def test_a_resolved_alert_stays_gone_whatever_a_snapshot_says() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "a1", seq=1))
-    queue.feed_payload(payload("north", "a1", seq=2, kind="alert.resolved", state="resolved"))
-    assert queue.feed_snapshot_payload(snapshot("north", 9999.0, ("a1", "P1", "open"))) == [
+    fed(queue, payload("north", "a1", seq=1))
+    fed(queue, payload("north", "a1", seq=2, kind="alert.resolved", state="resolved"))
+    assert fed_snapshot(queue, snapshot("north", 9999.0, ("a1", "P1", "open"))) == [
         "stale"]
     assert queue.rows() == []
 
 
 def test_snapshots_that_are_not_snapshots_change_nothing() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "a1", seq=1))
+    fed(queue, payload("north", "a1", seq=1))
     good = json.loads(snapshot("north", 9999.0, ("a2", "P1", "open")))
     for bad in (b"", b"[]", b"{}", json.dumps({**good, "schema": "stationgw/event/1"}).encode(),
-                json.dumps({**good, "station": ""}).encode(),
                 json.dumps({**good, "alerts": {}}).encode()):
-        assert queue.feed_snapshot_payload(bad) == ["malformed"]
+        assert fed_snapshot(queue, bad) == ["malformed"]
+    # On north's topic, naming another station (or none): refused as such.
+    for station in ("", "south"):
+        raw = json.dumps({**good, "station": station}).encode()
+        assert queue.feed_message("stationgw/v1/north/alerts", raw) == ["wrong_station"]
+    # One entry off the contract spoils the whole snapshot: none of it is believed.
     entry = good["alerts"][0]
-    bad_entries = [1, {**entry, "alert_id": 7}, {**entry, "body": []},
-                   {**entry, "class": "P9"}, {**entry, "state": "resolved"}]
-    assert queue.feed_snapshot_payload(
-        json.dumps({**good, "alerts": [*bad_entries, entry]}).encode()
-    ) == ["malformed"] * 5 + ["seeded", "gone"]
+    for bad_entry in (1, {**entry, "alert_id": 7}, {**entry, "body": []},
+                      {**entry, "class": "P9"}):
+        raw = json.dumps({**good, "alerts": [bad_entry, entry]}).encode()
+        assert fed_snapshot(queue, raw) == ["malformed"], bad_entry
+    assert [r.alert_id for r in queue.rows()] == ["a1"]
+    assert queue.dropped["schema"] == 8 and queue.dropped["wrong_station"] == 2
+    # A closed alert has no place in a snapshot: that entry alone is skipped.
+    raw = json.dumps({**good, "alerts": [{**entry, "state": "resolved"}, entry]}).encode()
+    assert fed_snapshot(queue, raw) == ["malformed", "seeded", "gone"]
     assert [r.alert_id for r in queue.rows()] == ["a2"]
 
 
@@ -245,7 +282,7 @@ SNAPSHOTISH = st.fixed_dictionaries(
 def test_the_queue_survives_any_snapshot(payloads: list[bytes]) -> None:
     queue = AlertQueue()
     for raw in payloads:
-        queue.feed_snapshot_payload(raw)
+        fed_snapshot(queue, raw)
     assert all(r.state in ("open", "assigned") for r in queue.rows())
 
 
@@ -272,7 +309,7 @@ EVENTISH = st.fixed_dictionaries(
 def test_the_queue_survives_any_payload(payloads: list[bytes]) -> None:
     queue = AlertQueue()
     for raw in payloads:
-        queue.feed_payload(raw)
+        fed(queue, raw)
     rows = queue.rows()
     assert [(r.priority, r.raised_at) for r in rows] == sorted(
         (r.priority, r.raised_at) for r in rows
@@ -322,14 +359,14 @@ def mode(screen: Screen) -> str:
 
 def test_screen_keys_select_and_act_on_the_chosen_alert() -> None:
     queue = AlertQueue()
-    queue.feed_payload(payload("north", "older", seq=1, first_press=100))
-    queue.feed_payload(payload("south", "newer", seq=1, first_press=200))
+    fed(queue, payload("north", "older", seq=1, first_press=100))
+    fed(queue, payload("south", "newer", seq=1, first_press=200))
     screen = Screen(queue)
     assert screen.key("a") == Send("north", "older", "acknowledge")
     assert screen.key("j") is None and screen.key("down") is None  # stops at the last row
     assert screen.key("r") == Send("south", "newer", "resolve")
     # a new P0 goes to the top; the selection stays on the alert, not the line
-    queue.feed_payload(payload("east", "urgent", seq=1, cls="P0", first_press=300))
+    fed(queue, payload("east", "urgent", seq=1, cls="P0", first_press=300))
     selected = screen.selected()
     assert selected is not None and selected.alert_id == "newer"
     for key in ("k", "up", "up"):

@@ -22,7 +22,7 @@ from typing import IO, NoReturn
 import paho.mqtt.client as paho
 
 from dispatch.console.errors import ConsoleConnectionError, ConsoleUsageError
-from dispatch.console.events import as_text, parse_json_object, parse_reply
+from dispatch.console.events import as_text, parse_reply
 from dispatch.console.intake import Intake
 from dispatch.console.keys import KeyReader
 from dispatch.console.link import Link
@@ -30,6 +30,7 @@ from dispatch.console.options import PREFIX, events_filter
 from dispatch.console.queue import AlertQueue
 from dispatch.console.running import run, say
 from dispatch.console.screen import Screen, Send
+from dispatch.inbound import Dropped, read
 from gateway.dispatch import command_topic, make_command
 
 
@@ -86,7 +87,7 @@ async def _interactive(
     desk: str, infd: int, out: IO[str],
 ) -> int:
     loop = asyncio.get_running_loop()
-    queue = AlertQueue()
+    queue = AlertQueue(prefix=prefix)
     screen = Screen(queue, title=f"at {host}:{port}")
     dirty = asyncio.Event()
     pending: dict[str, Send] = {}  # command_id -> what was asked, until the reply comes
@@ -103,21 +104,23 @@ async def _interactive(
     async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
         for message in batch:
             topic = message.topic
-            if topic.endswith("/replies"):
+            if not topic.endswith(("/replies", "/status")):
+                queue.feed_message(topic, message.payload)  # events and snapshots
+                continue
+            inbound = read(topic, message.payload, prefix)
+            if isinstance(inbound, Dropped):
+                queue.dropped[inbound.reason] = queue.dropped.get(inbound.reason, 0) + 1
+            elif inbound.channel == "status":
+                screen.stations[inbound.station] = as_text(inbound.message.get("state"),
+                                                           "unknown")
+            else:
                 reply = parse_reply(message.payload)
                 sent = pending.pop(reply.command_id or "", None) if reply else None
-                if reply is not None and sent is not None:
+                if reply is not None and sent is not None and sent.station == inbound.station:
                     outcome = reply.status if reply.status == "applied" else (
                         f"rejected: {reply.reason} ({reply.detail})")
                     screen.note(f"{sent.action} {sent.alert_id[:8]} at {sent.station}: "
                                 f"{outcome}")
-            elif topic.endswith("/status"):
-                status = parse_json_object(message.payload) or {}
-                screen.stations[topic.split("/")[-2]] = as_text(status.get("state"), "unknown")
-            elif topic.endswith("/alerts"):
-                queue.feed_snapshot_payload(message.payload)
-            else:
-                queue.feed_payload(message.payload)
         intake.ack(batch)
         dirty.set()
 

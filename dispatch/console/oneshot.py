@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from dispatch.console.errors import ConsoleConnectionError
-from dispatch.console.events import as_number, as_text, parse_json_object, parse_reply
+from dispatch.console.events import as_number, as_text, parse_reply
 from dispatch.console.intake import Intake
 from dispatch.console.options import ACTIONS, PREFIX, TEAMS
 from dispatch.console.running import say
+from dispatch.inbound import Dropped, printable, read
 from gateway.commands import Action, Reply
 from gateway.dispatch import command_topic, make_command, reply_topic
 
@@ -75,8 +76,13 @@ def one_shot(
                     async for batch in batches:
                         intake.ack(batch)
                         for message in batch:
-                            if message.topic == status_topic:
-                                status = parse_json_object(message.payload)
+                            inbound = read(message.topic, message.payload, prefix)
+                            if isinstance(inbound, Dropped) or inbound.station != station:
+                                say(f"ignored a message on {printable(message.topic)[:120]}"
+                                    f": {getattr(inbound, 'detail', 'another station')}")
+                                continue
+                            if inbound.channel == "status":
+                                status = inbound.message
                                 continue
                             reply = parse_reply(message.payload)
                             if reply is not None and reply.command_id == command.command_id:

@@ -12,21 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from dispatch.console.events import (
-    DEDUP_WINDOW,
-    Dedup,
-    as_number,
-    as_text,
-    parse_event,
-    parse_snapshot,
-)
+from dispatch.console.events import DEDUP_WINDOW, Dedup, as_number, as_text
+from dispatch.console.options import PREFIX
+from dispatch.inbound import Dropped, DropReason, read
 from gateway.model import AlertState, Priority
 
 CLOSED_MEMORY = 10_000  # closed alerts remembered, so a late event does not reopen one
 
 Change = Literal[
     "new", "updated", "closed", "duplicate", "stale", "fault", "fault_cleared", "ignored",
-    "malformed", "seeded", "gone",
+    "malformed", "seeded", "gone", "wrong_station",
 ]
 SNAPSHOT_KIND = "snapshot"  # the `kind` of a row known only from a station's snapshot
 _STATES: dict[str, AlertState] = {
@@ -91,23 +86,33 @@ class AlertQueue:
       snapshot made after their newest event no longer lists.
     """
 
-    def __init__(self, dedup_window: int = DEDUP_WINDOW) -> None:
+    def __init__(self, dedup_window: int = DEDUP_WINDOW, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
         self.dedup = Dedup(dedup_window)
+        self.dropped: dict[DropReason, int] = {}  # messages `dispatch.inbound.read` refused
         self._open: dict[tuple[str, str], AlertRow] = {}
         self._closed: set[tuple[str, str]] = set()
         self._closed_order: deque[tuple[str, str]] = deque()
         self._faults: dict[tuple[str, str], Fault] = {}
         self.counts: dict[Change, int] = {}
 
-    def feed_payload(self, payload: bytes | bytearray) -> Change:
-        """Fold one raw message payload."""
-        event = parse_event(payload)
-        if event is None:
-            return self._count("malformed")
-        return self.feed(event)
+    def feed_message(self, topic: str, payload: bytes | bytearray) -> list[Change]:
+        """Fold one raw message from a station's events or alerts topic, once
+        `dispatch.inbound.read` has checked it: the station is the topic's, never the
+        payload's. Other topics change nothing here."""
+        inbound = read(topic, payload, self.prefix)
+        if isinstance(inbound, Dropped):
+            self.dropped[inbound.reason] = self.dropped.get(inbound.reason, 0) + 1
+            return [self._count("wrong_station" if inbound.reason == "wrong_station"
+                                else "malformed")]
+        if inbound.channel == "event":
+            return [self.feed(inbound.message)]
+        if inbound.channel == "alerts":
+            return self.feed_snapshot(inbound.message)
+        return []
 
     def feed(self, event: Mapping[str, Any]) -> Change:
-        """Fold one parsed event; says what it changed."""
+        """Fold one event that `dispatch.inbound.read` passed; says what it changed."""
         event_id = event.get("event_id")
         if not isinstance(event_id, str) or not event_id:
             return self._count("malformed")
@@ -149,15 +154,9 @@ class AlertQueue:
         self._open[key] = fresh
         return self._count("new" if row is None else "updated")
 
-    def feed_snapshot_payload(self, payload: bytes | bytearray) -> list[Change]:
-        """Fold one raw open-alerts snapshot (schema `stationgw/alerts/1`)."""
-        snapshot = parse_snapshot(payload)
-        if snapshot is None:
-            return [self._count("malformed")]
-        return self.feed_snapshot(snapshot)
-
     def feed_snapshot(self, snapshot: Mapping[str, Any]) -> list[Change]:
-        """Fold a station's open alerts: add the unknown ones, close the ones it lacks."""
+        """Fold a station's open alerts (a snapshot `dispatch.inbound.read` passed): add the
+        unknown ones, close the ones it lacks."""
         station = as_text(snapshot.get("station"))
         wall_time = as_number(snapshot.get("wall_time")) or 0.0
         alerts = snapshot.get("alerts")

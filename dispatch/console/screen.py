@@ -10,6 +10,7 @@ from typing import Literal
 
 from dispatch.console.options import TEAMS
 from dispatch.console.queue import AlertQueue, AlertRow, Fault
+from dispatch.inbound import printable
 from gateway.commands import Action, Team
 from gateway.model import Priority
 
@@ -153,6 +154,10 @@ class Screen:
             lines[-1] = f"  ... {len(rows) - first - room + 1} more"
         if not rows:
             lines.append("  (no open alerts)")
+        # Station text is shown through `printable`: no byte of it reaches the terminal
+        # as a control (the attributes are added after, by this screen only).
+        lines[0] = printable(lines[0])
+        footer = [printable(line) for line in footer]
         return ANSI_CLEAR + "\n".join(lines + footer) + "\n"
 
     def _row_line(self, row: AlertRow, selected: bool, now: float, width: int) -> str:
@@ -165,7 +170,8 @@ class Screen:
             f"{'>' if selected else ' '} {row.priority.name:<4}{age(now - row.raised_at):<8}"
             f"{state:<14}{row.station[:15]:<16}{place[:33]:<34}{row.press_count:<6}"
             f"{team[:21]:<22}{row.alert_id[:8]}"
-        )[:width]
+        )
+        text = printable(text)[:width]
         if selected:
             return _REVERSE + text + _RESET
         return _RED + text + _RESET if row.priority == Priority.P0 else text

@@ -11,11 +11,12 @@ import sys
 import paho.mqtt.client as paho
 
 from dispatch.console.errors import ConsoleUsageError
-from dispatch.console.events import Dedup, parse_event
+from dispatch.console.events import Dedup
 from dispatch.console.intake import Intake
 from dispatch.console.link import Link
 from dispatch.console.options import PREFIX, events_filter
 from dispatch.console.running import run, say
+from dispatch.inbound import Dropped, printable, read
 
 
 def watch_json(
@@ -44,13 +45,17 @@ def watch_json(
     async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
         lines: list[bytes] = []
         for message in batch:
-            event = parse_event(message.payload)
-            if event is None:
-                say(f"skipped a message on {message.topic}: not a stationgw event")
-            elif dedup.first_time(event["event_id"]):
+            inbound = read(message.topic, message.payload, prefix)
+            if isinstance(inbound, Dropped):
+                say(f"skipped a message on {printable(message.topic)[:120]}: "
+                    f"{inbound.reason}: {inbound.detail}")
+            elif dedup.first_time(inbound.message["event_id"]):
+                # Strict JSON already (read refused NaN and Infinity); re-encoded only when
+                # the bytes as received span lines.
                 payload = bytes(message.payload)
                 if b"\n" in payload or b"\r" in payload:
-                    payload = json.dumps(event, separators=(",", ":")).encode()
+                    payload = json.dumps(inbound.message, separators=(",", ":"),
+                                         ensure_ascii=False, allow_nan=False).encode()
                 lines += (payload, b"\n")
         if lines:
             out.write(b"".join(lines))
