@@ -297,6 +297,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     stream for scripts (`watch --json`), or one command (`ack`, `assign`, `resolve`)."""
     from dispatch.console import (  # noqa: PLC0415 - keep the other commands light
         ConsoleUsageError,
+        broker_security,
         interactive,
         one_shot,
         parse_broker_url,
@@ -305,21 +306,25 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
 
     try:
         host, port = parse_broker_url(args.broker)
+        security = broker_security(
+            args.broker, ca_file=args.ca_file, cert_file=args.cert_file,
+            key_file=args.key_file, username=args.username, password_file=args.password_file,
+        )
     except ConsoleUsageError as err:
         print(f"stationgw dispatch: {err}", file=sys.stderr)
         return 2
     if args.action is None:
         return interactive(host, port, share=args.share, prefix=args.prefix,
-                           client_id=args.client_id)
+                           client_id=args.client_id, security=security)
     if args.action == "watch":
         return watch_json(host, port, share=args.share, prefix=args.prefix,
-                          client_id=args.client_id)
+                          client_id=args.client_id, security=security)
     eta_min = getattr(args, "eta_min", None)
     return one_shot(
         host, port, args.action, args.alert_id, args.station,
         team=getattr(args, "team", None),
         eta_s=None if eta_min is None else round(eta_min * 60),
-        prefix=args.prefix, timeout=args.timeout,
+        prefix=args.prefix, timeout=args.timeout, security=security,
     )
 
 
@@ -331,7 +336,20 @@ def _dispatch_options(p: argparse.ArgumentParser, *, stream: bool, top: bool) ->
         return value if top else argparse.SUPPRESS
 
     p.add_argument("--broker", metavar="URL", default=default("mqtt://127.0.0.1:1883"),
-                   help="dispatch broker, mqtt://HOST[:PORT] (default mqtt://127.0.0.1:1883)")
+                   help="dispatch broker, mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS; "
+                   "default mqtt://127.0.0.1:1883)")
+    p.add_argument("--ca-file", metavar="FILE", default=default(None),
+                   help="CA bundle that signed the broker's certificate (mqtts://; default: "
+                   "the system's)")
+    p.add_argument("--cert-file", metavar="FILE", default=default(None),
+                   help="the console's client certificate (mTLS; CN dispatch with the "
+                   "documented ACL)")
+    p.add_argument("--key-file", metavar="FILE", default=default(None),
+                   help="the client certificate's private key")
+    p.add_argument("--username", metavar="USER", default=default(None),
+                   help="broker user name, if it uses passwords")
+    p.add_argument("--password-file", metavar="FILE", default=default(None),
+                   help="file holding the broker password (never on the command line)")
     p.add_argument("--prefix", metavar="PREFIX", default=default("stationgw/v1"),
                    help="topic prefix of the gateways (their mqtt.topic_prefix)")
     if stream:

@@ -411,8 +411,8 @@ def test_bad_broker_urls_are_usage_errors(url: str) -> None:
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("http://broker:1883", "is not mqtt://HOST"), ("mqtts://broker", "plain mqtt:// only"),
-     ("mqtt://broker:99999", "bad port"), ("broker:1883", "is not mqtt://HOST")],
+    [("http://broker:1883", "is not mqtt://HOST"), ("mqtt://broker:99999", "bad port"),
+     ("broker:1883", "is not mqtt://HOST"), ("mqtt://u:pw@broker", "credentials")],
 )
 def test_broker_url_errors_say_what_to_use(url: str, message: str) -> None:
     with pytest.raises(ConsoleUsageError, match=message):

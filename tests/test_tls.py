@@ -13,6 +13,8 @@ import asyncio
 import datetime
 import json
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from dispatch.console import ConsoleUsageError, broker_security
 from gateway.broker import Mosquitto, free_port
 from gateway.config import StationConfig, parse_config
 from gateway.daemon import Gateway
@@ -288,3 +291,101 @@ async def test_a_station_certificate_cannot_take_over_another_stations_session(
         assert gw.health.counters["broker_disconnects"] == 0
         assert gw.publisher.connected.is_set()
         assert "client_id_in_use" not in gw.health.faults
+
+# ------------------------------------------------------------------- the dispatch console
+# The console against the documented broker: mqtts with the dispatch certificate (CN
+# dispatch) and the ACL template, or a user name with a password file.
+
+
+def tls_args(pki: Pki, port: int, cert: str = "dispatch") -> list[str]:
+    crt, key = pki.pair(cert)
+    return ["--broker", f"mqtts://localhost:{port}", "--ca-file", str(pki.ca),
+            "--cert-file", str(crt), "--key-file", str(key)]
+
+
+def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, check=False)
+
+
+async def console_process(*args: str) -> asyncio.subprocess.Process:
+    """`stationgw dispatch ARGS...` with pipes (stdin kept open: EOF would stop it)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "dispatch", *args, cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+
+async def test_the_console_watches_and_commands_over_mtls_with_the_acl(
+    pki: Pki, tls_broker: Mosquitto, tmp_path: Path
+) -> None:
+    config = tls_config(pki, tmp_path, tls_broker.port, "station-a")
+    watch = await console_process("watch", "--json", *tls_args(pki, tls_broker.port))
+    try:
+        assert watch.stderr is not None and watch.stdout is not None
+        line = await asyncio.wait_for(watch.stderr.readline(), 20)
+        assert b"connected" in line, line
+        async with running(Gateway(config)) as gw:
+            await asyncio.wait_for(gw.publisher.connected.wait(), 20)
+            row = await gw.submit("help_point.press", "hp-x", Priority.P1,
+                                  {"help_point": "hp-x"})
+            out = await asyncio.wait_for(watch.stdout.readline(), 20)
+            event = json.loads(out)
+            assert event["station"] == "station-a" and event["event_id"] == row.event_id
+            # A command goes out and its reply comes back through the ACL, over mTLS.
+            done = await asyncio.to_thread(
+                stationgw, "dispatch", "ack", "no-such-alert", "--station", "station-a",
+                *tls_args(pki, tls_broker.port))
+            assert done.returncode == 1, done.stderr
+            assert "rejected: unknown_alert" in done.stderr
+    finally:
+        watch.terminate()
+        await watch.wait()
+
+
+def test_tls_options_are_checked_before_connecting(pki: Pki, tmp_path: Path) -> None:
+    crt, key = pki.pair("dispatch")
+    with pytest.raises(ConsoleUsageError, match="only for an mqtts"):
+        broker_security("mqtt://localhost:1", ca_file=str(pki.ca))
+    with pytest.raises(ConsoleUsageError, match="give both"):
+        broker_security("mqtts://localhost:1", cert_file=str(crt))
+    with pytest.raises(ConsoleUsageError, match="--ca-file"):
+        broker_security("mqtts://localhost:1", ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(ConsoleUsageError, match="--password-file needs --username"):
+        broker_security("mqtt://localhost:1", password_file=str(crt))
+    security = broker_security("mqtts://localhost:1", ca_file=str(pki.ca),
+                               cert_file=str(crt), key_file=str(key))
+    assert security.context is not None
+
+
+def test_a_console_without_the_ca_is_refused_and_says_why(
+    pki: Pki, tls_broker: Mosquitto
+) -> None:
+    done = stationgw("dispatch", "ack", "a1", "--station", "station-a", "--timeout", "2",
+                     "--broker", f"mqtts://localhost:{tls_broker.port}")
+    assert done.returncode == 2
+    assert "certificate verify failed" in done.stderr, done.stderr
+
+
+async def test_the_console_logs_in_with_a_password_file(tmp_path: Path) -> None:
+    passwords = tmp_path / "passwd"
+    made = await asyncio.create_subprocess_exec(
+        "mosquitto_passwd", "-c", "-b", str(passwords), "desk", "s3cret")
+    assert await made.wait() == 0
+    port = free_port()
+    listeners = (f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                 f"password_file {passwords}")
+    with Mosquitto(port, listeners=listeners):
+        for secret, expect in (("s3cret\n", "connected"), ("wrong\n", "Not authorized")):
+            (tmp_path / "pw").write_text(secret)
+            watch = await console_process(
+                "watch", "--json", "--broker", f"mqtt://127.0.0.1:{port}", "--username",
+                "desk", "--password-file", str(tmp_path / "pw"))
+            try:
+                assert watch.stderr is not None
+                line = await asyncio.wait_for(watch.stderr.readline(), 20)
+                assert expect.encode() in line, line
+                assert b"s3cret" not in line and b"wrong" not in line
+            finally:
+                watch.terminate()
+                await watch.wait()

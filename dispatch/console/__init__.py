@@ -42,7 +42,15 @@ from dispatch.console.interactive import interactive
 from dispatch.console.keys import KeyReader
 from dispatch.console.link import PERSISTENT_SESSION_S, Handler, Link, backoff
 from dispatch.console.oneshot import describe, one_shot, report_reply
-from dispatch.console.options import ACTIONS, PREFIX, TEAMS, events_filter, parse_broker_url
+from dispatch.console.options import (
+    ACTIONS,
+    PREFIX,
+    TEAMS,
+    Security,
+    broker_security,
+    events_filter,
+    parse_broker_url,
+)
 from dispatch.console.queue import CLOSED_MEMORY, AlertQueue, AlertRow, Change, Fault
 from dispatch.console.screen import ANSI_CLEAR, Mode, Screen, Send, age
 from dispatch.console.watch import watch_json
@@ -72,9 +80,11 @@ __all__ = [
     "Link",
     "Mode",
     "Screen",
+    "Security",
     "Send",
     "age",
     "backoff",
+    "broker_security",
     "describe",
     "events_filter",
     "interactive",

@@ -33,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from dispatch.console.errors import ConsoleConnectionError
+from dispatch.console.options import Security
 from gateway.mqtt import json_properties
 
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages in flight to us: bounds memory when behind
@@ -57,6 +58,7 @@ class Intake:
         client_id: str,
         session_expiry_s: int,
         receive_maximum: int = RECEIVE_MAXIMUM,
+        security: Security | None = None,
     ) -> None:
         self.host, self.port, self.topics = host, port, list(topics)
         self.client_id = client_id
@@ -67,6 +69,8 @@ class Intake:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
             manual_ack=True,
         )
+        if security is not None:
+            security.apply(self._client)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

@@ -26,7 +26,7 @@ from dispatch.console.events import as_text, parse_reply
 from dispatch.console.intake import Intake
 from dispatch.console.keys import KeyReader
 from dispatch.console.link import Link
-from dispatch.console.options import PREFIX, events_filter
+from dispatch.console.options import PREFIX, Security, events_filter
 from dispatch.console.queue import AlertQueue
 from dispatch.console.running import run, say
 from dispatch.console.screen import Screen, Send
@@ -41,6 +41,7 @@ def interactive(
     share: str | None = None,
     prefix: str = PREFIX,
     client_id: str | None = None,
+    security: Security | None = None,
 ) -> int:
     """The live queue on the terminal; keys act on the selected alert (see the footer).
 
@@ -67,7 +68,7 @@ def interactive(
     out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hide the cursor
     try:
         main = _interactive(host, port, topics, prefix=prefix, client_id=client_id,
-                            desk=desk[:64], infd=infd, out=out)
+                            desk=desk[:64], infd=infd, out=out, security=security)
         return run(main, stop_on_stdin_eof=False)
     finally:
         out.write("\x1b[?25h\x1b[?1049l")
@@ -84,7 +85,7 @@ class _Quit(Exception):  # noqa: N818 - control flow, not an error
 
 async def _interactive(
     host: str, port: int, topics: list[str], *, prefix: str, client_id: str | None,
-    desk: str, infd: int, out: IO[str],
+    desk: str, infd: int, out: IO[str], security: Security | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     queue = AlertQueue(prefix=prefix)
@@ -99,7 +100,7 @@ async def _interactive(
             screen.note(text)
         dirty.set()
 
-    link = Link(host, port, topics, client_id=client_id, on_state=state)
+    link = Link(host, port, topics, client_id=client_id, on_state=state, security=security)
 
     async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
         for message in batch:

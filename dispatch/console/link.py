@@ -14,6 +14,7 @@ import paho.mqtt.client as paho
 
 from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.intake import EPHEMERAL_SESSION_S, Intake
+from dispatch.console.options import Security
 
 PERSISTENT_SESSION_S = 24 * 3600  # a named console's session outlives a day's absence
 
@@ -32,8 +33,9 @@ class Link:
 
     def __init__(
         self, host: str, port: int, topics: Sequence[str], *, client_id: str | None,
-        on_state: Callable[[str], None],
+        on_state: Callable[[str], None], security: Security | None = None,
     ) -> None:
+        self.security = security
         self.host, self.port, self.topics = host, port, list(topics)
         self.named = client_id is not None
         self.client_id = client_id or f"stationgw-console-{uuid.uuid4().hex[:12]}"
@@ -48,6 +50,7 @@ class Link:
             intake = Intake(
                 self.host, self.port, self.topics, client_id=self.client_id,
                 session_expiry_s=PERSISTENT_SESSION_S if self.named else EPHEMERAL_SESSION_S,
+                security=self.security,
             )
             try:
                 async with intake:

@@ -16,7 +16,7 @@ from typing import Any
 from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.events import as_number, as_text, parse_reply
 from dispatch.console.intake import Intake
-from dispatch.console.options import ACTIONS, PREFIX, TEAMS
+from dispatch.console.options import ACTIONS, PREFIX, TEAMS, Security
 from dispatch.console.running import say
 from dispatch.inbound import Dropped, printable, read
 from gateway.commands import Action, Reply
@@ -35,6 +35,7 @@ def one_shot(
     prefix: str = PREFIX,
     timeout: float = 10.0,
     dispatcher: str | None = None,
+    security: Security | None = None,
 ) -> int:
     """Send one command and wait for the station's reply: exit 0 applied, 1 rejected,
     2 no reply within `timeout` (or no broker; the message says which).
@@ -63,7 +64,8 @@ def one_shot(
     async def main() -> int:
         status: dict[str, Any] | None = None
         intake = Intake(host, port, [replies, status_topic],
-                        client_id=f"stationgw-cli-{uuid.uuid4().hex[:12]}", session_expiry_s=0)
+                        client_id=f"stationgw-cli-{uuid.uuid4().hex[:12]}", session_expiry_s=0,
+                        security=security)
         async with intake:
             payload = json.dumps(command.wire()).encode()
             rc = await intake.publish(command_topic(prefix, station), payload)

@@ -14,7 +14,7 @@ from dispatch.console.errors import ConsoleUsageError
 from dispatch.console.events import Dedup
 from dispatch.console.intake import Intake
 from dispatch.console.link import Link
-from dispatch.console.options import PREFIX, events_filter
+from dispatch.console.options import PREFIX, Security, events_filter
 from dispatch.console.running import run, say
 from dispatch.inbound import Dropped, printable, read
 
@@ -26,6 +26,7 @@ def watch_json(
     share: str | None = None,
     prefix: str = PREFIX,
     client_id: str | None = None,
+    security: Security | None = None,
 ) -> int:
     """One JSON line per new event from every station on stdout, each re-send once only.
 
@@ -63,7 +64,7 @@ def watch_json(
         intake.ack(batch)  # only now: a crash before this gets them sent again
 
     async def main() -> int:
-        link = Link(host, port, topics, client_id=client_id, on_state=say)
+        link = Link(host, port, topics, client_id=client_id, on_state=say, security=security)
         try:
             await link.run(handle)
         except BrokenPipeError:  # the reader went away (`| head`): a normal end
