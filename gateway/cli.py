@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -361,6 +362,74 @@ def _dispatch_options(p: argparse.ArgumentParser, *, stream: bool, top: bool) ->
                        "a day, so nothing published while it is away is missed")
 
 
+def cmd_hub(args: argparse.Namespace) -> int:
+    """The dispatch hub: a durable record of every station in a database (`run`), and what
+    it shows (`audit`: seqs never received, alerts and their times)."""
+    from dispatch.console import (  # noqa: PLC0415 - dispatch side only
+        ConsoleUsageError,
+        broker_security,
+        parse_broker_url,
+    )
+    from dispatch.hub.service import run_hub  # noqa: PLC0415
+    from dispatch.hub.store import HubStore, migrate, open_engine  # noqa: PLC0415
+
+    engine = open_engine(args.db)
+    migrate(engine)
+    store = HubStore(engine)
+    if args.hub_action == "audit":
+        gaps = store.gaps()
+        if args.json:
+            print(json.dumps([g.__dict__ for g in gaps]))
+        for gap in gaps if not args.json else []:
+            lost = ", ".join(map(str, gap.missing[:20])) or "none"
+            print(f"{gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} never "
+                  f"received ({lost})")
+        return 1 if any(g.missing for g in gaps) else 0
+    try:
+        host, port = parse_broker_url(args.broker)
+        security = broker_security(
+            args.broker, ca_file=args.ca_file, cert_file=args.cert_file,
+            key_file=args.key_file, username=args.username, password_file=args.password_file,
+        )
+    except ConsoleUsageError as err:
+        print(f"stationgw hub: {err}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        await run_hub(store, host, port, prefix=args.prefix,
+                      client_id=args.client_id or "stationgw-hub", share=args.share,
+                      security=security, on_state=lambda text: log.info("hub: %s", text))
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(main())
+    return 0
+
+
+def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("hub", help="the dispatch hub: every station's record in a database",
+                       description=cmd_hub.__doc__)
+    p.set_defaults(func=cmd_hub)
+    actions = p.add_subparsers(dest="hub_action", metavar="ACTION", required=True)
+    for name, text in (("run", "subscribe to every station and record it"),
+                       ("audit", "per station, the seqs the hub never received")):
+        a = actions.add_parser(name, help=text, description=text)
+        a.add_argument("--db", default="sqlite:///stationgw-hub.db", metavar="URL",
+                       help="database URL: sqlite:///PATH (default sqlite:///stationgw-hub.db)"
+                       " or postgresql+psycopg://USER@HOST/DB")
+        if name == "run":
+            _dispatch_options(a, stream=True, top=True)
+            a.add_argument("--log-level", default="INFO",
+                           choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        else:
+            a.add_argument("--json", action="store_true", help="one JSON array")
+
+
 def _add_dispatch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dispatch", help="the dispatch console: live queue, JSON stream, one-shot commands",
@@ -581,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate_device)
 
     _add_dispatch(sub)
+    _add_hub(sub)
 
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")

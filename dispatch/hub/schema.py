@@ -1,0 +1,79 @@
+"""The hub's tables. Migrations (dispatch/hub/migrations) build exactly these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData()
+
+ID = 64  # event ids, alert ids, sources and kinds are short ids in the contract
+
+#: Every event, once (de-duplicated on event_id).
+events = Table(
+    "events", metadata,
+    Column("event_id", String(ID), primary_key=True),
+    Column("station", String(63), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("class", String(2), nullable=False),
+    Column("kind", String(ID), nullable=False),
+    Column("source", String(ID), nullable=False),
+    Column("wall_time", Float, nullable=False),  # the gateway's clock at acceptance
+    Column("received_at", Float, nullable=False),  # the hub's clock at commit
+    Column("body", JSON, nullable=False),
+    Index("events_station_seq", "station", "seq"),
+)
+
+#: One row per alert: its state now and when each transition happened (gateway wall time).
+alerts = Table(
+    "alerts", metadata,
+    Column("station", String(63), primary_key=True),
+    Column("alert_id", String(ID), primary_key=True),
+    Column("class", String(2), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("source", String(ID), nullable=False),
+    Column("location", String(200), nullable=False, default=""),
+    Column("requested_response", String(32), nullable=False),
+    Column("opened_at", Float, nullable=False),
+    Column("acknowledged_at", Float),
+    Column("assigned_at", Float),
+    Column("closed_at", Float),  # resolved or cancelled
+    Column("team", String(32)),
+    Column("eta_s", Integer),
+    Column("escalations", Integer, nullable=False, default=0),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("alerts_state", "state"),
+)
+
+#: Every change of an alert's state, in the order the gateway made them.
+transitions = Table(
+    "alert_transitions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("station", String(63), nullable=False),
+    Column("alert_id", String(ID), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("event_id", String(ID), nullable=False),
+    Index("transitions_alert", "station", "alert_id"),
+)
+
+#: Each station's last status (online/offline) and health report.
+stations = Table(
+    "stations", metadata,
+    Column("station", String(63), primary_key=True),
+    Column("status", String(16)),
+    Column("status_at", Float),
+    Column("health", JSON),
+    Column("health_at", Float),
+    Column("last_event_at", Float),
+)

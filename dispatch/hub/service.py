@@ -1,0 +1,67 @@
+"""The hub's MQTT side: every station's messages, committed, then acknowledged.
+
+A persistent MQTT 5 session under a fixed client id (the broker keeps what arrives while the
+hub is away, for `SESSION_S`), optionally a shared subscription (`$share/GROUP/...`) so that
+several hubs over one database split the stations' traffic. Each batch is checked
+(`dispatch.inbound.read`), committed (`HubStore.record`), and only then acknowledged to the
+broker (paho's manual acknowledgement, in `dispatch.console.intake`): a hub that dies before
+the commit gets the batch again. A database that fails is retried with capped backoff, the
+batch still unacknowledged, so the broker holds the rest meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import NoReturn
+
+import paho.mqtt.client as paho
+from sqlalchemy.exc import SQLAlchemyError
+
+from dispatch.console.intake import Intake
+from dispatch.console.link import Link
+from dispatch.console.options import PREFIX, Security
+from dispatch.hub.store import HubStore
+from dispatch.inbound import read
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("events/#", "status", "health", "alerts", "replies")
+RETRY_MAX_S = 30.0
+
+
+def hub_topics(prefix: str = PREFIX, share: str | None = None) -> list[str]:
+    """What the hub subscribes to: every station's channels, shared when `share` is set."""
+    topics = [f"{prefix}/+/{channel}" for channel in CHANNELS]
+    return [f"$share/{share}/{t}" for t in topics] if share else topics
+
+
+async def run_hub(
+    store: HubStore, host: str, port: int, *, prefix: str = PREFIX,
+    client_id: str = "stationgw-hub", share: str | None = None,
+    security: Security | None = None, on_state: Callable[[str], None] = log.info,
+) -> NoReturn:
+    """Record every station's messages forever (cancel to stop)."""
+    link = Link(host, port, hub_topics(prefix, share), client_id=client_id,
+                on_state=on_state, security=security)
+
+    async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
+        checked = [read(m.topic, m.payload, prefix) for m in batch]
+        attempt = 0
+        while True:
+            try:
+                done = await asyncio.to_thread(store.record, checked)
+                break
+            except SQLAlchemyError as exc:
+                delay = random.uniform(0, min(RETRY_MAX_S, 0.5 * 2 ** min(attempt, 10)))
+                attempt += 1
+                on_state(f"database write failed ({exc.__class__.__name__}: "
+                         f"{str(exc)[:200]}); {len(batch)} message(s) kept unacknowledged, "
+                         f"retrying in {delay:.1f}s")
+                await asyncio.sleep(delay)
+        intake.ack(batch)  # only now: committed
+        log.debug("batch of %d: %s", len(batch), dict(done))
+
+    await link.run(handle)

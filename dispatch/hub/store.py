@@ -1,0 +1,247 @@
+"""The hub's database: what stations said, committed once, and the audit of what is missing.
+
+One transaction per batch of messages (`record`): the MQTT side acknowledges the batch only
+after it returns. Events are stored exactly once by `event_id`; a re-send, or the same event
+reaching two hubs of a shared subscription, is a duplicate (checked first, and again by the
+primary key under a savepoint, so two writers cannot both store it). An alert's row follows
+its newest event (by the gateway's `seq`): state, class, team, and the first time it was
+acknowledged, assigned and closed, so time to acknowledge and time to resolve are facts in
+the database. Every state change is also a row in `alert_transitions`.
+
+Portable SQLAlchemy Core only: the same code runs on PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, select, update
+from sqlalchemy.exc import IntegrityError
+
+from dispatch.hub.schema import alerts, events, stations, transitions
+from dispatch.inbound import Dropped, Inbound
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_CLOSED = ("resolved", "cancelled")
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for a database URL (`sqlite:///PATH` or `postgresql+psycopg://...`)."""
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (Alembic, one history for both databases)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Seqs of one station the hub never received, between the first and last it did."""
+
+    station: str
+    first: int
+    last: int
+    missing: list[int]
+
+
+class HubStore:
+    """Writes checked station messages; reads the audit."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.counts: Counter[str] = Counter()
+
+    def record(self, batch: Iterable[Inbound | Dropped]) -> Counter[str]:
+        """Commit one batch in one transaction; returns what it did (stored, duplicate...)."""
+        done: Counter[str] = Counter()
+        now = time.time()
+        with self.engine.begin() as conn:
+            for item in batch:
+                if isinstance(item, Dropped):
+                    done[f"dropped_{item.reason}"] += 1
+                elif item.channel == "event":
+                    done[self._event(conn, item, now)] += 1
+                elif item.channel == "status":
+                    self._station(conn, item.station, status=item.message["state"],
+                                  status_at=item.message["wall_time"])
+                    done["status"] += 1
+                elif item.channel == "health":
+                    self._station(conn, item.station, health=item.message,
+                                  health_at=item.message["wall_time"])
+                    done["health"] += 1
+                else:
+                    done[f"ignored_{item.channel}"] += 1  # snapshots and replies: events rule
+        self.counts.update(done)
+        return done
+
+    def _event(self, conn: Connection, item: Inbound, now: float) -> str:
+        event = item.message
+        seen = conn.execute(
+            select(events.c.event_id).where(events.c.event_id == event["event_id"])
+        ).first()
+        if seen is not None:
+            return "duplicate"
+        try:
+            with conn.begin_nested():  # another hub may have stored it a moment ago
+                conn.execute(events.insert().values(
+                    event_id=event["event_id"], station=item.station, seq=event["seq"],
+                    **{"class": event["class"]}, kind=event["kind"], source=event["source"],
+                    wall_time=event["wall_time"], received_at=now, body=event["body"],
+                ))
+        except IntegrityError:
+            return "duplicate"
+        self._station(conn, item.station, last_event_at=event["wall_time"])
+        body = event["body"]
+        alert_id = body.get("alert_id")
+        if isinstance(alert_id, str) and alert_id:
+            self._alert(conn, item.station, alert_id, event)
+        return "stored"
+
+    def _alert(self, conn: Connection, station: str, alert_id: str,
+               event: dict[str, Any]) -> None:
+        body, at, seq = event["body"], float(event["wall_time"]), int(event["seq"])
+        state = body.get("state") if isinstance(body.get("state"), str) else "open"
+        key = (alerts.c.station == station) & (alerts.c.alert_id == alert_id)
+        row = conn.execute(select(alerts).where(key)).mappings().first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(alerts.insert().values(
+                        station=station, alert_id=alert_id, **{"class": event["class"]},
+                        state=state, source=event["source"],
+                        location=str(body.get("location", ""))[:200],
+                        requested_response=event["requested_response"],
+                        opened_at=_first_press(body, at), escalations=0, last_seq=seq,
+                        updated_at=at, **_times(state, at, {}),
+                        **_assignment(body),
+                    ))
+            except IntegrityError:
+                row = conn.execute(select(alerts).where(key)).mappings().first()
+            else:
+                self._transition(conn, station, alert_id, state, at=at, event_id=event["event_id"])
+                return
+        assert row is not None
+        changes: dict[str, Any] = _times(state, at, row)
+        if event["kind"] == "alert.escalated":
+            changes["escalations"] = row["escalations"] + 1
+        if seq > row["last_seq"]:  # the newest event is the truth (P0 drains before P1)
+            changes |= {"state": state, "class": event["class"], "last_seq": seq,
+                        "updated_at": at,
+                        "requested_response": event["requested_response"], **_assignment(body)}
+            if row["state"] in _CLOSED:
+                changes["state"] = row["state"]  # closed stays closed
+        if changes:
+            conn.execute(update(alerts).where(key).values(**changes))
+        if state != row["state"] and row["state"] not in _CLOSED:
+            self._transition(conn, station, alert_id, state, at=at, event_id=event["event_id"])
+
+    @staticmethod
+    def _transition(conn: Connection, station: str, alert_id: str, state: str, *, at: float,
+                    event_id: str) -> None:
+        conn.execute(transitions.insert().values(
+            station=station, alert_id=alert_id, state=state, at=at, event_id=event_id))
+
+    @staticmethod
+    def _station(conn: Connection, station: str, **values: Any) -> None:
+        key = stations.c.station == station
+        if conn.execute(update(stations).where(key).values(**values)).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(stations.insert().values(station=station, **values))
+        except IntegrityError:
+            conn.execute(update(stations).where(key).values(**values))
+
+    # ------------------------------------------------------------------ reading
+
+    def gaps(self) -> list[Gap]:
+        """Per station, the seqs never received between the first and the last that were."""
+        out = []
+        with self.engine.connect() as conn:
+            names = [s for (s,) in conn.execute(select(events.c.station).distinct())]
+            for station in sorted(names):
+                seqs = [s for (s,) in conn.execute(
+                    select(events.c.seq).where(events.c.station == station)
+                    .order_by(events.c.seq))]
+                missing = list(_missing(seqs))
+                out.append(Gap(station, seqs[0], seqs[-1], missing))
+        return out
+
+    def alert(self, station: str, alert_id: str) -> dict[str, Any] | None:
+        """One alert's row, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(alerts).where(
+                (alerts.c.station == station) & (alerts.c.alert_id == alert_id))).mappings().first()
+            return dict(row) if row is not None else None
+
+    def history(self, station: str, alert_id: str) -> list[tuple[str, float]]:
+        """An alert's states in order, with their times."""
+        with self.engine.connect() as conn:
+            return [(s, at) for s, at in conn.execute(
+                select(transitions.c.state, transitions.c.at)
+                .where((transitions.c.station == station) & (transitions.c.alert_id == alert_id))
+                .order_by(transitions.c.at, transitions.c.id))]
+
+    def event_count(self) -> int:
+        """Events stored."""
+        with self.engine.connect() as conn:
+            return len(conn.execute(select(events.c.event_id)).all())
+
+
+def _missing(seqs: list[int]) -> Iterator[int]:
+    for a, b in itertools.pairwise(seqs):
+        yield from range(a + 1, b)
+
+
+def _first_press(body: dict[str, Any], at: float) -> float:
+    first = body.get("first_press")
+    return float(first) if isinstance(first, int | float) and not isinstance(first, bool) else at
+
+
+def _times(state: str, at: float, row: Any) -> dict[str, float]:
+    """The transition times this state sets, each only the first time."""
+    column = {"acknowledged": "acknowledged_at", "assigned": "assigned_at",
+              "resolved": "closed_at", "cancelled": "closed_at"}.get(state)
+    out: dict[str, float] = {}
+    if column is not None and not row.get(column):
+        out[column] = at
+    if state == "assigned" and not row.get("acknowledged_at"):
+        out["acknowledged_at"] = at  # assigned without an explicit acknowledge
+    return out
+
+
+def _assignment(body: dict[str, Any]) -> dict[str, Any]:
+    team, eta = body.get("team"), body.get("eta_s")
+    out: dict[str, Any] = {}
+    if isinstance(team, str):
+        out["team"] = team[:32]
+    if isinstance(eta, int) and not isinstance(eta, bool):
+        out["eta_s"] = eta
+    return out

@@ -1,0 +1,192 @@
+"""The hub: a durable record of every station, in a real PostgreSQL and in SQLite.
+
+A real gateway on mock pins and a real Mosquitto feed it; every test runs on both databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from sqlalchemy import create_engine, text
+
+from dispatch.hub.service import run_hub
+from dispatch.hub.store import HubStore, migrate, open_engine
+from gateway.broker import Mosquitto
+from gateway.daemon import Gateway
+from gateway.dispatch import make_command, send_command
+from gateway.model import Event, Priority
+from gateway.testing.postgres import PostgreSQL
+from gateway.topics import Topics
+from tests.helpers import running, subscribe
+from tests.test_console import publish_all, publisher
+from tests.test_lifecycle import lifecycle_config, raise_alert
+
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgreSQL]:
+    with PostgreSQL() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hub.db'}"
+    server: PostgreSQL = request.getfixturevalue("postgres")
+    name = f"hub_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+_ENGINES: list[Any] = []
+
+
+def hub_store(url: str) -> HubStore:
+    engine = open_engine(url)
+    _ENGINES.append(engine)
+    migrate(engine)
+    return HubStore(engine)
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    """Close every connection a test's engines pooled (psycopg warns on a leaked one)."""
+    yield
+    while _ENGINES:
+        _ENGINES.pop().dispose()
+
+
+@contextlib.asynccontextmanager
+async def hub(store: HubStore, broker: Mosquitto, client_id: str,
+              share: str | None = None) -> AsyncIterator[list[str]]:
+    states: list[str] = []
+    task = asyncio.create_task(run_hub(store, "127.0.0.1", broker.port, client_id=client_id,
+                                       share=share, on_state=states.append))
+    try:
+        async with asyncio.timeout(WAIT):
+            while not any(s.startswith("connected") for s in states):
+                assert not task.done(), task
+                await asyncio.sleep(0.02)
+        yield states
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(check: Any, what: str) -> None:
+    async with asyncio.timeout(WAIT):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+def raw_event(station: str, seq: int, kind: str = "sensor.reading") -> tuple[str, bytes]:
+    event = Event(kind, "s-1", Priority.P3, {"value": seq})
+    return Topics("stationgw/v1", station).render(event, seq, 1000.0 + seq)
+
+
+async def test_an_alert_is_recorded_with_every_transition_and_its_times(
+    broker: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
+    store = hub_store(db_url)
+    config = lifecycle_config(tmp_path, broker.url)
+    station = config.station_id
+    root = f"stationgw/v1/{station}"
+    async with (
+        hub(store, broker, f"hub-{uuid.uuid4().hex[:8]}"),
+        aiomqtt.Client("127.0.0.1", broker.port,
+                       protocol=aiomqtt.ProtocolVersion.V5) as dispatcher,
+        subscribe(broker.port, [f"{root}/events/#"]) as sub,
+        running(Gateway(config)) as gw,
+    ):
+        await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
+        alert_id = await raise_alert(gw, sub)
+        for action in ("acknowledge", "resolve"):
+            await send_command(dispatcher, "stationgw/v1",
+                               make_command(station, alert_id, action))
+        await sub.wait_for(lambda m: any(p["kind"] == "alert.resolved" for _, p in m), WAIT)
+        published = {p["event_id"] for p in sub.events()}
+        await until(lambda: (store.alert(station, alert_id) or {}).get("state") == "resolved",
+                    "resolved in the hub")
+        await until(lambda: store.counts["status"] >= 1, "status")
+    row = store.alert(station, alert_id)
+    assert row is not None
+    assert row["acknowledged_at"] >= row["opened_at"] and row["closed_at"] >= row[
+        "acknowledged_at"]
+    assert row["requested_response"] == "crisis_team"
+    assert [s for s, _ in store.history(station, alert_id)] == [
+        "open", "acknowledged", "resolved"]
+    assert store.event_count() >= len(published)
+    assert all(g.missing == [] for g in store.gaps() if g.station == station)
+
+
+async def test_events_are_stored_once_and_gaps_show_as_seqs(
+    broker: Mosquitto, db_url: str
+) -> None:
+    store = hub_store(db_url)
+    station = f"st-{uuid.uuid4().hex[:8]}"
+    messages = [raw_event(station, seq) for seq in (1, 2, 3, 5, 6, 9)]
+    # A group of its own: Mosquitto keeps giving a share of the messages to a group member
+    # whose persistent session is offline (it gets them when it is back).
+    group = f"hubs-{uuid.uuid4().hex[:8]}"
+    async with (
+        hub(store, broker, f"hub-a-{uuid.uuid4().hex[:8]}", share=group),
+        hub(store, broker, f"hub-b-{uuid.uuid4().hex[:8]}", share=group),
+    ):
+        with publisher(broker.port) as client:
+            # each re-sent, as a gateway does after a reconnect; one forged by another station
+            forged = raw_event(station, 4)
+            publish_all(client, messages + messages + [
+                (f"stationgw/v1/evil-{station}/events/P3", forged[1])])
+        await until(lambda: store.counts["stored"] + store.counts["duplicate"] >= 12, "all")
+        await until(lambda: store.counts["dropped_wrong_station"] >= 1, "forged")
+    assert store.counts["stored"] == 6
+    (gap,) = [g for g in store.gaps() if g.station == station]
+    assert (gap.first, gap.last, gap.missing) == (1, 9, [4, 7, 8])
+
+
+async def test_what_is_published_while_the_hub_is_away_is_recorded_when_it_is_back(
+    broker: Mosquitto, db_url: str
+) -> None:
+    store = hub_store(db_url)
+    station = f"st-{uuid.uuid4().hex[:8]}"
+    client_id = f"hub-{uuid.uuid4().hex[:8]}"
+    async with hub(store, broker, client_id):
+        pass  # the persistent session now exists
+    with publisher(broker.port) as client:
+        publish_all(client, [raw_event(station, seq) for seq in range(1, 21)])
+    async with hub(store, broker, client_id) as states:
+        assert "resumed session" in states[0]
+        await until(lambda: store.counts["stored"] >= 20, "the backlog")
+    assert [g.missing for g in store.gaps() if g.station == station] == [[]]
+
+
+async def test_a_database_outage_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    """PostgreSQL stopped under a running hub: batches stay unacknowledged (the broker holds
+    them) and are committed once it is back."""
+    station = f"st-{uuid.uuid4().hex[:8]}"
+    with PostgreSQL() as server:
+        store = hub_store(server.url)
+        async with hub(store, broker, f"hub-{uuid.uuid4().hex[:8]}") as states:
+            with publisher(broker.port) as client:
+                publish_all(client, [raw_event(station, 1)])
+                await until(lambda: store.counts["stored"] >= 1, "first")
+                server.stop()
+                publish_all(client, [raw_event(station, seq) for seq in range(2, 11)])
+                await until(lambda: any("database write failed" in s for s in states),
+                            "the failure")
+                server.start()
+                await until(lambda: store.counts["stored"] >= 10, "after the outage")
+    assert store.counts["stored"] == 10
