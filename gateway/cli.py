@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway import __version__
 from gateway.config import (
@@ -297,23 +297,15 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     """The dispatch console: the live queue of every station's alerts (the default), a JSON
     stream for scripts (`watch --json`), or one command (`ack`, `assign`, `resolve`)."""
     from dispatch.console import (  # noqa: PLC0415 - keep the other commands light
-        ConsoleUsageError,
-        broker_security,
         interactive,
         one_shot,
-        parse_broker_url,
         watch_json,
     )
 
-    try:
-        host, port = parse_broker_url(args.broker)
-        security = broker_security(
-            args.broker, ca_file=args.ca_file, cert_file=args.cert_file,
-            key_file=args.key_file, username=args.username, password_file=args.password_file,
-        )
-    except ConsoleUsageError as err:
-        print(f"stationgw dispatch: {err}", file=sys.stderr)
+    access = _broker_access(args, "dispatch")
+    if access is None:
         return 2
+    host, port, security = access
     if args.action is None:
         return interactive(host, port, share=args.share, prefix=args.prefix,
                            client_id=args.client_id, security=security)
@@ -362,14 +354,30 @@ def _dispatch_options(p: argparse.ArgumentParser, *, stream: bool, top: bool) ->
                        "a day, so nothing published while it is away is missed")
 
 
-def cmd_hub(args: argparse.Namespace) -> int:
-    """The dispatch hub: a durable record of every station in a database (`run`), and what
-    it shows (`audit`: seqs never received, alerts and their times)."""
+def _broker_access(args: argparse.Namespace, command: str) -> tuple[str, int, Any] | None:
+    """(host, port, `Security`) from the dispatch-side broker options, or None after saying
+    what is wrong."""
     from dispatch.console import (  # noqa: PLC0415 - dispatch side only
         ConsoleUsageError,
         broker_security,
         parse_broker_url,
     )
+
+    try:
+        host, port = parse_broker_url(args.broker)
+        security = broker_security(
+            args.broker, ca_file=args.ca_file, cert_file=args.cert_file,
+            key_file=args.key_file, username=args.username, password_file=args.password_file,
+        )
+    except ConsoleUsageError as err:
+        print(f"stationgw {command}: {err}", file=sys.stderr)
+        return None
+    return host, port, security
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    """The dispatch hub: a durable record of every station in a database (`run`), and what
+    it shows (`audit`: seqs never received, alerts and their times)."""
     from dispatch.hub.service import run_hub  # noqa: PLC0415
     from dispatch.hub.store import HubStore, migrate, open_engine  # noqa: PLC0415
 
@@ -385,15 +393,10 @@ def cmd_hub(args: argparse.Namespace) -> int:
             print(f"{gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} never "
                   f"received ({lost})")
         return 1 if any(g.missing for g in gaps) else 0
-    try:
-        host, port = parse_broker_url(args.broker)
-        security = broker_security(
-            args.broker, ca_file=args.ca_file, cert_file=args.cert_file,
-            key_file=args.key_file, username=args.username, password_file=args.password_file,
-        )
-    except ConsoleUsageError as err:
-        print(f"stationgw hub: {err}", file=sys.stderr)
+    access = _broker_access(args, "hub")
+    if access is None:
         return 2
+    host, port, security = access
     setup_logging(args.log_level)
 
     async def main() -> None:
