@@ -384,6 +384,19 @@ def cmd_hub(args: argparse.Namespace) -> int:
     engine = open_engine(args.db)
     migrate(engine)
     store = HubStore(engine)
+    if args.hub_action == "cap":
+        from dispatch.hub.cap import lifecycle  # noqa: PLC0415
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for alert in store.alerts():
+            history = store.history(alert["station"], alert["alert_id"])
+            for message in lifecycle(alert, history, sender=args.sender,
+                                     status="Test" if args.test else "Actual"):
+                (args.out / f"{message.identifier}.xml").write_bytes(message.xml)
+                written += 1
+        print(f"{written} CAP 1.2 message(s) in {args.out}")
+        return 0
     if args.hub_action == "audit":
         gaps = store.gaps()
         if args.json:
@@ -420,7 +433,8 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_hub)
     actions = p.add_subparsers(dest="hub_action", metavar="ACTION", required=True)
     for name, text in (("run", "subscribe to every station and record it"),
-                       ("audit", "per station, the seqs the hub never received")):
+                       ("audit", "per station, the seqs the hub never received"),
+                       ("cap", "every alert's lifecycle as CAP 1.2 messages, one file each")):
         a = actions.add_parser(name, help=text, description=text)
         a.add_argument("--db", default="sqlite:///stationgw-hub.db", metavar="URL",
                        help="database URL: sqlite:///PATH (default sqlite:///stationgw-hub.db)"
@@ -429,8 +443,15 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             _dispatch_options(a, stream=True, top=True)
             a.add_argument("--log-level", default="INFO",
                            choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-        else:
+        elif name == "audit":
             a.add_argument("--json", action="store_true", help="one JSON array")
+        else:
+            a.add_argument("--out", type=Path, required=True, metavar="DIR",
+                           help="folder for the messages (IDENTIFIER.xml)")
+            a.add_argument("--sender", default="stationgw-hub@localhost",
+                           help="the CAP sender (no spaces or commas)")
+            a.add_argument("--test", action="store_true",
+                           help="status Test: the traffic is a test or the demo")
 
 
 def _add_dispatch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -151,6 +151,8 @@ class HubStore:
         changes: dict[str, Any] = _times(state, at, row)
         if event["kind"] == "alert.escalated":
             changes["escalations"] = row["escalations"] + 1
+            self._transition(conn, station, alert_id, "escalated", at=at,
+                             event_id=event["event_id"])
         if seq > row["last_seq"]:  # the newest event is the truth (P0 drains before P1)
             changes |= {"state": state, "class": event["class"], "last_seq": seq,
                         "updated_at": at,
@@ -200,6 +202,12 @@ class HubStore:
             row = conn.execute(select(alerts).where(
                 (alerts.c.station == station) & (alerts.c.alert_id == alert_id))).mappings().first()
             return dict(row) if row is not None else None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert's row, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(alerts).order_by(alerts.c.opened_at)).mappings()]
 
     def history(self, station: str, alert_id: str) -> list[tuple[str, float]]:
         """An alert's states in order, with their times."""
