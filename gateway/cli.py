@@ -403,8 +403,8 @@ def cmd_hub(args: argparse.Namespace) -> int:
             print(json.dumps([g.__dict__ for g in gaps]))
         for gap in gaps if not args.json else []:
             lost = ", ".join(map(str, gap.missing[:20])) or "none"
-            print(f"{gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} never "
-                  f"received ({lost})")
+            print(f"{gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} lost "
+                  f"({lost}), {len(gap.dropped)} evicted or expired at the station")
         return 1 if any(g.missing for g in gaps) else 0
     access = _broker_access(args, "hub")
     if access is None:

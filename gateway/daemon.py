@@ -224,6 +224,15 @@ class Gateway:
             with contextlib.suppress(OSError):
                 path.unlink()
 
+    async def report_dropped(self) -> None:
+        """Tell dispatch which rows the outbox evicted or expired since the last report, by
+        seq, so that its audit can tell them from rows lost on the way (`outbox.dropped`)."""
+        dropped = self.outbox.take_dropped()
+        if dropped:
+            await self.submit("outbox.dropped", "gateway", Priority.P2, {
+                "evicted": dropped.get("evicted", []), "expired": dropped.get("expired", []),
+            })
+
     async def _maintain(self) -> NoReturn:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
@@ -234,5 +243,6 @@ class Gateway:
                             self.config.store.path)
                 self.health.clear_fault("store_memory_only")
             await self.outbox.maintain()
+            await self.report_dropped()
             if "store_moved_aside" in self.health.faults and not kept_files(self.config.store.path):
                 self.health.clear_fault("store_moved_aside")  # the technician took them

@@ -37,6 +37,7 @@ T = TypeVar("T")
 RowListener = Callable[[Row], None]
 _CLASS_NAMES = tuple(p.name for p in Priority)
 _ACCEPTED = tuple(f"accepted_{name}" for name in _CLASS_NAMES)  # health counters by class
+REPORT_DROPPED_MAX = 1000  # seqs per kind in one outbox.dropped event
 UNWRITABLE, DAMAGED, CHECKPOINT = "store_unwritable", "store_damaged", "store_checkpoint_failed"
 
 
@@ -46,6 +47,9 @@ class AsyncOutbox:
     def __init__(self, outbox: Outbox, health: Health) -> None:
         self.outbox = outbox
         self.health = health
+        # Seqs of rows evicted or expired, by what happened, until `take_dropped` reports
+        # them (in an `outbox.dropped` event, so dispatch's audit can tell them from losses).
+        self._dropped: dict[str, list[int]] = {}
         self.listeners: list[RowListener] = []
         self._executor: PriorityWorker | None = None
         self._queue: list[tuple[Event, asyncio.Future[Row]]] = []
@@ -176,10 +180,19 @@ class AsyncOutbox:
     def _report_dropped(self, rows: Iterable[Row], what: str, why: str) -> None:
         for gone in rows:
             self.health.count(f"{what}_{gone.priority.name}")
+            self._dropped.setdefault(what, []).append(gone.seq)
             log.warning(
                 "%s event_id=%s class=%s kind=%s seq=%d reason=%s",
                 what, gone.event_id, gone.priority.name, gone.kind, gone.seq, why,
             )
+
+    def take_dropped(self, limit: int = REPORT_DROPPED_MAX) -> dict[str, list[int]]:
+        """Up to `limit` seqs of each kind dropped since the last call (the rest wait)."""
+        taken = {}
+        for what, seqs in self._dropped.items():
+            if seqs:
+                taken[what], self._dropped[what] = seqs[:limit], seqs[limit:]
+        return taken
 
     # ------------------------------------------------------------------ storage faults
 

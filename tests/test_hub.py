@@ -24,7 +24,7 @@ from gateway.dispatch import make_command, send_command
 from gateway.model import Event, Priority
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
-from tests.helpers import running, subscribe
+from tests.helpers import running, station_config, subscribe
 from tests.test_console import publish_all, publisher
 from tests.test_lifecycle import lifecycle_config, raise_alert
 
@@ -190,3 +190,33 @@ async def test_a_database_outage_loses_nothing(broker: Mosquitto, tmp_path: Path
                 server.start()
                 await until(lambda: store.counts["stored"] >= 10, "after the outage")
     assert store.counts["stored"] == 10
+
+
+async def test_rows_the_station_evicted_are_told_apart_from_rows_lost(
+    own_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A station offline long enough to evict P3 rows reports their seqs (outbox.dropped);
+    the audit then shows them as evicted, and nothing as lost."""
+    store = hub_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    config = station_config(tmp_path, [own_broker.url], store={"max_rows": 100})
+    client_id = f"hub-{uuid.uuid4().hex[:8]}"
+    own_broker.start()
+    async with hub(store, own_broker, client_id):
+        pass  # the hub's persistent session exists before the station says anything
+    own_broker.stop()
+    async with running(Gateway(config)) as gw:  # the broker is down: rows pile up
+        for n in range(150):
+            await gw.submit("sensor.reading", "s-1", Priority.P3, {"n": n})
+        assert gw.health.counters["evicted_P3"] == 50
+        own_broker.start()
+        async with hub(store, own_broker, client_id):
+            await until(lambda: store.counts["stored"] >= 100, "the backlog")
+            await gw.report_dropped()  # as maintenance does every 30 s
+
+            def accounted() -> bool:
+                gaps = [g for g in store.gaps() if g.station == config.station_id]
+                return bool(gaps) and gaps[0].missing == [] and len(gaps[0].dropped) == 50
+
+            await until(accounted, "the report")
+    (gap,) = [g for g in store.gaps() if g.station == config.station_id]
+    assert (gap.first, gap.missing, len(gap.dropped)) == (1, [], 50)

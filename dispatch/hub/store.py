@@ -63,12 +63,15 @@ def migrate(engine: Engine) -> None:
 
 @dataclass(frozen=True)
 class Gap:
-    """Seqs of one station the hub never received, between the first and last it did."""
+    """Seqs of one station the hub never received, between the first and last it did:
+    `dropped`, which the station reported it evicted or expired (`outbox.dropped`), and
+    `missing`, the rest: lost somewhere between the button and the database."""
 
     station: str
     first: int
     last: int
     missing: list[int]
+    dropped: list[int]
 
 
 class HubStore:
@@ -192,8 +195,18 @@ class HubStore:
                 seqs = [s for (s,) in conn.execute(
                     select(events.c.seq).where(events.c.station == station)
                     .order_by(events.c.seq))]
-                missing = list(_missing(seqs))
-                out.append(Gap(station, seqs[0], seqs[-1], missing))
+                reported: set[int] = set()
+                for (body,) in conn.execute(select(events.c.body).where(
+                        (events.c.station == station) & (events.c.kind == "outbox.dropped"))):
+                    for what in ("evicted", "expired"):
+                        found = body.get(what) if isinstance(body, dict) else None
+                        reported.update(s for s in found or [] if isinstance(s, int))
+                # Rows evicted before the first one received still count as accounted for.
+                lower = min([seqs[0], *reported])
+                gone = list(range(lower, seqs[0])) + list(_missing(seqs))
+                out.append(Gap(station, lower, seqs[-1],
+                               missing=[s for s in gone if s not in reported],
+                               dropped=[s for s in gone if s in reported]))
         return out
 
     def alert(self, station: str, alert_id: str) -> dict[str, Any] | None:
