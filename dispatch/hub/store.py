@@ -85,12 +85,13 @@ class HubStore:
         """Commit one batch in one transaction; returns what it did (stored, duplicate...)."""
         done: Counter[str] = Counter()
         now = time.time()
+        fresh: list[Inbound] = []
         with self.engine.begin() as conn:
             for item in batch:
                 if isinstance(item, Dropped):
                     done[f"dropped_{item.reason}"] += 1
                 elif item.channel == "event":
-                    done[self._event(conn, item, now)] += 1
+                    fresh.append(item)
                 elif item.channel == "status":
                     self._station(conn, item.station, status=item.message["state"],
                                   status_at=item.message["wall_time"])
@@ -101,31 +102,55 @@ class HubStore:
                     done["health"] += 1
                 else:
                     done[f"ignored_{item.channel}"] += 1  # snapshots and replies: events rule
+            if fresh:
+                self._events(conn, fresh, now, done)
         self.counts.update(done)
         return done
 
-    def _event(self, conn: Connection, item: Inbound, now: float) -> str:
-        event = item.message
-        seen = conn.execute(
-            select(events.c.event_id).where(events.c.event_id == event["event_id"])
-        ).first()
-        if seen is not None:
-            return "duplicate"
+    def _events(self, conn: Connection, items: list[Inbound], now: float,
+                done: Counter[str]) -> None:
+        """Store a batch's events: the new ones in one statement, then their alerts."""
+        ids = [item.message["event_id"] for item in items]
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            known.update(e for (e,) in conn.execute(
+                select(events.c.event_id).where(events.c.event_id.in_(ids[start:start + 500]))))
+        new: dict[str, Inbound] = {}
+        for item in items:
+            event_id = item.message["event_id"]
+            if event_id in known or event_id in new:
+                done["duplicate"] += 1
+            else:
+                new[event_id] = item
+        if not new:
+            return
         try:
-            with conn.begin_nested():  # another hub may have stored it a moment ago
-                conn.execute(events.insert().values(
-                    event_id=event["event_id"], station=item.station, seq=event["seq"],
-                    **{"class": event["class"]}, kind=event["kind"], source=event["source"],
-                    wall_time=event["wall_time"], received_at=now, body=event["body"],
-                ))
+            with conn.begin_nested():
+                conn.execute(events.insert(), [_event_row(item, now) for item in new.values()])
+        except IntegrityError:  # another hub stored some of them meanwhile: one by one
+            stored = [item for item in new.values() if self._event(conn, item, now)]
+            done["duplicate"] += len(new) - len(stored)
+        else:
+            stored = list(new.values())
+        done["stored"] += len(stored)
+        latest: dict[str, float] = {}
+        for item in stored:
+            wall = float(item.message["wall_time"])
+            latest[item.station] = max(wall, latest.get(item.station, wall))
+            alert_id = item.message["body"].get("alert_id")
+            if isinstance(alert_id, str) and alert_id:
+                self._alert(conn, item.station, alert_id, item.message)
+        for station, wall in latest.items():
+            self._station(conn, station, last_event_at=wall)
+
+    def _event(self, conn: Connection, item: Inbound, now: float) -> bool:
+        """Store one event unless it is there already; whether it was stored."""
+        try:
+            with conn.begin_nested():
+                conn.execute(events.insert().values(**_event_row(item, now)))
         except IntegrityError:
-            return "duplicate"
-        self._station(conn, item.station, last_event_at=event["wall_time"])
-        body = event["body"]
-        alert_id = body.get("alert_id")
-        if isinstance(alert_id, str) and alert_id:
-            self._alert(conn, item.station, alert_id, event)
-        return "stored"
+            return False
+        return True
 
     def _alert(self, conn: Connection, station: str, alert_id: str,
                event: dict[str, Any]) -> None:
@@ -234,6 +259,15 @@ class HubStore:
         """Events stored."""
         with self.engine.connect() as conn:
             return len(conn.execute(select(events.c.event_id)).all())
+
+
+def _event_row(item: Inbound, now: float) -> dict[str, Any]:
+    event = item.message
+    return {
+        "event_id": event["event_id"], "station": item.station, "seq": event["seq"],
+        "class": event["class"], "kind": event["kind"], "source": event["source"],
+        "wall_time": event["wall_time"], "received_at": now, "body": event["body"],
+    }
 
 
 def _missing(seqs: list[int]) -> Iterator[int]:
