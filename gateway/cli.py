@@ -384,6 +384,21 @@ def cmd_hub(args: argparse.Namespace) -> int:
     engine = open_engine(args.db)
     migrate(engine)
     store = HubStore(engine)
+    if args.hub_action == "operator":
+        from dispatch.web.app import hash_password  # noqa: PLC0415
+
+        try:
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            print(f"stationgw hub: --password-file: {exc}", file=sys.stderr)
+            return 2
+        if len(password) < 12:
+            print("stationgw hub: the password must have at least 12 characters",
+                  file=sys.stderr)
+            return 2
+        store.add_operator(args.username, hash_password(password))
+        print(f"operator {args.username} can log in to the web console")
+        return 0
     if args.hub_action == "cap":
         from dispatch.hub.cap import lifecycle  # noqa: PLC0415
 
@@ -412,15 +427,44 @@ def cmd_hub(args: argparse.Namespace) -> int:
     host, port, security = access
     setup_logging(args.log_level)
 
+    from dispatch.hub.commands import Commander  # noqa: PLC0415
+
+    commander, changed = Commander(args.prefix), asyncio.Event()
+    web = None
+    if args.web is not None:
+        try:
+            web_host, _, web_port = args.web.rpartition(":")
+            secret = args.web_secret_file.read_text(encoding="utf-8").strip()
+            web = (web_host or "127.0.0.1", int(web_port), secret)
+        except (ValueError, OSError, AttributeError) as exc:
+            print(f"stationgw hub: --web HOST:PORT needs --web-secret-file (a file of random "
+                  f"text, 32 characters or more): {exc}", file=sys.stderr)
+            return 2
+
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        await run_hub(store, host, port, prefix=args.prefix,
-                      client_id=args.client_id or "stationgw-hub", share=args.share,
-                      security=security, on_state=lambda text: log.info("hub: %s", text))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(run_hub(
+                store, host, port, prefix=args.prefix,
+                client_id=args.client_id or "stationgw-hub", share=args.share,
+                security=security, on_state=lambda text: log.info("hub: %s", text),
+                commander=commander, changed=changed))
+            if web is not None:
+                import uvicorn  # noqa: PLC0415
+
+                from dispatch.web.app import create_app  # noqa: PLC0415
+
+                app = create_app(store, commander, changed, secret=web[2],
+                                 https_only=args.web_https_only)
+                server = uvicorn.Server(uvicorn.Config(
+                    app, host=web[0], port=web[1], log_level="warning",
+                    timeout_graceful_shutdown=2))  # open event streams end with the hub
+                log.info("hub: web console at http://%s:%d/", web[0], web[1])
+                tg.create_task(server.serve())
 
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(main())
@@ -434,7 +478,8 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = p.add_subparsers(dest="hub_action", metavar="ACTION", required=True)
     for name, text in (("run", "subscribe to every station and record it"),
                        ("audit", "per station, the seqs the hub never received"),
-                       ("cap", "every alert's lifecycle as CAP 1.2 messages, one file each")):
+                       ("cap", "every alert's lifecycle as CAP 1.2 messages, one file each"),
+                       ("operator", "add (or replace) a web console operator")):
         a = actions.add_parser(name, help=text, description=text)
         a.add_argument("--db", default="sqlite:///stationgw-hub.db", metavar="URL",
                        help="database URL: sqlite:///PATH (default sqlite:///stationgw-hub.db)"
@@ -443,6 +488,16 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             _dispatch_options(a, stream=True, top=True)
             a.add_argument("--log-level", default="INFO",
                            choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+            a.add_argument("--web", metavar="HOST:PORT",
+                           help="serve the dispatchers' web console here")
+            a.add_argument("--web-secret-file", type=Path, metavar="FILE",
+                           help="random text that signs the console's session cookies")
+            a.add_argument("--web-https-only", action="store_true",
+                           help="cookies only over HTTPS (behind a TLS reverse proxy)")
+        elif name == "operator":
+            a.add_argument("username", help="the operator's log-in name")
+            a.add_argument("--password-file", type=Path, required=True,
+                           help="file holding the password (12 characters or more)")
         elif name == "audit":
             a.add_argument("--json", action="store_true", help="one JSON array")
         else:

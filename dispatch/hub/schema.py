@@ -77,3 +77,28 @@ stations = Table(
     Column("health_at", Float),
     Column("last_event_at", Float),
 )
+
+#: Dispatchers who may log in to the web console (passwords hashed with argon2).
+operators = Table(
+    "operators", metadata,
+    Column("username", String(64), primary_key=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+#: Every command sent from the web console: who, what, and what the station answered.
+command_audit = Table(
+    "command_audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("station", String(63), nullable=False),
+    Column("alert_id", String(ID), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("team", String(32)),
+    Column("eta_s", Integer),
+    Column("command_id", String(ID), nullable=False),
+    Column("outcome", String(16), nullable=False),  # applied, rejected, no_reply, not_sent
+    Column("reason", String(32)),
+    Column("detail", String(300)),
+)

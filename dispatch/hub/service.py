@@ -23,8 +23,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatch.console.intake import Intake
 from dispatch.console.link import Link
 from dispatch.console.options import PREFIX, Security
+from dispatch.hub.commands import Commander
 from dispatch.hub.store import HubStore
-from dispatch.inbound import read
+from dispatch.inbound import Inbound, read
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,14 @@ async def run_hub(
     store: HubStore, host: str, port: int, *, prefix: str = PREFIX,
     client_id: str = "stationgw-hub", share: str | None = None,
     security: Security | None = None, on_state: Callable[[str], None] = log.info,
+    commander: Commander | None = None, changed: asyncio.Event | None = None,
 ) -> NoReturn:
-    """Record every station's messages forever (cancel to stop)."""
+    """Record every station's messages forever (cancel to stop). `commander` gets the
+    stations' replies and the link to send on; `changed` is set after each commit."""
     link = Link(host, port, hub_topics(prefix, share), client_id=client_id,
                 on_state=on_state, security=security)
+    if commander is not None:
+        commander.link = link
 
     async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
         checked = [read(m.topic, m.payload, prefix) for m in batch]
@@ -62,6 +67,12 @@ async def run_hub(
                          f"retrying in {delay:.1f}s")
                 await asyncio.sleep(delay)
         intake.ack(batch)  # only now: committed
+        if commander is not None:
+            for item, message in zip(checked, batch, strict=True):
+                if isinstance(item, Inbound) and item.channel == "reply":
+                    commander.on_reply(item, bytes(message.payload))
+        if changed is not None:
+            changed.set()
         log.debug("batch of %d: %s", len(batch), dict(done))
 
     await link.run(handle)

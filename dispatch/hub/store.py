@@ -24,10 +24,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dispatch.hub.schema import alerts, events, stations, transitions
+from dispatch.hub.schema import (
+    alerts,
+    command_audit,
+    events,
+    operators,
+    stations,
+    transitions,
+)
 from dispatch.inbound import Dropped, Inbound
 
 log = logging.getLogger(__name__)
@@ -240,6 +247,44 @@ class HubStore:
             row = conn.execute(select(alerts).where(
                 (alerts.c.station == station) & (alerts.c.alert_id == alert_id))).mappings().first()
             return dict(row) if row is not None else None
+
+    def open_alerts(self) -> list[dict[str, Any]]:
+        """Alerts not resolved or cancelled: most urgent class first, then oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(alerts).where(alerts.c.state.not_in(_CLOSED))
+                .order_by(alerts.c["class"], alerts.c.opened_at)).mappings()]
+
+    def station_rows(self) -> list[dict[str, Any]]:
+        """Every station's last status and health."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(stations).order_by(stations.c.station)).mappings()]
+
+    def add_operator(self, username: str, password_hash: str) -> None:
+        """Add (or replace) a web console operator."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(operators).where(operators.c.username == username))
+            conn.execute(operators.insert().values(
+                username=username, password_hash=password_hash, created_at=time.time()))
+
+    def operator_hash(self, username: str) -> str | None:
+        """An operator's password hash, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(operators.c.password_hash)
+                               .where(operators.c.username == username)).first()
+            return None if row is None else str(row[0])
+
+    def audit(self, **entry: Any) -> None:
+        """Record a command sent from the web console and its outcome."""
+        with self.engine.begin() as conn:
+            conn.execute(command_audit.insert().values(at=time.time(), **entry))
+
+    def audit_log(self) -> list[dict[str, Any]]:
+        """Every audited command, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(command_audit).order_by(command_audit.c.id)).mappings()]
 
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert's row, oldest first."""

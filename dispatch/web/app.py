@@ -1,0 +1,210 @@
+"""The dispatchers' web console, served by the hub (Starlette).
+
+- `/` the live queue across all stations (most urgent class first, then oldest), each row
+  with its class written out (never colour alone), age, state, station, place, presses,
+  requested response and team, and acknowledge / assign (team, ETA) / resolve buttons; the
+  stations' health below. The page follows the hub's database through server-sent events
+  (`/api/stream`: one "changed" each time a batch is committed) and plays a tone and flashes
+  the title for a new P0 or P1.
+- Commands (`POST /api/command`) go to the station over the hub's MQTT session (the dispatch
+  certificate) and wait for the station's reply; each is written to `command_audit` with the
+  operator who sent it, and carries the operator's id as `dispatcher`.
+- No anonymous use: operators log in with a password (argon2 hashes, `stationgw hub
+  operator add`); sessions are signed cookies (SameSite=Strict, HttpOnly); every POST needs
+  the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from dispatch.console.options import TEAMS
+from dispatch.hub.commands import Commander, CommandError
+from dispatch.hub.store import HubStore
+from dispatch.inbound import printable
+from gateway.dispatch import make_command
+
+HASHER = PasswordHasher()
+PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+ACTIONS = ("acknowledge", "assign", "resolve")
+
+
+def hash_password(password: str) -> str:
+    """An argon2 hash for `operators.password_hash`."""
+    return HASHER.hash(password)
+
+
+def _csrf(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def _user(request: Request) -> str | None:
+    user = request.session.get("user")
+    return user if isinstance(user, str) else None
+
+
+def _login_page(request: Request, message: str = "", status: int = 200) -> HTMLResponse:
+    note = f'<p role="alert" class="err">{html.escape(message)}</p>' if message else ""
+    return HTMLResponse(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Dispatch: log in"
+        "</title></head><body><h1>Dispatch console</h1>" + note +
+        '<form method=post action="/login">'
+        f'<input type=hidden name=csrf value="{_csrf(request)}">'
+        '<label>Operator <input name=username id=username autocomplete=username></label> '
+        '<label>Password <input name=password id=password type=password '
+        'autocomplete=current-password></label> <button id=login type=submit>Log in</button>'
+        "</form></body></html>", status_code=status)
+
+
+def _row(alert: dict[str, Any], now: float) -> dict[str, Any]:
+    return {
+        "station": printable(alert["station"]), "alert_id": printable(alert["alert_id"]),
+        "class": alert["class"], "state": alert["state"],
+        "age_s": max(0.0, now - float(alert["opened_at"])),
+        "place": printable(alert["location"] or alert["source"]),
+        "source": printable(alert["source"]),
+        "requested_response": alert["requested_response"], "team": alert["team"],
+        "eta_s": alert["eta_s"], "escalations": alert["escalations"],
+    }
+
+
+def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
+               secret: str, https_only: bool = False) -> Starlette:
+    """The web console over one hub's store and MQTT commander."""
+
+    async def index(request: Request) -> Response:
+        if _user(request) is None:
+            return RedirectResponse("/login", status_code=303)
+        page = PAGE.replace("{{csrf}}", _csrf(request)).replace(
+            "{{user}}", html.escape(_user(request) or ""))
+        return HTMLResponse(page.replace("{{teams}}", json.dumps(list(TEAMS))))
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return _login_page(request)
+        form = await request.form()
+        if form.get("csrf") != request.session.get("csrf"):
+            return _login_page(request, "the form expired: log in again", 403)
+        username, password = str(form.get("username", "")), str(form.get("password", ""))
+        stored = await asyncio.to_thread(store.operator_hash, username)
+        try:
+            ok = stored is not None and HASHER.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok:
+            return _login_page(request, "unknown operator or wrong password", 401)
+        request.session.clear()
+        request.session["user"] = username
+        _csrf(request)
+        return RedirectResponse("/", status_code=303)
+
+    async def logout(request: Request) -> Response:
+        if request.headers.get("x-csrf-token") == request.session.get("csrf"):
+            request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    async def api_alerts(request: Request) -> Response:
+        if _user(request) is None:
+            return JSONResponse({"error": "log in"}, status_code=401)
+        now = time.time()
+        rows = [_row(a, now) for a in await asyncio.to_thread(store.open_alerts)]
+        stations = [{
+            "station": printable(s["station"]), "status": s["status"],
+            "faults": [printable(f.get("code", "")) for f in
+                       (s["health"] or {}).get("faults", []) if isinstance(f, dict)],
+            "outbox_rows": ((s["health"] or {}).get("outbox") or {}).get("rows"),
+            "links": (s["health"] or {}).get("links", {}),
+        } for s in await asyncio.to_thread(store.station_rows)]
+        return JSONResponse({"alerts": rows, "stations": stations, "now": now})
+
+    async def api_stream(request: Request) -> Response:
+        if _user(request) is None:
+            return JSONResponse({"error": "log in"}, status_code=401)
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: changed\n\n"
+            while not await request.is_disconnected():
+                changed.clear()
+                try:
+                    async with asyncio.timeout(15):
+                        await changed.wait()
+                    yield b"data: changed\n\n"
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    async def api_command(request: Request) -> Response:
+        user = _user(request)
+        if user is None:
+            return JSONResponse({"error": "log in"}, status_code=401)
+        if request.headers.get("x-csrf-token") != request.session.get("csrf"):
+            return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+        try:
+            body = await request.json()
+            action = body["action"]
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad command: {exc}"}, status_code=400)
+        if action not in ACTIONS:
+            return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"},
+                                status_code=400)
+        try:
+            eta = body.get("eta_min")
+            command = make_command(
+                str(body["station"]), str(body["alert_id"]), action, team=body.get("team"),
+                eta_s=None if eta in (None, "") else round(float(eta) * 60),
+                dispatcher=f"web:{user}"[:64])
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad command: {exc}"}, status_code=400)
+        entry = {"operator": user, "station": command.station, "alert_id": command.alert_id,
+                 "action": command.action, "team": command.team, "eta_s": command.eta_s,
+                 "command_id": command.command_id}
+        try:
+            reply = await commander.send(command)
+        except CommandError as exc:
+            await asyncio.to_thread(store.audit, **entry, outcome="no_reply",
+                                    detail=str(exc)[:300])
+            return JSONResponse({"status": "no_reply", "detail": str(exc)}, status_code=504)
+        await asyncio.to_thread(store.audit, **entry, outcome=reply.status,
+                                reason=reply.reason, detail=reply.detail[:300])
+        return JSONResponse({"status": reply.status, "reason": reply.reason,
+                             "detail": printable(reply.detail)})
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/login", login, methods=["GET", "POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/api/alerts", api_alerts),
+            Route("/api/stream", api_stream),
+            Route("/api/command", api_command, methods=["POST"]),
+        ],
+        middleware=[Middleware(SessionMiddleware, secret_key=secret, same_site="strict",
+                               https_only=https_only, max_age=12 * 3600)],
+    )

@@ -1,0 +1,184 @@
+"""The dispatchers' web console: no anonymous use, CSRF, and the whole loop in a real
+browser (Debian's chromium and chromium-driver, driven by Selenium) against a real hub on
+PostgreSQL, Mosquitto and a gateway on mock pins: a press appears, a dispatcher acknowledges
+it in the page, and the rider's lamp shows acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import create_engine, text
+
+from dispatch.hub.commands import Commander
+from dispatch.hub.service import run_hub
+from dispatch.hub.store import HubStore, migrate, open_engine
+from dispatch.web.app import create_app, hash_password
+from gateway.broker import Mosquitto, free_port
+from gateway.daemon import Gateway
+from gateway.testing.postgres import PostgreSQL
+from tests.helpers import running, subscribe
+from tests.test_helppoints import lamp_becomes
+from tests.test_lifecycle import lifecycle_config, raise_alert
+
+WAIT = 30.0
+PASSWORD = "correct horse battery staple"  # noqa: S105 - a test operator
+SECRET = "x" * 40
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[HubStore]:
+    engine = open_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    hub = HubStore(engine)
+    hub.add_operator("desk-1", hash_password(PASSWORD))
+    yield hub
+    engine.dispose()
+
+
+def client(store: HubStore) -> httpx.AsyncClient:
+    app = create_app(store, Commander("stationgw/v1", reply_timeout_s=0.5), asyncio.Event(),
+                     secret=SECRET)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                             base_url="http://console")
+
+
+async def logged_in(web: httpx.AsyncClient, password: str = PASSWORD) -> httpx.Response:
+    page = await web.get("/login")
+    csrf = page.text.split('name=csrf value="')[1].split('"')[0]
+    return await web.post("/login", data={"csrf": csrf, "username": "desk-1",
+                                          "password": password})
+
+
+async def test_nothing_is_served_to_anyone_not_logged_in(store: HubStore) -> None:
+    async with client(store) as web:
+        assert (await web.get("/")).status_code == 303
+        assert (await web.get("/api/alerts")).status_code == 401
+        assert (await web.get("/api/stream")).status_code == 401
+        assert (await web.post("/api/command", json={})).status_code == 401
+        assert (await logged_in(web, "wrong password")).status_code == 401
+        assert (await web.get("/api/alerts")).status_code == 401
+
+
+async def test_commands_need_the_csrf_token_and_are_audited(store: HubStore) -> None:
+    async with client(store) as web:
+        assert (await logged_in(web)).status_code == 303
+        assert (await web.get("/api/alerts")).json()["alerts"] == []
+        command = {"station": "s-1", "alert_id": "a1", "action": "acknowledge"}
+        assert (await web.post("/api/command", json=command)).status_code == 403
+        page = await web.get("/")
+        csrf = page.text.split('name="csrf" content="')[1].split('"')[0]
+        bad = await web.post("/api/command", json={**command, "action": "explode"},
+                             headers={"X-CSRF-Token": csrf})
+        assert bad.status_code == 400
+        sent = await web.post("/api/command", json=command, headers={"X-CSRF-Token": csrf})
+        assert sent.status_code == 504  # the hub is not connected to a broker here
+    (entry,) = store.audit_log()
+    assert (entry["operator"], entry["action"], entry["outcome"]) == (
+        "desk-1", "acknowledge", "no_reply")
+
+
+def chromium() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                "--window-size=1400,900"):
+        options.add_argument(arg)
+    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    return webdriver.Chrome(options=options, service=service)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: object, port: int) -> AsyncIterator[None]:
+    config = uvicorn.Config(app, host="127.0.0.1", port=port,  # type: ignore[arg-type]
+                            log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(WAIT):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_follows(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    with PostgreSQL() as pg:
+        name = f"web_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        engine = open_engine(pg.url.rsplit("/", 1)[0] + f"/{name}")
+        migrate(engine)
+        store = HubStore(engine)
+        store.add_operator("desk-1", hash_password(PASSWORD))
+        commander, changed = Commander("stationgw/v1"), asyncio.Event()
+        app = create_app(store, commander, changed, secret=SECRET)
+        port = free_port()
+        config = lifecycle_config(tmp_path, broker.url)
+        root = f"stationgw/v1/{config.station_id}"
+        hub = asyncio.create_task(run_hub(store, "127.0.0.1", broker.port,
+                                          client_id=f"hub-{uuid.uuid4().hex[:8]}",
+                                          commander=commander, changed=changed))
+        browser = await asyncio.to_thread(chromium)
+        try:
+            async with (
+                serving(app, port),
+                subscribe(broker.port, f"{root}/events/#") as sub,
+                running(Gateway(config)) as gw,
+            ):
+                await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
+
+                def log_in() -> None:
+                    browser.get(f"http://127.0.0.1:{port}/")
+                    browser.find_element(By.ID, "username").send_keys("desk-1")
+                    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+                    browser.find_element(By.ID, "login").click()
+                    WebDriverWait(browser, WAIT).until(
+                        ec.text_to_be_present_in_element((By.ID, "status"), "live"))
+
+                await asyncio.to_thread(log_in)
+                alert_id = await raise_alert(gw, sub)
+
+                def acknowledge() -> str:
+                    row = WebDriverWait(browser, WAIT).until(ec.presence_of_element_located(
+                        (By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')))
+                    assert "P1" in row.text and config.station_id in row.text
+                    row.find_element(By.CSS_SELECTOR,
+                                     'button[data-action="acknowledge"]').click()
+                    WebDriverWait(browser, WAIT).until(
+                        ec.text_to_be_present_in_element((By.ID, "result"), "applied"))
+                    return browser.find_element(By.ID, "result").text
+
+                result = await asyncio.to_thread(acknowledge)
+                await lamp_becomes(gw, "hp-1", "acknowledged")
+                assert "applied" in result
+                await asyncio.to_thread(browser.quit)  # closes its event stream
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(browser.quit)
+            hub.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hub
+        (entry,) = store.audit_log()
+        assert (entry["operator"], entry["action"], entry["outcome"], entry["alert_id"]) == (
+            "desk-1", "acknowledge", "applied", alert_id)
+        await asyncio.sleep(0)
+        engine.dispose()
