@@ -188,8 +188,8 @@ async def test_restarts_faster_than_the_ack_timeout_cannot_hold_off_an_escalatio
     root = f"stationgw/v1/{config.station_id}"
     async with subscribe(broker.port, f"{root}/events/#") as sub:
         async with running(Gateway(config)) as gw:
+            raised_at = time.monotonic()  # before the press: its announcement comes after
             alert_id = await raise_alert(gw, sub)
-        raised_at = time.monotonic()
 
         def escalated(messages: list[tuple[str, dict[str, Any]]]) -> bool:
             return any(p.get("kind") == "alert.escalated" and p["body"]["alert_id"] == alert_id
