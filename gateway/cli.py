@@ -432,13 +432,21 @@ def cmd_hub(args: argparse.Namespace) -> int:
     commander, changed = Commander(args.prefix), asyncio.Event()
     web = None
     if args.web is not None:
+        problem = None
         try:
             web_host, _, web_port = args.web.rpartition(":")
-            secret = args.web_secret_file.read_text(encoding="utf-8").strip()
+            secret = args.web_secret_file.read_text(encoding="utf-8").strip() if (
+                args.web_secret_file is not None) else ""
             web = (web_host or "127.0.0.1", int(web_port), secret)
-        except (ValueError, OSError, AttributeError) as exc:
-            print(f"stationgw hub: --web HOST:PORT needs --web-secret-file (a file of random "
-                  f"text, 32 characters or more): {exc}", file=sys.stderr)
+        except ValueError:
+            problem = f"--web {args.web!r}: give HOST:PORT, e.g. 127.0.0.1:8080"
+        except OSError as exc:
+            problem = f"--web-secret-file: cannot read it: {exc.strerror or exc}"
+        if problem is None and len(secret) < 32:
+            problem = ("--web needs --web-secret-file, a file of 32 or more random characters "
+                       "(e.g. `openssl rand -hex 32 > FILE`)")
+        if problem is not None:
+            print(f"stationgw hub: {problem}", file=sys.stderr)
             return 2
 
     async def main() -> None:
