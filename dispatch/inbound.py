@@ -115,7 +115,10 @@ def read(topic: str, payload: bytes | bytearray, prefix: str) -> Inbound | Dropp
     if _MODELS is None:
         _MODELS = _models()
     try:
-        _MODELS[channel].validate_json(bytes(payload), strict=True)
+        if channel == "reply":  # a pydantic dataclass: strict mode takes no dict, only JSON
+            _MODELS[channel].validate_json(bytes(payload), strict=True)
+        else:  # the JSON is parsed already: validate the value, not the bytes again
+            _MODELS[channel].validate_python(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         at = ".".join(str(p) for p in first["loc"]) or "(top)"

@@ -31,7 +31,6 @@ class ReplyLimiter:
     burst: int = REPLY_BURST
     rate_per_s: float = REPLY_RATE_PER_S
     quiet_s: float = QUIET_S
-    suppressed: int = 0  # in total
     last_suppressed_at: float | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
 
@@ -46,7 +45,6 @@ class ReplyLimiter:
         bucket.at = now
         if bucket.tokens < 1.0:
             bucket.held_back += 1
-            self.suppressed += 1
             self.last_suppressed_at = now
             return None
         bucket.tokens -= 1.0

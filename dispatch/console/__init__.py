@@ -28,9 +28,7 @@ from dispatch.console.events import (
     DEDUP_WINDOW,
     Dedup,
     parse_event,
-    parse_json_object,
     parse_reply,
-    parse_snapshot,
 )
 from dispatch.console.intake import (
     CONNECT_TIMEOUT_S,
@@ -91,9 +89,7 @@ __all__ = [
     "one_shot",
     "parse_broker_url",
     "parse_event",
-    "parse_json_object",
     "parse_reply",
-    "parse_snapshot",
     "report_reply",
     "watch_json",
 ]

@@ -1,12 +1,11 @@
 """Payloads in, values out: what the console reads from the broker, with no I/O.
 
-Events (schema `stationgw/event/1`), their de-duplication on `event_id`, a station's
-retained status and open-alerts snapshot, and a gateway's reply to a command.
+Events (schema `stationgw/event/1`), their de-duplication on `event_id`, a gateway's reply
+to a command, and field readers. Every message is first checked by `dispatch.inbound.read`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import deque
 from typing import Any
@@ -50,30 +49,6 @@ class Dedup:
         if len(self._order) > self.window:
             self._seen.discard(self._order.popleft())
         return True
-
-
-ALERTS_SCHEMA = "stationgw/alerts/1"
-
-
-def parse_snapshot(payload: bytes | bytearray) -> dict[str, Any] | None:
-    """A station's open-alerts snapshot, or None unless it is one (schema, station, alerts)."""
-    snapshot = parse_json_object(payload)
-    if (
-        snapshot is None
-        or snapshot.get("schema") != ALERTS_SCHEMA
-        or not as_text(snapshot.get("station"))
-        or not isinstance(snapshot.get("alerts"), list)
-    ):
-        return None
-    return snapshot
-
-
-def parse_json_object(payload: bytes | bytearray) -> dict[str, Any] | None:
-    """A JSON object, or None."""
-    with contextlib.suppress(ValueError, RecursionError):
-        value = json.loads(payload)
-        return value if isinstance(value, dict) else None
-    return None
 
 
 def parse_reply(payload: bytes | bytearray) -> Reply | None:

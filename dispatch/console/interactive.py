@@ -110,7 +110,7 @@ async def _interactive(
                 continue
             inbound = read(topic, message.payload, prefix)
             if isinstance(inbound, Dropped):
-                queue.dropped[inbound.reason] = queue.dropped.get(inbound.reason, 0) + 1
+                queue.count_dropped(inbound)
             elif inbound.channel == "status":
                 screen.stations[inbound.station] = as_text(inbound.message.get("state"),
                                                            "unknown")

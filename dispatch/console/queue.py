@@ -102,7 +102,7 @@ class AlertQueue:
         payload's. Other topics change nothing here."""
         inbound = read(topic, payload, self.prefix)
         if isinstance(inbound, Dropped):
-            self.dropped[inbound.reason] = self.dropped.get(inbound.reason, 0) + 1
+            self.count_dropped(inbound)
             return [self._count("wrong_station" if inbound.reason == "wrong_station"
                                 else "malformed")]
         if inbound.channel == "event":
@@ -110,6 +110,10 @@ class AlertQueue:
         if inbound.channel == "alerts":
             return self.feed_snapshot(inbound.message)
         return []
+
+    def count_dropped(self, dropped: Dropped) -> None:
+        """Count a message `dispatch.inbound.read` refused (on any topic the console reads)."""
+        self.dropped[dropped.reason] = self.dropped.get(dropped.reason, 0) + 1
 
     def feed(self, event: Mapping[str, Any]) -> Change:
         """Fold one event that `dispatch.inbound.read` passed; says what it changed."""
