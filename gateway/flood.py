@@ -50,7 +50,3 @@ class ReplyLimiter:
         bucket.tokens -= 1.0
         held_back, bucket.held_back = bucket.held_back, 0
         return held_back
-
-    def flooding(self, now: float) -> bool:
-        """Whether replies were suppressed within the last `quiet_s`."""
-        return self.last_suppressed_at is not None and now - self.last_suppressed_at < self.quiet_s

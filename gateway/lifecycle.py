@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import aiomqtt
@@ -150,12 +151,11 @@ class Lifecycle:
             log.exception("command handling failed (%d bytes)", len(payload))
             self.health.count("command_handling_errors")
             self._handler_failed_at = time.monotonic()
-            if "command_handling" not in self.health.faults:
-                asyncio.get_running_loop().call_later(HANDLER_FAULT_S, self._handler_fault_over)
-            self.health.raise_fault(
+            self._fault_until_quiet(
                 "command_handling",
                 f"a command broke the handler ({type(exc).__name__}: {str(exc)[:120]}); "
                 "it was answered internal_error and the gateway goes on",
+                last=lambda: self._handler_failed_at, quiet_s=HANDLER_FAULT_S,
             )
             with contextlib.suppress(Exception):
                 await self._reject(client, Rejection(
@@ -182,12 +182,23 @@ class Lifecycle:
         else:
             self.health.clear_fault("clock_skew")
 
-    def _handler_fault_over(self) -> None:
-        wait = self._handler_failed_at + HANDLER_FAULT_S - time.monotonic()
-        if wait > 0:
-            asyncio.get_running_loop().call_later(wait, self._handler_fault_over)
-        else:
-            self.health.clear_fault("command_handling")
+    def _fault_until_quiet(
+        self, code: str, message: str, *, last: Callable[[], float], quiet_s: float
+    ) -> None:
+        """Raise `code`, and clear it once `quiet_s` have passed since `last()` (the newest
+        occurrence), however often it recurs meanwhile."""
+        if code not in self.health.faults:
+            loop = asyncio.get_running_loop()
+
+            def over() -> None:
+                left = last() + quiet_s - time.monotonic()
+                if left > 0:
+                    loop.call_later(left, over)
+                else:
+                    self.health.clear_fault(code)
+
+            loop.call_later(quiet_s, over)
+        self.health.raise_fault(code, message)
 
     async def _handle(self, client: GatewayClient, payload: bytes) -> None:
         parsed = parse_command(
@@ -224,7 +235,13 @@ class Lifecycle:
         held_back = self.replies.admit(rejection.reason, now)
         if held_back is None:  # a flood of this reason: counted, answered later in one line
             self.health.count("command_replies_suppressed")
-            self._flood_noticed(now)
+            self._fault_until_quiet(
+                "command_flood",
+                "rejected commands arrive faster than they are answered: replies are "
+                "coalesced per reason (see counter command_replies_suppressed)",
+                last=lambda: self.replies.last_suppressed_at or 0.0,
+                quiet_s=self.replies.quiet_s,
+            )
             return
         detail = rejection.detail
         if held_back:
@@ -238,24 +255,6 @@ class Lifecycle:
             reason=rejection.reason, detail=detail, station=self.config.station_id,
             wall_time=time.time(),
         ))
-
-    def _flood_noticed(self, now: float) -> None:
-        if "command_flood" not in self.health.faults:
-            self.health.raise_fault(
-                "command_flood",
-                "rejected commands arrive faster than they are answered: replies are "
-                "coalesced per reason (see counter command_replies_suppressed)",
-            )
-            asyncio.get_running_loop().call_later(self.replies.quiet_s, self._flood_over)
-
-    def _flood_over(self) -> None:
-        now = time.monotonic()
-        if self.replies.flooding(now):
-            assert self.replies.last_suppressed_at is not None
-            wait = self.replies.last_suppressed_at + self.replies.quiet_s - now
-            asyncio.get_running_loop().call_later(max(wait, 0.1), self._flood_over)
-        else:
-            self.health.clear_fault("command_flood")
 
     async def _reply(self, client: GatewayClient, reply: Reply) -> None:
         payload = json.dumps(reply.wire()).encode()
