@@ -427,27 +427,24 @@ def cmd_hub(args: argparse.Namespace) -> int:
     host, port, security = access
     setup_logging(args.log_level)
 
+    from dispatch.hub.capfeed import Push, issue_and_push  # noqa: PLC0415
     from dispatch.hub.commands import Commander  # noqa: PLC0415
+    from dispatch.web.app import ProxyLogin  # noqa: PLC0415
 
     commander, changed = Commander(args.prefix), asyncio.Event()
-    web = None
-    if args.web is not None:
-        problem = None
-        try:
-            web_host, _, web_port = args.web.rpartition(":")
-            secret = args.web_secret_file.read_text(encoding="utf-8").strip() if (
-                args.web_secret_file is not None) else ""
-            web = (web_host or "127.0.0.1", int(web_port), secret)
-        except ValueError:
-            problem = f"--web {args.web!r}: give HOST:PORT, e.g. 127.0.0.1:8080"
-        except OSError as exc:
-            problem = f"--web-secret-file: cannot read it: {exc.strerror or exc}"
-        if problem is None and len(secret) < 32:
-            problem = ("--web needs --web-secret-file, a file of 32 or more random characters "
-                       "(e.g. `openssl rand -hex 32 > FILE`)")
-        if problem is not None:
-            print(f"stationgw hub: {problem}", file=sys.stderr)
-            return 2
+    try:
+        web = _web_options(args)
+        push = None if args.cap_push is None else Push(
+            args.cap_push, _secret_file(args.cap_push_token_file, "--cap-push-token-file"))
+        cap_token = _secret_file(args.cap_feed_token_file, "--cap-feed-token-file")
+    except ValueError as exc:
+        print(f"stationgw hub: {exc}", file=sys.stderr)
+        return 2
+    cap_changed = asyncio.Event()
+
+    def committed() -> None:
+        changed.set()
+        cap_changed.set()
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -460,16 +457,25 @@ def cmd_hub(args: argparse.Namespace) -> int:
                 store, host, port, prefix=args.prefix,
                 client_id=args.client_id or "stationgw-hub", share=args.share,
                 security=security, on_state=lambda text: log.info("hub: %s", text),
-                commander=commander, changed=changed))
+                commander=commander, on_commit=committed))
+            tg.create_task(issue_and_push(
+                store, cap_changed, sender=args.cap_sender,
+                status="Test" if args.cap_test else "Actual", push=push,
+                on_state=lambda text: log.warning("hub: %s", text)))
             if web is not None:
                 import uvicorn  # noqa: PLC0415
 
                 from dispatch.web.app import create_app  # noqa: PLC0415
 
-                app = create_app(store, commander, changed, secret=web[2],
-                                 https_only=args.web_https_only)
+                app = create_app(
+                    store, commander, changed, secret=web[2], https_only=args.web_https_only,
+                    proxy=None if args.web_trusted_header is None else ProxyLogin(
+                        args.web_trusted_header,
+                        frozenset(args.web_trusted_proxy or ["127.0.0.1", "::1"])),
+                    cap_token=cap_token, cap_sender=args.cap_sender,
+                    silent_after_s=args.silent_after, cap_push=push is not None)
                 server = uvicorn.Server(uvicorn.Config(
-                    app, host=web[0], port=web[1], log_level="warning",
+                    app, host=web[0], port=web[1], log_level="warning", lifespan="off",
                     timeout_graceful_shutdown=2))  # open event streams end with the hub
                 log.info("hub: web console at http://%s:%d/", web[0], web[1])
                 tg.create_task(server.serve())
@@ -477,6 +483,36 @@ def cmd_hub(args: argparse.Namespace) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(main())
     return 0
+
+
+def _secret_file(path: Path | None, option: str) -> str | None:
+    """A token read from a file (None without the option); ValueError names the fix."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot read it: {exc.strerror or exc}") from exc
+    if len(token) < 16:
+        raise ValueError(f"{option}: the token must have 16 or more characters "
+                         "(e.g. `openssl rand -hex 32 > FILE`)")
+    return token
+
+
+def _web_options(args: argparse.Namespace) -> tuple[str, int, str] | None:
+    """`--web HOST:PORT` and its secret, or None without --web; ValueError names the fix."""
+    if args.web is None:
+        return None
+    try:
+        web_host, _, web_port = args.web.rpartition(":")
+        port = int(web_port)
+    except ValueError:
+        raise ValueError(f"--web {args.web!r}: give HOST:PORT, e.g. 127.0.0.1:8080") from None
+    secret = _secret_file(args.web_secret_file, "--web-secret-file") or ""
+    if len(secret) < 32:
+        raise ValueError("--web needs --web-secret-file, a file of 32 or more random "
+                         "characters (e.g. `openssl rand -hex 32 > FILE`)")
+    return web_host or "127.0.0.1", port, secret
 
 
 def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -502,6 +538,27 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            help="random text that signs the console's session cookies")
             a.add_argument("--web-https-only", action="store_true",
                            help="cookies only over HTTPS (behind a TLS reverse proxy)")
+            a.add_argument("--web-trusted-header", metavar="NAME",
+                           help="log in operators named in this header by a reverse proxy "
+                           "that authenticated them (e.g. X-Remote-User)")
+            a.add_argument("--web-trusted-proxy", action="append", metavar="ADDR",
+                           help="address the trusted proxy connects from (repeatable; "
+                           "default 127.0.0.1 and ::1)")
+            a.add_argument("--silent-after", type=float, default=90.0, metavar="S",
+                           help="flag a station not heard from for S seconds (default 90: "
+                           "three of the gateways' default 30 s health reports)")
+            a.add_argument("--cap-sender", default="stationgw-hub@localhost",
+                           help="the CAP sender (no spaces or commas)")
+            a.add_argument("--cap-test", action="store_true",
+                           help="CAP status Test: the traffic is a test or the demo")
+            a.add_argument("--cap-push", metavar="URL",
+                           help="POST each CAP message to this CAD endpoint, retried "
+                           "from a queue in the database until it answers 2xx")
+            a.add_argument("--cap-push-token-file", type=Path, metavar="FILE",
+                           help="bearer token sent with each push")
+            a.add_argument("--cap-feed-token-file", type=Path, metavar="FILE",
+                           help="bearer token a CAD polls /cap/feed with (operators who "
+                           "logged in may read it too)")
         elif name == "operator":
             a.add_argument("username", help="the operator's log-in name")
             a.add_argument("--password-file", type=Path, required=True,

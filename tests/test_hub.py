@@ -220,3 +220,17 @@ async def test_rows_the_station_evicted_are_told_apart_from_rows_lost(
             await until(accounted, "the report")
     (gap,) = [g for g in store.gaps() if g.station == config.station_id]
     assert (gap.first, gap.missing, len(gap.dropped)) == (1, [], 50)
+
+
+def test_the_migrations_build_exactly_the_schema(db_url: str) -> None:
+    """One migration history for both databases, and it matches dispatch/hub/schema.py: the
+    store's queries assume the tables the migrations made."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from dispatch.hub.schema import metadata
+
+    store = hub_store(db_url)
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []

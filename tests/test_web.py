@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,15 +22,18 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 
 from dispatch.hub.commands import Commander
+from dispatch.hub.schema import stations
 from dispatch.hub.service import run_hub
 from dispatch.hub.store import HubStore, migrate, open_engine
-from dispatch.web.app import create_app, hash_password
+from dispatch.inbound import printable, read
+from dispatch.web.app import ProxyLogin, create_app, hash_password
 from gateway.broker import Mosquitto, free_port
 from gateway.daemon import Gateway
 from gateway.testing.postgres import PostgreSQL
+from gateway.topics import Topics
 from tests.helpers import running, subscribe
 from tests.test_helppoints import lamp_becomes
 from tests.test_lifecycle import lifecycle_config, raise_alert
@@ -88,6 +93,51 @@ async def test_commands_need_the_csrf_token_and_are_audited(store: HubStore) -> 
     (entry,) = store.audit_log()
     assert (entry["operator"], entry["action"], entry["outcome"]) == (
         "desk-1", "acknowledge", "no_reply")
+
+
+@pytest.mark.parametrize("name", ["desk-7", "ops\x1b[2J\u202eeve", "x" * 300])
+async def test_a_trusted_proxy_names_the_operator_and_no_one_else_can(
+    store: HubStore, name: str
+) -> None:
+    """Single sign-on through a reverse proxy: its header is believed from its address
+    only; a client that sends the header itself is anonymous."""
+    def app() -> object:
+        return create_app(store, Commander("stationgw/v1", reply_timeout_s=0.2),
+                          asyncio.Event(), secret=SECRET,
+                          proxy=ProxyLogin("X-Remote-User", frozenset({"10.0.0.2"})))
+
+    headers = {b"X-Remote-User": name.encode()}  # bytes on the wire, read as latin-1
+    for peer, allowed in ((("10.0.0.2", 5000), True), (("10.0.0.66", 5000), False),
+                          (("127.0.0.1", 5000), False)):
+        transport = httpx.ASGITransport(app=app(), client=peer)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://console") as web:
+            assert (await web.get("/api/alerts", headers=headers)).status_code == (
+                200 if allowed else 401)
+            if allowed:
+                page = await web.get("/", headers=headers)
+                csrf = page.text.split('name="csrf" content="')[1].split('"')[0]
+                await web.post("/api/command", headers={**headers, b"X-CSRF-Token": csrf.encode()},
+                               json={"station": "s-1", "alert_id": "a1",
+                                     "action": "acknowledge"})
+    (entry,) = store.audit_log()
+    # As the proxy named them, with no control characters or bidi marks.
+    assert entry["operator"] == printable(name.encode().decode("latin-1")).strip()[:64]
+
+
+async def test_a_station_not_heard_from_is_flagged_silent(store: HubStore) -> None:
+    topics = Topics("stationgw/v1", "north")
+    status = read(topics.status, json.dumps({"state": "online", "station": "north",
+                                             "version": "1", "wall_time": 1000.0}).encode(),
+                  "stationgw/v1")
+    assert store.record([status])["status"] == 1
+    async with client(store) as web:
+        await logged_in(web)
+        (north,) = (await web.get("/api/alerts")).json()["stations"]
+        assert (north["status"], north["silent"]) == ("online", False)
+        with store.engine.begin() as conn:  # the station's last word, 91 s ago
+            conn.execute(update(stations).values(heard_at=time.time() - 91))
+        (north,) = (await web.get("/api/alerts")).json()["stations"]
+        assert (north["status"], north["silent"]) == ("online", True)
 
 
 def chromium() -> webdriver.Chrome:
@@ -170,6 +220,25 @@ async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_fol
                 result = await asyncio.to_thread(acknowledge)
                 await lamp_becomes(gw, "hp-1", "acknowledged")
                 assert "applied" in result
+
+                def timeline() -> tuple[str, list[str], list[str]]:
+                    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+                    row.find_element(By.CSS_SELECTOR, "button.details").click()
+                    WebDriverWait(browser, WAIT).until(
+                        ec.text_to_be_present_in_element((By.ID, "detail-events"),
+                                                         "acknowledged"))
+                    return (browser.find_element(By.ID, "detail-summary").text,
+                            [r.text for r in browser.find_elements(
+                                By.CSS_SELECTOR, "#detail-events tr")],
+                            [r.text for r in browser.find_elements(
+                                By.CSS_SELECTOR, "#detail-commands tr")])
+
+                summary, events, commands = await asyncio.to_thread(timeline)
+                assert "1 press(es)" in summary and "acknowledged" in summary
+                assert "help_point.press" in events[0] and "open" in events[0]
+                assert "alert.acknowledged" in events[-1] and "web:desk-1" in events[-1]
+                assert len(commands) == 1
+                assert "desk-1" in commands[0] and "applied" in commands[0]
                 await asyncio.to_thread(browser.quit)  # closes its event stream
         finally:
             with contextlib.suppress(Exception):

@@ -39,7 +39,6 @@ _RESPONSE_TYPE = {
     "none": "Monitor",
 }
 _IDENT = re.compile(r"[^A-Za-z0-9._:-]")  # CAP: no spaces, commas or XML-reserved characters
-_UPDATE_STATES = ("acknowledged", "assigned", "escalated")
 _CLOSED = ("resolved", "cancelled")
 
 
@@ -73,23 +72,30 @@ def lifecycle(
 ) -> list[CapMessage]:
     """The CAP messages of one alert: its row from `alerts` and its transitions in order."""
     messages: list[CapMessage] = []
-    for n, (state, at) in enumerate(history):
-        if n == 0:
-            kind: Literal["Alert", "Update", "Cancel"] = "Alert"
-        elif state in _CLOSED:
-            kind = "Cancel"
-        elif state in _UPDATE_STATES or state == "open":
-            kind = "Update"
-        else:
-            continue
-        identifier = _IDENT.sub("_", f"stationgw-{alert['station']}-{alert['alert_id']}-{n}")
-        sent = cap_time(at)
-        xml = _message(alert, state, kind, identifier=identifier, sent=sent, sender=sender,
-                       status=status, references=messages)
-        messages.append(CapMessage(identifier, sent, kind, xml))
-        if kind == "Cancel":
+    for state, at in history:
+        message = follow_up(alert, state, at, messages, sender=sender, status=status)
+        if message is None:
             break
+        messages.append(message)
     return messages
+
+
+def follow_up(
+    alert: dict[str, Any], state: str, at: float, earlier: Sequence[CapMessage], *,
+    sender: str, status: Status = "Actual",
+) -> CapMessage | None:
+    """The message for an alert's next transition, given the ones sent for it before:
+    `Alert` first, `Cancel` when it closed, otherwise `Update`; None after its `Cancel`."""
+    if earlier and earlier[-1].msg_type == "Cancel":
+        return None
+    kind: Literal["Alert", "Update", "Cancel"] = (
+        "Alert" if not earlier else "Cancel" if state in _CLOSED else "Update")
+    identifier = _IDENT.sub(
+        "_", f"stationgw-{alert['station']}-{alert['alert_id']}-{len(earlier)}")[:200]
+    sent = cap_time(at)
+    xml = _message(alert, state, kind, identifier=identifier, sent=sent, sender=sender,
+                   status=status, references=earlier)
+    return CapMessage(identifier, sent, kind, xml)
 
 
 def _message(

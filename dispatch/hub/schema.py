@@ -9,6 +9,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -30,7 +31,9 @@ events = Table(
     Column("wall_time", Float, nullable=False),  # the gateway's clock at acceptance
     Column("received_at", Float, nullable=False),  # the hub's clock at commit
     Column("body", JSON, nullable=False),
+    Column("alert_id", String(ID)),  # body.alert_id, for an alert's timeline
     Index("events_station_seq", "station", "seq"),
+    Index("events_alert", "station", "alert_id"),
 )
 
 #: One row per alert: its state now and when each transition happened (gateway wall time).
@@ -50,6 +53,7 @@ alerts = Table(
     Column("team", String(32)),
     Column("eta_s", Integer),
     Column("escalations", Integer, nullable=False, default=0),
+    Column("press_count", Integer, nullable=False, default=1, server_default="1"),
     Column("last_seq", BigInteger, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("alerts_state", "state"),
@@ -76,6 +80,7 @@ stations = Table(
     Column("health", JSON),
     Column("health_at", Float),
     Column("last_event_at", Float),
+    Column("heard_at", Float),  # the hub's clock at its last commit of the station's message
 )
 
 #: Dispatchers who may log in to the web console (passwords hashed with argon2).
@@ -101,4 +106,27 @@ command_audit = Table(
     Column("outcome", String(16), nullable=False),  # applied, rejected, no_reply, not_sent
     Column("reason", String(32)),
     Column("detail", String(300)),
+)
+
+#: The CAP 1.2 view of each transition (`xml` is NULL for one after the alert's Cancel), in
+#: the order the hub issued them (`id`: the feed's cursor), and its push to a CAD: a durable
+#: queue (pending while `pushed_at` is NULL; a hub claims a message until `push_claim_until`).
+cap_messages = Table(
+    "cap_messages", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transition_id", Integer, nullable=False, unique=True),
+    Column("station", String(63), nullable=False),
+    Column("alert_id", String(ID), nullable=False),
+    Column("identifier", String(200), unique=True),
+    Column("msg_type", String(8)),
+    Column("sent", String(32)),
+    Column("xml", LargeBinary),
+    Column("created_at", Float, nullable=False),
+    Column("pushed_at", Float),
+    Column("push_attempts", Integer, nullable=False, default=0, server_default="0"),
+    Column("next_push_at", Float),
+    Column("push_claim_until", Float),
+    Column("push_error", String(300)),
+    Index("cap_alert", "station", "alert_id"),
+    Index("cap_pending", "pushed_at", "id"),
 )

@@ -44,9 +44,11 @@ async def run_hub(
     client_id: str = "stationgw-hub", share: str | None = None,
     security: Security | None = None, on_state: Callable[[str], None] = log.info,
     commander: Commander | None = None, changed: asyncio.Event | None = None,
+    on_commit: Callable[[], None] | None = None,
 ) -> NoReturn:
     """Record every station's messages forever (cancel to stop). `commander` gets the
-    stations' replies and the link to send on; `changed` is set after each commit."""
+    stations' replies and the link to send on; `changed` is set, and `on_commit` called,
+    after each commit."""
     link = Link(host, port, hub_topics(prefix, share), client_id=client_id,
                 on_state=on_state, security=security)
     if commander is not None:
@@ -73,6 +75,8 @@ async def run_hub(
                     commander.on_reply(item, bytes(message.payload))
         if changed is not None:
             changed.set()
+        if on_commit is not None:
+            on_commit()
         log.debug("batch of %d: %s", len(batch), dict(done))
 
     await link.run(handle)

@@ -24,11 +24,23 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, delete, event, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
+from dispatch.hub.cap import CapMessage, Status, follow_up
 from dispatch.hub.schema import (
     alerts,
+    cap_messages,
     command_audit,
     events,
     operators,
@@ -41,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _CLOSED = ("resolved", "cancelled")
+_CAP_WINDOW = 5000  # transition ids below the newest issued one still looked at
 
 
 def open_engine(url: str) -> Engine:
@@ -101,11 +114,11 @@ class HubStore:
                     fresh.append(item)
                 elif item.channel == "status":
                     self._station(conn, item.station, status=item.message["state"],
-                                  status_at=item.message["wall_time"])
+                                  status_at=item.message["wall_time"], heard_at=now)
                     done["status"] += 1
                 elif item.channel == "health":
                     self._station(conn, item.station, health=item.message,
-                                  health_at=item.message["wall_time"])
+                                  health_at=item.message["wall_time"], heard_at=now)
                     done["health"] += 1
                 else:
                     done[f"ignored_{item.channel}"] += 1  # snapshots and replies: events rule
@@ -144,11 +157,11 @@ class HubStore:
         for item in stored:
             wall = float(item.message["wall_time"])
             latest[item.station] = max(wall, latest.get(item.station, wall))
-            alert_id = item.message["body"].get("alert_id")
-            if isinstance(alert_id, str) and alert_id:
+            alert_id = _alert_id(item.message["body"])
+            if alert_id is not None:
                 self._alert(conn, item.station, alert_id, item.message)
         for station, wall in latest.items():
-            self._station(conn, station, last_event_at=wall)
+            self._station(conn, station, last_event_at=wall, heard_at=now)
 
     def _event(self, conn: Connection, item: Inbound, now: float) -> bool:
         """Store one event unless it is there already; whether it was stored."""
@@ -174,6 +187,7 @@ class HubStore:
                         location=str(body.get("location", ""))[:200],
                         requested_response=event["requested_response"],
                         opened_at=_first_press(body, at), escalations=0, last_seq=seq,
+                        press_count=_press_count(body, 1),
                         updated_at=at, **_times(state, at, {}),
                         **_assignment(body),
                     ))
@@ -188,6 +202,8 @@ class HubStore:
             changes["escalations"] = row["escalations"] + 1
             self._transition(conn, station, alert_id, "escalated", at=at,
                              event_id=event["event_id"])
+        if _press_count(body, 0) > row["press_count"]:
+            changes["press_count"] = _press_count(body, 0)
         if seq > row["last_seq"]:  # the newest event is the truth (P0 drains before P1)
             changes |= {"state": state, "class": event["class"], "last_seq": seq,
                         "updated_at": at,
@@ -300,6 +316,113 @@ class HubStore:
                 .where((transitions.c.station == station) & (transitions.c.alert_id == alert_id))
                 .order_by(transitions.c.at, transitions.c.id))]
 
+    def timeline(self, station: str, alert_id: str) -> list[dict[str, Any]]:
+        """An alert's events in the order the gateway accepted them (by `seq`)."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(events).where((events.c.station == station)
+                                     & (events.c.alert_id == alert_id))
+                .order_by(events.c.seq)).mappings()]
+
+    # ------------------------------------------------------------------ CAP
+
+    def issue_cap(self, *, sender: str, status: Status = "Actual", limit: int = 500) -> int:
+        """Turn transitions not yet issued into CAP messages, in one transaction; how many
+        transitions it took. Two hubs racing for the same ones: one commits, the other's
+        transaction fails on the unique transition id (IntegrityError) and takes the rest
+        next time."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            newest = conn.execute(select(func.max(cap_messages.c.transition_id))).scalar()
+            # Transactions commit out of id order only by a handful; never by thousands.
+            floor = (newest or 0) - _CAP_WINDOW
+            todo = conn.execute(
+                select(transitions).where(
+                    (transitions.c.id > floor)
+                    & ~exists().where(cap_messages.c.transition_id == transitions.c.id))
+                .order_by(transitions.c.id).limit(limit)).mappings().all()
+            sent: dict[tuple[str, str], list[CapMessage]] = {}
+            for t in todo:
+                key = (t["station"], t["alert_id"])
+                if key not in sent:
+                    sent[key] = [CapMessage(r.identifier, r.sent, r.msg_type, r.xml)
+                                 for r in conn.execute(
+                                     select(cap_messages).where(
+                                         (cap_messages.c.station == key[0])
+                                         & (cap_messages.c.alert_id == key[1])
+                                         & cap_messages.c.xml.is_not(None))
+                                     .order_by(cap_messages.c.id))]
+                alert = conn.execute(select(alerts).where(
+                    (alerts.c.station == key[0]) & (alerts.c.alert_id == key[1]))
+                ).mappings().first()
+                message = None if alert is None else follow_up(
+                    dict(alert), t["state"], t["at"], sent[key], sender=sender, status=status)
+                conn.execute(cap_messages.insert().values(
+                    transition_id=t["id"], station=key[0], alert_id=key[1], created_at=now,
+                    **({} if message is None else {
+                        "identifier": message.identifier, "msg_type": message.msg_type,
+                        "sent": message.sent, "xml": message.xml})))
+                if message is not None:
+                    sent[key].append(message)
+            return len(todo)
+
+    def cap_feed(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """CAP messages issued after feed position `after`, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(cap_messages.c.id, cap_messages.c.identifier, cap_messages.c.sent,
+                       cap_messages.c.msg_type, cap_messages.c.xml)
+                .where((cap_messages.c.id > after) & cap_messages.c.xml.is_not(None))
+                .order_by(cap_messages.c.id).limit(limit)).mappings()]
+
+    def cap_message(self, identifier: str) -> bytes | None:
+        """One CAP message's XML, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(cap_messages.c.xml)
+                               .where(cap_messages.c.identifier == identifier)).first()
+            return None if row is None else bytes(row[0])
+
+    def claim_push(self, now: float, hold_s: float) -> dict[str, Any] | None:
+        """The oldest message not pushed yet, claimed for `hold_s` (others wait behind it, so
+        a CAD gets each alert's messages in order), or None if there is none or it is due
+        later or claimed by another hub."""
+        pending = (cap_messages.c.pushed_at.is_(None)) & cap_messages.c.xml.is_not(None)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(cap_messages).where(pending).order_by(cap_messages.c.id)
+                               .limit(1)).mappings().first()
+            if row is None or (row["next_push_at"] or 0) > now:
+                return None
+            free = cap_messages.c.push_claim_until.is_(None) | (
+                cap_messages.c.push_claim_until < now)
+            claimed = conn.execute(update(cap_messages).where(
+                (cap_messages.c.id == row["id"]) & free & pending
+            ).values(push_claim_until=now + hold_s)).rowcount
+            return dict(row) if claimed else None
+
+    def pushed(self, message_id: int, now: float) -> None:
+        """The CAD took the message."""
+        with self.engine.begin() as conn:
+            conn.execute(update(cap_messages).where(cap_messages.c.id == message_id).values(
+                pushed_at=now, push_attempts=cap_messages.c.push_attempts + 1,
+                push_claim_until=None, push_error=None))
+
+    def push_failed(self, message_id: int, error: str, retry_at: float) -> None:
+        """The push failed: try again at `retry_at`."""
+        with self.engine.begin() as conn:
+            conn.execute(update(cap_messages).where(cap_messages.c.id == message_id).values(
+                push_attempts=cap_messages.c.push_attempts + 1, next_push_at=retry_at,
+                push_claim_until=None, push_error=error[:300]))
+
+    def push_backlog(self) -> dict[str, Any]:
+        """Messages not pushed yet: how many, the oldest's creation time, the last error."""
+        pending = (cap_messages.c.pushed_at.is_(None)) & cap_messages.c.xml.is_not(None)
+        with self.engine.connect() as conn:
+            count, oldest = conn.execute(select(func.count(), func.min(
+                cap_messages.c.created_at)).where(pending)).one()
+            error = conn.execute(select(cap_messages.c.push_error).where(pending)
+                                 .order_by(cap_messages.c.id).limit(1)).scalar()
+        return {"pending": int(count), "oldest_at": oldest, "error": error}
+
     def event_count(self) -> int:
         """Events stored."""
         with self.engine.connect() as conn:
@@ -312,7 +435,13 @@ def _event_row(item: Inbound, now: float) -> dict[str, Any]:
         "event_id": event["event_id"], "station": item.station, "seq": event["seq"],
         "class": event["class"], "kind": event["kind"], "source": event["source"],
         "wall_time": event["wall_time"], "received_at": now, "body": event["body"],
+        "alert_id": _alert_id(event["body"]),
     }
+
+
+def _alert_id(body: dict[str, Any]) -> str | None:
+    alert_id = body.get("alert_id")
+    return alert_id if isinstance(alert_id, str) and alert_id else None
 
 
 def _missing(seqs: list[int]) -> Iterator[int]:
@@ -323,6 +452,11 @@ def _missing(seqs: list[int]) -> Iterator[int]:
 def _first_press(body: dict[str, Any], at: float) -> float:
     first = body.get("first_press")
     return float(first) if isinstance(first, int | float) and not isinstance(first, bool) else at
+
+
+def _press_count(body: dict[str, Any], default: int) -> int:
+    count = body.get("press_count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else default
 
 
 def _times(state: str, at: float, row: Any) -> dict[str, float]:

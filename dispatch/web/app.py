@@ -9,9 +9,16 @@
 - Commands (`POST /api/command`) go to the station over the hub's MQTT session (the dispatch
   certificate) and wait for the station's reply; each is written to `command_audit` with the
   operator who sent it, and carries the operator's id as `dispatcher`.
+- `/api/alerts/STATION/ALERT` one alert's timeline: its state changes with their times and
+  every event about it (class, presses, evidence, the dispatcher's desk, team), shown when a
+  row's Details button is pressed.
 - No anonymous use: operators log in with a password (argon2 hashes, `stationgw hub
-  operator add`); sessions are signed cookies (SameSite=Strict, HttpOnly); every POST needs
-  the session's CSRF token.
+  operator add`), or a trusted reverse proxy that authenticated them names them in a header
+  (`trusted_header`, believed only from the `trusted_proxies` addresses); sessions are
+  signed cookies (SameSite=Strict, HttpOnly); every POST needs the session's CSRF token.
+- CAP 1.2 for a CAD (`/cap/feed?after=N`, an Atom feed with the messages inline, and
+  `/cap/messages/IDENTIFIER.xml`): for a logged-in operator, or a CAD sending
+  `Authorization: Bearer TOKEN` (`cap_token`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from dispatch.console.options import TEAMS
+from dispatch.hub.capfeed import CAP_TYPE, atom_feed
 from dispatch.hub.commands import Commander, CommandError
 from dispatch.hub.store import HubStore
 from dispatch.inbound import printable
@@ -63,7 +72,25 @@ def _csrf(request: Request) -> str:
     return token
 
 
-def _user(request: Request) -> str | None:
+@dataclass(frozen=True)
+class ProxyLogin:
+    """Operators named by a reverse proxy that authenticated them (single sign-on): the
+    header it sets, and the addresses it connects from (the header is ignored from any
+    other peer, so a client cannot name itself)."""
+
+    header: str
+    proxies: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+
+
+def _user(request: Request, proxy: ProxyLogin | None = None) -> str | None:
+    if proxy is not None and request.client is not None and (
+            request.client.host in proxy.proxies):
+        named = printable(request.headers.get(proxy.header, "")).strip()[:64]
+        if named:
+            if request.session.get("user") != named:
+                request.session.clear()
+                request.session["user"] = named
+            return named
     user = request.session.get("user")
     return user if isinstance(user, str) else None
 
@@ -90,18 +117,46 @@ def _row(alert: dict[str, Any], now: float) -> dict[str, Any]:
         "source": printable(alert["source"]),
         "requested_response": alert["requested_response"], "team": alert["team"],
         "eta_s": alert["eta_s"], "escalations": alert["escalations"],
+        "press_count": alert["press_count"],
+    }
+
+
+def _timeline_event(event: dict[str, Any]) -> dict[str, Any]:
+    body = event["body"] if isinstance(event["body"], dict) else {}
+    evidence = body.get("evidence")
+    return {
+        "seq": event["seq"], "kind": printable(event["kind"]), "class": event["class"],
+        "at": event["wall_time"], "state": printable(str(body.get("state", ""))),
+        "press_count": body.get("press_count"),
+        "evidence": [printable(str(e)) for e in evidence] if isinstance(evidence, list) else [],
+        "dispatcher": printable(str(body.get("dispatcher", ""))),
+        "team": printable(str(body.get("team", ""))), "held": body.get("held") is True,
     }
 
 
 def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
-               secret: str, https_only: bool = False) -> Starlette:
-    """The web console over one hub's store and MQTT commander."""
+               secret: str, https_only: bool = False, proxy: ProxyLogin | None = None,
+               cap_token: str | None = None, cap_sender: str = "stationgw-hub@localhost",
+               silent_after_s: float = 90.0, cap_push: bool = False) -> Starlette:
+    """The web console over one hub's store and MQTT commander. A station not heard from
+    for `silent_after_s` (the hub's clock) is shown as silent; with `cap_push`, the CAP
+    messages not yet taken by the CAD are shown."""
+
+    def user(request: Request) -> str | None:
+        return _user(request, proxy)
+
+    def may_read_cap(request: Request) -> bool:
+        offered = request.headers.get("authorization", "")
+        if cap_token and secrets.compare_digest(offered.encode(),
+                                                f"Bearer {cap_token}".encode()):
+            return True
+        return user(request) is not None
 
     async def index(request: Request) -> Response:
-        if _user(request) is None:
+        if user(request) is None:
             return RedirectResponse("/login", status_code=303)
         page = PAGE.replace("{{csrf}}", _csrf(request)).replace(
-            "{{user}}", html.escape(_user(request) or ""))
+            "{{user}}", html.escape(user(request) or ""))
         return HTMLResponse(page.replace("{{teams}}", json.dumps(list(TEAMS))))
 
     async def login(request: Request) -> Response:
@@ -129,21 +184,68 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
         return RedirectResponse("/login", status_code=303)
 
     async def api_alerts(request: Request) -> Response:
-        if _user(request) is None:
+        if user(request) is None:
             return JSONResponse({"error": "log in"}, status_code=401)
         now = time.time()
         rows = [_row(a, now) for a in await asyncio.to_thread(store.open_alerts)]
         stations = [{
             "station": printable(s["station"]), "status": s["status"],
+            "silent": s["heard_at"] is None or now - float(s["heard_at"]) > silent_after_s,
+            "heard_s": None if s["heard_at"] is None else max(0.0, now - float(s["heard_at"])),
             "faults": [printable(f.get("code", "")) for f in
                        (s["health"] or {}).get("faults", []) if isinstance(f, dict)],
             "outbox_rows": ((s["health"] or {}).get("outbox") or {}).get("rows"),
             "links": (s["health"] or {}).get("links", {}),
         } for s in await asyncio.to_thread(store.station_rows)]
-        return JSONResponse({"alerts": rows, "stations": stations, "now": now})
+        backlog = await asyncio.to_thread(store.push_backlog) if cap_push else {"pending": 0}
+        return JSONResponse({"alerts": rows, "stations": stations, "now": now, "cap_push": {
+            **backlog, "error": printable(str(backlog.get("error") or ""))}})
+
+    async def api_alert(request: Request) -> Response:
+        if user(request) is None:
+            return JSONResponse({"error": "log in"}, status_code=401)
+        station, alert_id = request.path_params["station"], request.path_params["alert_id"]
+        alert = await asyncio.to_thread(store.alert, station, alert_id)
+        if alert is None:
+            return JSONResponse({"error": "no such alert"}, status_code=404)
+        history = await asyncio.to_thread(store.history, station, alert_id)
+        timeline = await asyncio.to_thread(store.timeline, station, alert_id)
+        audit = [a for a in await asyncio.to_thread(store.audit_log)
+                 if a["station"] == station and a["alert_id"] == alert_id]
+        return JSONResponse({
+            "alert": _row(alert, time.time()),
+            "transitions": [{"state": state, "at": at} for state, at in history],
+            "events": [_timeline_event(e) for e in timeline],
+            "commands": [{"at": a["at"], "operator": printable(a["operator"]),
+                          "action": a["action"], "outcome": a["outcome"],
+                          "reason": a["reason"]} for a in audit],
+        })
+
+    async def cap_feed(request: Request) -> Response:
+        if not may_read_cap(request):
+            return Response("log in, or send the CAD's bearer token", status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return Response("after must be a number (the previous page's last entry)",
+                            status_code=400)
+        rows = await asyncio.to_thread(store.cap_feed, after, 100)
+        base = str(request.base_url).rstrip("/")
+        return Response(atom_feed(rows, base=base, sender=cap_sender),
+                        media_type="application/atom+xml")
+
+    async def cap_message(request: Request) -> Response:
+        if not may_read_cap(request):
+            return Response("log in, or send the CAD's bearer token", status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+        xml = await asyncio.to_thread(store.cap_message, request.path_params["identifier"])
+        if xml is None:
+            return Response("no such message", status_code=404)
+        return Response(xml, media_type=CAP_TYPE)
 
     async def api_stream(request: Request) -> Response:
-        if _user(request) is None:
+        if user(request) is None:
             return JSONResponse({"error": "log in"}, status_code=401)
 
         async def events() -> AsyncIterator[bytes]:
@@ -161,8 +263,8 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
                                  headers={"Cache-Control": "no-store"})
 
     async def api_command(request: Request) -> Response:
-        user = _user(request)
-        if user is None:
+        operator = user(request)
+        if operator is None:
             return JSONResponse({"error": "log in"}, status_code=401)
         if request.headers.get("x-csrf-token") != request.session.get("csrf"):
             return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
@@ -179,10 +281,10 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
             command = make_command(
                 str(body["station"]), str(body["alert_id"]), action, team=body.get("team"),
                 eta_s=None if eta in (None, "") else round(float(eta) * 60),
-                dispatcher=f"web:{user}"[:64])
+                dispatcher=f"web:{operator}"[:64])
         except (ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": f"bad command: {exc}"}, status_code=400)
-        entry = {"operator": user, "station": command.station, "alert_id": command.alert_id,
+        entry = {"operator": operator, "station": command.station, "alert_id": command.alert_id,
                  "action": command.action, "team": command.team, "eta_s": command.eta_s,
                  "command_id": command.command_id}
         try:
@@ -202,6 +304,9 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
             Route("/login", login, methods=["GET", "POST"]),
             Route("/logout", logout, methods=["POST"]),
             Route("/api/alerts", api_alerts),
+            Route("/api/alerts/{station}/{alert_id}", api_alert),
+            Route("/cap/feed", cap_feed),
+            Route("/cap/messages/{identifier}.xml", cap_message),
             Route("/api/stream", api_stream),
             Route("/api/command", api_command, methods=["POST"]),
         ],
