@@ -234,3 +234,51 @@ def test_the_migrations_build_exactly_the_schema(db_url: str) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def template_queue_limit() -> int:
+    """`max_queued_messages` in the documented broker config (config/mosquitto)."""
+    conf = Path(__file__).parent.parent / "config" / "mosquitto" / "stationgw.conf"
+    (value,) = [line.split()[1] for line in conf.read_text().splitlines()
+                if line.startswith("max_queued_messages ")]
+    return int(value)
+
+
+@pytest.mark.parametrize("limit", ["template", 1000])
+async def test_the_broker_holds_a_long_database_outage_only_with_the_template_queue(
+    tmp_path: Path, limit: str | int
+) -> None:
+    """While the database is down the hub acknowledges nothing, so the broker holds what
+    arrives for the hub's session. Mosquitto's default max_queued_messages (1000) silently
+    drops the excess, and the hub's seq audit then shows it as lost; the template's limit
+    holds the whole outage."""
+    queue = template_queue_limit() if limit == "template" else int(limit)
+    station, sent = f"st-{uuid.uuid4().hex[:8]}", 4000
+    with Mosquitto(extra=f"max_queued_messages {queue}\n") as broker, PostgreSQL() as server:
+        store = hub_store(server.url)
+        async with hub(store, broker, f"hub-{uuid.uuid4().hex[:8]}") as states:
+            with publisher(broker.port) as client:
+                publish_all(client, [raw_event(station, 1)])
+                await until(lambda: store.counts["stored"] >= 1, "first")
+                server.stop()
+                publish_all(client, [raw_event(station, seq) for seq in range(2, sent)])
+                await until(lambda: any("database write failed" in s for s in states),
+                            "the failure")
+                server.start()
+                async with asyncio.timeout(90):  # the hub's retry backoff is capped at 30 s
+                    while store.counts["stored"] < 2:
+                        await asyncio.sleep(0.1)
+                    while True:  # until what the broker held is in
+                        before = store.counts["stored"]
+                        await asyncio.sleep(1.0)
+                        if store.counts["stored"] == before:
+                            break
+                publish_all(client, [raw_event(station, sent)])  # the last, after it
+                await until(lambda: any(g.last == sent for g in store.gaps()), "the last")
+        (gap,) = [g for g in store.gaps() if g.station == station]
+        stored = store.event_count()
+    if limit == "template":
+        assert (stored, gap.missing) == (sent, [])
+    else:
+        assert len(gap.missing) >= 1000  # dropped by the broker, and counted by the audit
+        assert stored + len(gap.missing) == sent

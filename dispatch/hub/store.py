@@ -58,7 +58,8 @@ _CAP_WINDOW = 5000  # transition ids below the newest issued one still looked at
 
 def open_engine(url: str) -> Engine:
     """An engine for a database URL (`sqlite:///PATH` or `postgresql+psycopg://...`)."""
-    engine = create_engine(url, future=True)
+    # pre-ping: a connection the database dropped (a restart) is replaced, not handed out.
+    engine = create_engine(url, future=True, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
