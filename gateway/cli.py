@@ -191,9 +191,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo  # noqa: PLC0415
 
     try:
-        return asyncio.run(run_demo(args.interactive))
+        return asyncio.run(run_demo(args.interactive, args.hold))
     except KeyboardInterrupt:
-        print("\ninterrupted: broker, daemon and dispatch view stopped", file=sys.stderr)
+        print("\ninterrupted: broker, daemon, hub and dispatch view stopped", file=sys.stderr)
         return 130
 
 
@@ -749,6 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the demo (no Pi needed)", description=cmd_demo.__doc__)
     p.add_argument("--interactive", action="store_true", help="press buttons from the keyboard")
+    p.add_argument("--hold", action="store_true",
+                   help="keep broker, daemon and hub up after the scene, until Ctrl-C")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

@@ -6,36 +6,51 @@ it arrives. Then it plays a scene through the simulate socket, as a technician w
 a hold, a chattering button, a stuck button, and a broker outage with catch-up. A simulated
 serial board on a pseudo-terminal adds a sensor alert, a help point on the board (its lamp
 driven by LAMP commands) whose request a loud sound corroborates, and an unplug/replug.
+
+The dispatch hub runs beside it as at a dispatch centre (`stationgw hub run --web`, its own
+process), recording the station in an SQLite file in the demo's folder, with its web console
+on 127.0.0.1 and an operator whose password is made for the run. At the end the demo reads
+the hub's database back (alerts, events, the seq audit) and fails if the hub recorded fewer
+alerts or events than dispatch saw. `--hold` keeps everything up after the scene, until
+Ctrl-C, to explore the console.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from firmware_bridge.simulator import BoardSimulator
-from gateway.broker import Mosquitto
+from gateway.broker import Mosquitto, free_port
 from gateway.commands import Action
 from gateway.config import load_config
 from gateway.dispatch import make_command, send_command
 from gateway.simulate import send, socket_path
 
+if TYPE_CHECKING:
+    from dispatch.hub.store import HubStore
+
 STATION = "demo-central"
+HUB_CLIENT_ID = "demo-hub"
+OPERATOR = "demo"
 HELP_POINTS = {
     "hp-p1-north": ("platform 1, north stairs", 17, 27, 22),
     "hp-p1-south": ("platform 1, south lift", 5, 6, 13),
@@ -234,6 +249,171 @@ class DispatchView:
         return sum(1 for e in self.seen.values() if e["kind"] == kind and e["source"] == source)
 
 
+def hub_missing() -> str | None:
+    """Why the hub cannot run here (the `dispatch` extra is not installed), or None."""
+    needed = ("sqlalchemy", "alembic", "starlette", "uvicorn", "argon2")
+    absent = [name for name in needed if importlib.util.find_spec(name) is None]
+    return ", ".join(absent) + " not installed" if absent else None
+
+
+class DemoHub:
+    """The dispatch hub as a dispatch centre runs it (`stationgw hub run --web`, a process of
+    its own), recording the demo's station in an SQLite file in the demo's folder."""
+
+    def __init__(self, folder: Path, broker_url: str) -> None:
+        self.folder = folder
+        self.broker_url = broker_url
+        self.db_url = f"sqlite:///{folder / 'hub.db'}"
+        self.log_path = folder / "hub.log"
+        self.url = f"http://127.0.0.1:{free_port()}/"
+        self.password = secrets.token_urlsafe(12)  # made for this run, never a default
+        self.process: subprocess.Popen[bytes] | None = None
+        self.store: HubStore | None = None
+
+    def prepare(self) -> None:
+        """Make the database with the demo's operator, and the console's cookie secret."""
+        from dispatch.hub.store import HubStore, migrate, open_engine  # noqa: PLC0415
+        from dispatch.web.app import hash_password  # noqa: PLC0415
+
+        engine = open_engine(self.db_url)
+        migrate(engine)  # before the hub starts: two first migrations would race
+        self.store = HubStore(engine)
+        self.store.add_operator(OPERATOR, hash_password(self.password))
+        secret = self.folder / "web-secret"
+        secret.touch(mode=0o600)
+        secret.write_text(secrets.token_hex(32))
+
+    async def open_session(self, port: int) -> None:
+        """Make the hub's persistent session before any station speaks, as an earlier run of
+        the hub would have left it: the broker queues the station's first events for the hub
+        however long the hub takes to start."""
+        from dispatch.hub.service import hub_topics  # noqa: PLC0415
+
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier=HUB_CLIENT_ID, protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False, properties=props,
+        ) as client:
+            for topic in hub_topics():
+                await client.subscribe(topic, qos=1)
+
+    def start(self) -> None:
+        """Start `stationgw hub run --web` on 127.0.0.1, logging to a file."""
+        host_port = self.url.removeprefix("http://").rstrip("/")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "hub", "run", "--db", self.db_url,
+             "--broker", self.broker_url, "--client-id", HUB_CLIENT_ID, "--web", host_port,
+             "--web-secret-file", str(self.folder / "web-secret"), "--cap-test"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    async def wait_ready(self, limit_s: float = 30) -> None:
+        """Wait until the web console takes connections."""
+        host, _, port = self.url.removeprefix("http://").rstrip("/").rpartition(":")
+        async with asyncio.timeout(limit_s):
+            while True:
+                if self.exit_code() is not None:
+                    raise RuntimeError("the hub exited; its log:\n" + self.log_path.read_text())
+                try:
+                    _, writer = await asyncio.open_connection(host, int(port))
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return
+
+    def stop(self) -> None:
+        """SIGTERM the hub and wait for it; close the demo's own connections to its database."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self.store is not None:
+            self.store.engine.dispose()
+
+    def exit_code(self) -> int | None:
+        """The hub process's exit code if it has ended, else None."""
+        return None if self.process is None else self.process.poll()
+
+    def recorded(self) -> tuple[list[dict[str, Any]], set[str]]:
+        """The station's alerts and event ids, as the hub's database holds them."""
+        assert self.store is not None, "prepare() first"
+        return ([a for a in self.store.alerts() if a["station"] == STATION],
+                self.store.event_ids(STATION))
+
+    async def report(self, view: DispatchView, limit_s: float = 30) -> bool:
+        """Print what the hub's database holds about the scene; True if it holds every alert
+        and event dispatch saw (it may still be catching up after the outage: wait)."""
+        alerts, ids = await asyncio.to_thread(self.recorded)
+        deadline = time.monotonic() + limit_s
+        while (view.alerts - {a["alert_id"] for a in alerts} or set(view.seen) - ids) and (
+                time.monotonic() < deadline and self.exit_code() is None):
+            await asyncio.sleep(0.2)
+            alerts, ids = await asyncio.to_thread(self.recorded)
+        assert self.store is not None
+        gaps = [g for g in await asyncio.to_thread(self.store.gaps) if g.station == STATION]
+        say(f"The hub's record, read back from its database ({self.db_url})")
+        print(f"   alerts: {len(alerts)} recorded; the scene raised {len(view.alerts)}")
+        by_class: dict[str, Counter[str]] = {}
+        for alert in alerts:
+            by_class.setdefault(alert["class"], Counter())[alert["state"]] += 1
+        for cls, states in sorted(by_class.items()):
+            print(f"     {cls}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+        for alert in alerts:
+            print(f"     {alert['alert_id'][:8]} {alert['class']} {alert['state']:<12} "
+                  f"{alert['source']:<13} {_times(alert)}".rstrip())
+        print(f"   events: {len(ids)} stored, each once by event_id; dispatch saw {len(view.seen)}")
+        print("   seq audit (stationgw hub audit):")
+        for gap in gaps:
+            lost = ", ".join(map(str, gap.missing[:20])) or "none"
+            print(f"     {gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} lost "
+                  f"({lost}), {len(gap.dropped)} evicted or expired at the station")
+        problems = []
+        if self.exit_code() is not None:
+            problems.append(f"the hub exited during the demo (exit code {self.exit_code()})")
+        unrecorded = view.alerts - {a["alert_id"] for a in alerts}
+        if unrecorded:
+            problems.append(f"the hub recorded {len(view.alerts) - len(unrecorded)} of the "
+                            f"{len(view.alerts)} alerts the scene raised (not in its database: "
+                            f"{', '.join(sorted(a[:8] for a in unrecorded))})")
+        if set(view.seen) - ids:
+            problems.append(f"{len(set(view.seen) - ids)} of the {len(view.seen)} events "
+                            "dispatch saw are not in the hub's database")
+        gone = sum(len(g.missing) for g in gaps)
+        if gone:
+            problems.append(f"the seq audit counts {gone} event(s) lost on the way to the hub")
+        for problem in problems:
+            print(f"   HUB INCOMPLETE: {problem}")
+        if problems and self.log_path.exists():  # the folder goes at the end: show the log
+            tail = self.log_path.read_text(errors="replace").splitlines()[-10:]
+            print("   the hub's log ends:\n" + "\n".join(f"     {line}" for line in tail))
+        return not problems
+
+
+def _times(alert: dict[str, Any]) -> str:
+    """Time to acknowledge and to close, and escalations, as facts from the hub's record."""
+    parts = []
+    for column, name in (("acknowledged_at", "acknowledged"), ("closed_at", "closed")):
+        if alert[column] is not None:
+            took = alert[column] - alert["opened_at"]
+            parts.append(f"{name} after " + (f"{took:.1f} s" if took >= 1 else
+                                              f"{took * 1000:.0f} ms"))
+    if alert["team"]:
+        parts.append(f"team {alert['team']}")
+    if alert["escalations"]:
+        parts.append(f"escalated {alert['escalations']}x")
+    return ", ".join(parts)
+
+
 class Demo:
     """The running pieces of the demo."""
 
@@ -244,6 +424,8 @@ class Demo:
         self.config = load_config(self.config_path)
         self.daemon: subprocess.Popen[bytes] | None = None
         self.view = DispatchView(self.broker.port)
+        self.hub_missing = hub_missing()
+        self.hub = DemoHub(folder, self.broker.url) if self.hub_missing is None else None
         board_port(folder).parent.mkdir(parents=True)
         self.board = BoardSimulator(board_port(folder), device_id="edge-beam-7f3a")
 
@@ -290,15 +472,20 @@ class Demo:
 
 
 @contextlib.asynccontextmanager
-async def demo_station() -> AsyncIterator[Demo]:
+async def demo_station(interactive_mode: bool = False) -> AsyncIterator[Demo]:
     """Start broker, daemon and dispatch view; stop all of them however the block ends."""
     folder = Path(tempfile.mkdtemp(prefix="stationgw-demo-"))
     demo = Demo(folder)
     view_task: asyncio.Task[None] | None = None
     stack = contextlib.AsyncExitStack()
+    hub = demo.hub
     try:
         say(f"Starting a real Mosquitto on port {demo.broker.port}")
         demo.broker.start()
+        if hub is not None:  # before the station, so the hub's session has every event
+            await hub.open_session(demo.broker.port)
+            await asyncio.to_thread(hub.prepare)
+            hub.start()
         view_task = asyncio.create_task(demo.view.run(), name="demo.dispatch_view")
         await stack.enter_async_context(demo.board)
         print(f"   a simulated edge-beam board on a pseudo-terminal at {board_port(folder)}")
@@ -309,13 +496,28 @@ async def demo_station() -> AsyncIterator[Demo]:
         await demo.board.wait_until(lambda: demo.board.state == "running", timeout_s=20)
         print(f"   config {demo.config_path}, daemon log {folder / 'daemon.log'}")
         print(f"   help points: {', '.join(HELP_POINTS)} on GPIO; hp-p1-edge on the edge board")
+        if hub is None:
+            say(f"No dispatch hub: {demo.hub_missing} "
+                "(install station-gateway[dispatch], as ./dev does)")
+        else:
+            await hub.wait_ready()
+            say("The dispatch hub records the station in SQLite; its web console is live")
+            print(f"   web console  {hub.url}\n"
+                  f"   log in as    {OPERATOR}, password {hub.password} (made for this run)\n"
+                  f"   database {hub.db_url}, hub log {hub.log_path}")
+            if not interactive_mode:
+                print("   The scene plays its own dispatcher, so watch the queue; to act in the "
+                      "page yourself,\n   run with --hold (everything stays up after the scene) "
+                      "or --interactive.")
         yield demo
     finally:
         if view_task is not None:
             view_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await view_task
-        demo.stop_daemon()
+        demo.stop_daemon()  # before the hub, so that it records the station going offline
+        if hub is not None:
+            hub.stop()
         await stack.aclose()
         demo.broker.close()
         if os.environ.get("STATIONGW_DEMO_KEEP"):
@@ -483,12 +685,35 @@ async def interactive(demo: Demo) -> None:
             print("   ?")
 
 
-async def run_demo(interactive_mode: bool) -> int:
-    """Run the demo; exit code 0 when the scene completed as expected."""
-    async with demo_station() as demo:
+async def hold(demo: Demo) -> None:
+    """Keep everything up until Ctrl-C (or SIGTERM), to explore the web console."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    where = f": the web console at {demo.hub.url}" if demo.hub is not None else ""
+    say(f"Holding broker, daemon and hub up{where}; Ctrl-C to stop")
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def run_demo(interactive_mode: bool, hold_up: bool = False) -> int:
+    """Run the demo; exit code 0 when the scene completed as expected and the hub's database
+    holds it. `hold_up` keeps everything up after the scene, until Ctrl-C."""
+    async with demo_station(interactive_mode) as demo:
         if interactive_mode:
             await interactive(demo)
+            if demo.hub is not None:
+                await demo.hub.report(demo.view, limit_s=5)
             return 0
         ok = await scene(demo)
-    say("Everything stopped: broker, daemon and dispatch view")
+        if demo.hub is not None and not await demo.hub.report(demo.view):
+            say("FAILED: the hub's database does not hold the scene (see HUB INCOMPLETE above)")
+            ok = False
+        if hold_up:
+            await hold(demo)
+    say("Everything stopped: broker, daemon, hub and dispatch view")
     return 0 if ok else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,9 +169,24 @@ def test_demo_runs_its_scene_unattended_and_leaves_nothing_behind() -> None:
     before = set(_processes_mentioning("stationgw-demo-"))
     done = stationgw("demo", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Done: dispatch received" in done.stdout and "MISSING" not in done.stdout
+    out = done.stdout
+    assert "Done: dispatch received" in out and "MISSING" not in out
     for scene in ("Scene 1", "Scene 2", "Scene 3", "Scene 4", "Scene 5", "Scene 7", "Scene 8"):
-        assert scene in done.stdout
+        assert scene in out
+    # The hub's web console is offered before the scene plays, with a password of this run.
+    console = re.search(r"web console  (http://127\.0\.0\.1:\d+/)\n"
+                        r"   log in as    demo, password (\S{12,}) ", out)
+    assert console is not None, out
+    assert out.index(console.group(0)) < out.index("Scene 1")
+    # What dispatch saw is what the hub's database holds, read back at the end.
+    done_line = re.search(r"Done: dispatch received (\d+) events about (\d+) requests", out)
+    alerts = re.search(r"alerts: (\d+) recorded; the scene raised (\d+)", out)
+    events = re.search(r"events: (\d+) stored, each once by event_id; dispatch saw (\d+)", out)
+    assert done_line is not None and alerts is not None and events is not None, out
+    assert alerts.group(1) == alerts.group(2) == done_line.group(2)
+    assert events.group(1) == events.group(2) == done_line.group(1)
+    assert re.search(r"demo-central: seq 1\.\.\d+, 0 lost \(none\)", out), out
+    assert "HUB INCOMPLETE" not in out
     assert set(_processes_mentioning("stationgw-demo-")) <= before
 
 

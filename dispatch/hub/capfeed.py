@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 CAP_TYPE = "application/cap+xml"
-CLAIM_S = 30.0  # a hub's hold on the message it is posting (another hub takes it after)
+CLAIM_S = 15.0  # a hub's hold on the message it posts (longer than a post may take); a hub
+# killed mid-post delays the queue by this much, another hub or its restart then takes it
 RETRY_MAX_S = 60.0
 POLL_S = 1.0
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -86,6 +87,9 @@ async def _push_due(store: HubStore, client: httpx.AsyncClient, push: Push, atte
             problem = None if response.is_success else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             problem = f"{exc.__class__.__name__}: {exc}"[:200]
+        except asyncio.CancelledError:  # stopping: the next hub need not wait for the claim
+            store.push_failed(row["id"], "the hub stopped while posting it", time.time())
+            raise
         if problem is None:
             await asyncio.to_thread(store.pushed, row["id"], time.time())
             attempt = 0

@@ -35,6 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from dispatch.hub.cap import CapMessage, Status, follow_up
@@ -130,29 +131,18 @@ class HubStore:
 
     def _events(self, conn: Connection, items: list[Inbound], now: float,
                 done: Counter[str]) -> None:
-        """Store a batch's events: the new ones in one statement, then their alerts."""
-        ids = [item.message["event_id"] for item in items]
-        known: set[str] = set()
-        for start in range(0, len(ids), 500):
-            known.update(e for (e,) in conn.execute(
-                select(events.c.event_id).where(events.c.event_id.in_(ids[start:start + 500]))))
+        """Store a batch's events in one statement (those already stored, by this hub or by
+        another of a shared subscription, are skipped by the primary key), then their
+        alerts."""
         new: dict[str, Inbound] = {}
         for item in items:
-            event_id = item.message["event_id"]
-            if event_id in known or event_id in new:
-                done["duplicate"] += 1
-            else:
-                new[event_id] = item
-        if not new:
-            return
-        try:
-            with conn.begin_nested():
-                conn.execute(events.insert(), [_event_row(item, now) for item in new.values()])
-        except IntegrityError:  # another hub stored some of them meanwhile: one by one
-            stored = [item for item in new.values() if self._event(conn, item, now)]
-            done["duplicate"] += len(new) - len(stored)
-        else:
-            stored = list(new.values())
+            new.setdefault(item.message["event_id"], item)
+        insert = _dialect_insert(conn)(events).on_conflict_do_nothing(
+            index_elements=["event_id"]).returning(events.c.event_id)
+        taken = set(conn.execute(insert, [_event_row(item, now) for item in new.values()])
+                    .scalars())
+        stored = [item for event_id, item in new.items() if event_id in taken]
+        done["duplicate"] += len(items) - len(stored)
         done["stored"] += len(stored)
         latest: dict[str, float] = {}
         for item in stored:
@@ -163,15 +153,6 @@ class HubStore:
                 self._alert(conn, item.station, alert_id, item.message)
         for station, wall in latest.items():
             self._station(conn, station, last_event_at=wall, heard_at=now)
-
-    def _event(self, conn: Connection, item: Inbound, now: float) -> bool:
-        """Store one event unless it is there already; whether it was stored."""
-        try:
-            with conn.begin_nested():
-                conn.execute(events.insert().values(**_event_row(item, now)))
-        except IntegrityError:
-            return False
-        return True
 
     def _alert(self, conn: Connection, station: str, alert_id: str,
                event: dict[str, Any]) -> None:
@@ -424,6 +405,12 @@ class HubStore:
                                  .order_by(cap_messages.c.id).limit(1)).scalar()
         return {"pending": int(count), "oldest_at": oldest, "error": error}
 
+    def event_ids(self, station: str) -> set[str]:
+        """The ids of every event stored from a station."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(events.c.event_id)
+                                    .where(events.c.station == station)).scalars())
+
     def event_count(self) -> int:
         """Events stored."""
         with self.engine.connect() as conn:
@@ -443,6 +430,11 @@ def _event_row(item: Inbound, now: float) -> dict[str, Any]:
 def _alert_id(body: dict[str, Any]) -> str | None:
     alert_id = body.get("alert_id")
     return alert_id if isinstance(alert_id, str) and alert_id else None
+
+
+def _dialect_insert(conn: Connection) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite >= 3.24 alike)."""
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
 
 
 def _missing(seqs: list[int]) -> Iterator[int]:
