@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Literal, NoReturn
 
+from firmware_bridge.backoff import backoff_delay
 from firmware_bridge.codec import REJECT_REASONS, Decoder, encode
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.frames import (
@@ -139,11 +140,6 @@ class LinkEvents:
         """The link echoes the gateway's own frames back (`active`), or has stopped doing so
         for `ECHO_QUIET_S`. An echoed frame is never taken as the board's: a dead board on
         an echoing line goes offline all the same."""
-
-
-def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, initial * 2**attempt)]."""
-    return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
 
 
 @dataclasses.dataclass

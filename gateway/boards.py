@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 from firmware_bridge import Button, ButtonEvent, Fault, Hello, Nak, Reading
+from firmware_bridge.backoff import backoff_delay
 from firmware_bridge.link import (
     BoardEvent,
     BoardLink,
@@ -108,7 +109,7 @@ class BoardLamp:
                 if outcome == "wait":
                     break
                 if outcome == "retry":
-                    delay = min(LAMP_RETRY_MAX_S, LAMP_RETRY_S * 2 ** min(failures, 16))
+                    delay = backoff_delay(failures, LAMP_RETRY_S, LAMP_RETRY_MAX_S)
                     failures += 1
                     # A new state or a new session cuts the wait short.
                     with contextlib.suppress(TimeoutError):

@@ -21,7 +21,6 @@ import contextlib
 import heapq
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Literal, NoReturn, cast
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from firmware_bridge.backoff import backoff_delay
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
 from gateway.health import Health
@@ -73,11 +73,6 @@ Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
 class BrokerStalledError(aiomqtt.MqttError):
     """The broker confirmed nothing within `mqtt.puback_deadline_s`: the socket was dropped."""
-
-
-def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, initial * 2**attempt)]."""
-    return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
 
 
 def _cancel_requests() -> int:

@@ -38,7 +38,7 @@ from dispatch.console.intake import (
 )
 from dispatch.console.interactive import interactive
 from dispatch.console.keys import KeyReader
-from dispatch.console.link import PERSISTENT_SESSION_S, Handler, Link, backoff
+from dispatch.console.link import PERSISTENT_SESSION_S, Handler, Link
 from dispatch.console.oneshot import describe, one_shot, report_reply
 from dispatch.console.options import (
     ACTIONS,
@@ -81,7 +81,6 @@ __all__ = [
     "Security",
     "Send",
     "age",
-    "backoff",
     "broker_security",
     "describe",
     "events_filter",

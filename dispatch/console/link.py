@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
@@ -15,13 +14,10 @@ import paho.mqtt.client as paho
 from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.intake import EPHEMERAL_SESSION_S, Intake
 from dispatch.console.options import Security
+from firmware_bridge.backoff import backoff_delay
 
 PERSISTENT_SESSION_S = 24 * 3600  # a named console's session outlives a day's absence
-
-
-def backoff(attempt: int) -> float:
-    """Capped, jittered reconnect delay: uniform(0, 1.5 ** min(10, attempt)) seconds."""
-    return random.uniform(0, 1.5 ** min(10, attempt))
+RECONNECT_INITIAL_S, RECONNECT_MAX_S = 1.0, 60.0
 
 
 Handler = Callable[[Intake, list[paho.MQTTMessage]], Awaitable[None]]
@@ -66,7 +62,7 @@ class Link:
                         async for batch in batches:
                             await handle(intake, batch)
             except ConsoleConnectionError as exc:
-                delay = backoff(attempt)
+                delay = backoff_delay(attempt, RECONNECT_INITIAL_S, RECONNECT_MAX_S)
                 attempt += 1
                 self.on_state(f"{exc}; reconnecting in {delay:.1f}s")
                 self.current = None

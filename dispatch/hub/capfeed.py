@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dispatch.hub.cap import Status
 from dispatch.hub.store import HubStore
+from firmware_bridge.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ async def _push_due(store: HubStore, client: httpx.AsyncClient, push: Push, atte
             await asyncio.to_thread(store.pushed, row["id"], time.time())
             attempt = 0
             continue
-        delay = random.uniform(0, min(push.retry_max_s, 0.5 * 2.0 ** min(attempt, 10)))
+        delay = backoff_delay(attempt, 0.5, push.retry_max_s)
         attempt += 1
         on_state(f"CAP push of {row['identifier']} failed ({problem}); it and the "
                  f"messages behind it wait, retrying in {delay:.1f}s")

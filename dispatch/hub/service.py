@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -26,6 +25,7 @@ from dispatch.console.options import PREFIX, Security
 from dispatch.hub.commands import Commander
 from dispatch.hub.store import HubStore
 from dispatch.inbound import Inbound, read
+from firmware_bridge.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ async def run_hub(
                 done = await asyncio.to_thread(store.record, checked)
                 break
             except SQLAlchemyError as exc:
-                delay = random.uniform(0, min(RETRY_MAX_S, 0.5 * 2 ** min(attempt, 10)))
+                delay = backoff_delay(attempt, 0.5, RETRY_MAX_S)
                 attempt += 1
                 on_state(f"database write failed ({exc.__class__.__name__}: "
                          f"{str(exc)[:200]}); {len(batch)} message(s) kept unacknowledged, "

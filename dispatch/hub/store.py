@@ -3,10 +3,10 @@
 One transaction per batch of messages (`record`): the MQTT side acknowledges the batch only
 after it returns. Events are stored exactly once by `event_id`; a re-send, or the same event
 reaching two hubs of a shared subscription, is a duplicate (one `INSERT ... ON CONFLICT DO
-NOTHING RETURNING` per batch: the primary key decides, so two writers cannot both store it). An alert's row follows
-its newest event (by the gateway's `seq`): state, class, team, and the first time it was
-acknowledged, assigned and closed, so time to acknowledge and time to resolve are facts in
-the database. Every state change is also a row in `alert_transitions`.
+NOTHING RETURNING` per batch: the primary key decides, so two writers cannot both store it).
+An alert's row follows its newest event (by the gateway's `seq`): state, class, team, and
+the first time it was acknowledged, assigned and closed, so time to acknowledge and time to
+resolve are facts in the database. Every state change is also a row in `alert_transitions`.
 
 SQLAlchemy Core: the same code runs on PostgreSQL and SQLite (the one dialect construct is
 their common `INSERT ... ON CONFLICT`).
