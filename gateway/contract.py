@@ -26,7 +26,6 @@ from pydantic_core import core_schema
 from gateway import __version__
 from gateway.commands import Command, Reply
 from gateway.config import MqttConfig, StationConfig
-from gateway.dispatch import command_topic, reply_topic
 from gateway.model import (
     CLOSED_STATES,
     REQUESTED_RESPONSE,
@@ -434,7 +433,7 @@ def asyncapi_document() -> dict[str, Any]:
             "messages": {"alerts": {"$ref": "#/components/messages/alerts"}},
         },
         "commands": {
-            "address": command_topic(prefix, "{station}"),
+            "address": Topics(prefix, "{station}").commands,
             "title": "Commands",
             "description": "Dispatch's commands about an alert, QoS 1. The gateway checks "
             "size, JSON, schema, station, age, replay and the alert's state, and answers "
@@ -443,7 +442,7 @@ def asyncapi_document() -> dict[str, Any]:
             "messages": {"command": {"$ref": "#/components/messages/command"}},
         },
         "replies": {
-            "address": reply_topic(prefix, "{station}"),
+            "address": Topics(prefix, "{station}").replies,
             "title": "Replies",
             "description": "The gateway's answer to each command: applied, or rejected "
             "with a reason code.",

@@ -63,7 +63,7 @@ class Gateway:
             open_alerts=self.lifecycle.open_alerts, alerts_changed=self.lifecycle.alerts_changed,
         )
         self.publisher.subscriptions.append(
-            (self.lifecycle.command_topic, self.lifecycle.on_message)
+            (self.topics.commands, self.lifecycle.on_message)
         )
         self.help_points: HelpPoints | None = None
         self.boards: Boards | None = None

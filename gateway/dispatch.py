@@ -9,6 +9,7 @@ import uuid
 import aiomqtt
 
 from gateway.commands import Action, Command, Team, schema_problems
+from gateway.topics import Topics
 
 
 def make_command(
@@ -37,17 +38,7 @@ def make_command(
     return command
 
 
-def command_topic(prefix: str, station: str) -> str:
-    """The topic a station's gateway takes commands on."""
-    return f"{prefix}/{station}/commands"
-
-
-def reply_topic(prefix: str, station: str) -> str:
-    """The topic a station's gateway answers commands on."""
-    return f"{prefix}/{station}/replies"
-
-
 async def send_command(client: aiomqtt.Client, prefix: str, command: Command) -> None:
     """Publish a command at QoS 1."""
     payload = json.dumps(command.wire()).encode()
-    await client.publish(command_topic(prefix, command.station), payload, qos=1)
+    await client.publish(Topics(prefix, command.station).commands, payload, qos=1)

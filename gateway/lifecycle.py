@@ -128,16 +128,6 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ commands
 
-    @property
-    def command_topic(self) -> str:
-        """Where dispatch sends commands for this station."""
-        return f"{self.topics.root}/commands"
-
-    @property
-    def reply_topic(self) -> str:
-        """Where the gateway answers commands."""
-        return f"{self.topics.root}/replies"
-
     async def on_message(self, client: GatewayClient, message: aiomqtt.Message) -> None:
         """Handle one message from the command topic. Never raises: a command that breaks
         the handler is answered `internal_error` and shown as a fault, and the next one is
@@ -259,7 +249,7 @@ class Lifecycle:
     async def _reply(self, client: GatewayClient, reply: Reply) -> None:
         payload = json.dumps(reply.wire()).encode()
         rc = await client.publish_confirmed(
-            self.reply_topic, payload, properties=self._properties
+            self.topics.replies, payload, properties=self._properties
         )
         if rc.is_failure:
             self.health.count("replies_refused")

@@ -4,6 +4,8 @@
     {prefix}/{station}/status           retained birth ("online") and Last Will ("offline")
     {prefix}/{station}/health           retained periodic health report
     {prefix}/{station}/alerts           retained snapshot of the open alerts
+    {prefix}/{station}/commands         dispatch's commands to the station, QoS 1
+    {prefix}/{station}/replies          the station's answers to them, QoS 1
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ class Topics:
     def alerts(self) -> str:
         """Retained open-alerts snapshot topic."""
         return f"{self.root}/alerts"
+
+    @property
+    def commands(self) -> str:
+        """Where dispatch sends commands for this station."""
+        return f"{self.root}/commands"
+
+    @property
+    def replies(self) -> str:
+        """Where the gateway answers commands."""
+        return f"{self.root}/replies"
 
     def render(self, event: Event, seq: int, wall_time: float) -> tuple[str, bytes]:
         """Topic and JSON payload (`gateway.contract.EventMessage`) of an accepted event.

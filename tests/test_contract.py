@@ -40,10 +40,11 @@ from gateway.contract import (
     schemas_for_validation,
 )
 from gateway.daemon import Gateway
-from gateway.dispatch import command_topic, make_command, send_command
+from gateway.dispatch import make_command, send_command
 from gateway.mqtt import GatewayClient, make_client
 from gateway.reports import HealthReport, OpenAlertsMessage, StatusMessage
 from gateway.spec import adapter
+from gateway.topics import Topics
 from tests.helpers import running, station_config
 from tests.test_helppoints import HELP_POINTS, tap, unit
 
@@ -274,7 +275,7 @@ async def capture(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -
         clients.append(client)
         return client
 
-    commands = command_topic(PREFIX, sid)
+    commands = Topics(PREFIX, sid).commands
     async with (
         recording(broker.port, f"{PREFIX}/{sid}/#") as rec,
         aiomqtt.Client("127.0.0.1", broker.port,

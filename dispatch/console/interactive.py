@@ -31,7 +31,8 @@ from dispatch.console.queue import AlertQueue
 from dispatch.console.running import run, say
 from dispatch.console.screen import Screen, Send
 from dispatch.inbound import Dropped, read
-from gateway.dispatch import command_topic, make_command
+from gateway.dispatch import make_command
+from gateway.topics import Topics
 
 
 def interactive(
@@ -51,8 +52,8 @@ def interactive(
     `--share` workers: every console needs every station's.
     """
     try:
-        topics = [events_filter(prefix, share), f"{prefix}/+/replies", f"{prefix}/+/status",
-                  f"{prefix}/+/alerts"]
+        every = Topics(prefix, "+")
+        topics = [events_filter(prefix, share), every.replies, every.status, every.alerts]
     except ConsoleUsageError as exc:
         say(str(exc))
         return 2
@@ -138,7 +139,7 @@ async def _interactive(
         screen.note(f"{request.action} {request.alert_id[:8]} at {request.station}: sent")
         dirty.set()
         try:
-            rc = await intake.publish(command_topic(prefix, request.station), payload)
+            rc = await intake.publish(Topics(prefix, request.station).commands, payload)
         except ConsoleConnectionError as exc:
             rc = None
             screen.note(f"{request.action} {request.alert_id[:8]}: not sent ({exc})")

@@ -20,7 +20,8 @@ from dispatch.console.options import ACTIONS, PREFIX, TEAMS, Security
 from dispatch.console.running import say
 from dispatch.inbound import Dropped, printable, read
 from gateway.commands import Action, Reply
-from gateway.dispatch import command_topic, make_command, reply_topic
+from gateway.dispatch import make_command
+from gateway.topics import Topics
 
 
 def one_shot(
@@ -59,7 +60,7 @@ def one_shot(
     except ValueError as exc:
         say(f"bad command: {exc}")
         return 2
-    replies, status_topic = reply_topic(prefix, station), f"{prefix}/{station}/status"
+    replies, status_topic = Topics(prefix, station).replies, Topics(prefix, station).status
 
     async def main() -> int:
         status: dict[str, Any] | None = None
@@ -68,7 +69,7 @@ def one_shot(
                         security=security)
         async with intake:
             payload = json.dumps(command.wire()).encode()
-            rc = await intake.publish(command_topic(prefix, station), payload)
+            rc = await intake.publish(Topics(prefix, station).commands, payload)
             if rc.is_failure:
                 say(f"the broker refused the command: {rc.getName()}")
                 return 2

@@ -11,7 +11,7 @@ from dispatch.console.events import parse_reply
 from dispatch.console.link import Link
 from dispatch.inbound import Inbound
 from gateway.commands import Command, Reply
-from gateway.dispatch import command_topic
+from gateway.topics import Topics
 
 
 class CommandError(Exception):
@@ -46,7 +46,7 @@ class Commander:
         try:
             payload = json.dumps(command.wire()).encode()
             try:
-                rc = await intake.publish(command_topic(self.prefix, command.station), payload)
+                rc = await intake.publish(Topics(self.prefix, command.station).commands, payload)
             except ConsoleConnectionError as exc:
                 raise CommandError(f"not sent: {exc}") from exc
             if rc.is_failure:

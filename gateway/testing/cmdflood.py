@@ -22,6 +22,8 @@ from types import TracebackType
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.topics import Topics
+
 JUNK: tuple[bytes, ...] = (
     b"[" * 4000,
     b'{"command_id": "x", "eta_s": ' + b"9" * 5000 + b"}",
@@ -60,7 +62,7 @@ class CommandFlood:
         self, port: int, station: str, *, rate: float = 10000, qos: int = 0,
         host: str = "127.0.0.1", prefix: str = "stationgw/v1",
     ) -> None:
-        self.topic = f"{prefix}/{station}/commands"
+        self.topic = Topics(prefix, station).commands
         self.station = station
         self.rate = rate
         self.qos = qos
