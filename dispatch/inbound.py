@@ -33,6 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from gateway.commands import Reply, decode_strict
 from gateway.contract import EventMessage
+from gateway.model import CLASS_NAMES
 from gateway.reports import HealthReport, OpenAlertsMessage, StatusMessage
 from gateway.spec import adapter
 
@@ -43,7 +44,7 @@ DROP_REASONS: tuple[DropReason, ...] = (
 )
 MAX_PAYLOAD_BYTES = 256 * 1024  # a health report with many boards is a few KiB
 STATION_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # as gateway.config checks station_id
-_CLASSES = frozenset({"P0", "P1", "P2", "P3"})
+_CLASSES = frozenset(CLASS_NAMES)
 _CHANNELS: dict[str, Channel] = {
     "status": "status", "health": "health", "alerts": "alerts", "replies": "reply",
 }

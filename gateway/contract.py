@@ -27,6 +27,7 @@ from gateway import __version__
 from gateway.commands import Command, Reply
 from gateway.config import MqttConfig, StationConfig
 from gateway.model import (
+    CLASS_NAMES,
     CLOSED_STATES,
     REQUESTED_RESPONSE,
     AlertBody,
@@ -401,7 +402,7 @@ def asyncapi_document() -> dict[str, Any]:
             "parameters": {"station": station_param, "priority": {
                 "description": "priority class: P0 life safety, P1 crisis request, "
                 "P2 assistance, P3 telemetry and health (the payload's `class`)",
-                "enum": [p.name for p in Priority],
+                "enum": list(CLASS_NAMES),
             }},
             "messages": {"event": {"$ref": "#/components/messages/event"}},
         },

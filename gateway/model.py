@@ -58,6 +58,10 @@ class Priority(IntEnum):
         return self >= Priority.P2
 
 
+#: The class names, indexed by class (`CLASS_NAMES[priority]`: no enum lookup per event).
+CLASS_NAMES: tuple[str, ...] = tuple(p.name for p in Priority)
+
+
 EVENT_SCHEMA = "stationgw/event/1"  # the `schema` value of every event payload
 
 REQUESTED_RESPONSE: dict[Priority, str] = {

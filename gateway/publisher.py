@@ -34,7 +34,7 @@ from firmware_bridge.backoff import backoff_delay
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
 from gateway.health import Health
-from gateway.model import AlertRecord, Priority, PriorityName
+from gateway.model import CLASS_NAMES, AlertRecord, Priority, PriorityName
 from gateway.mqtt import (
     NO_MATCHING_SUBSCRIBERS,
     SESSION_TAKEN_OVER,
@@ -59,8 +59,7 @@ PAGE = 256  # rows loaded from the database at a time
 #: Confirmed rows are deleted in batches, at most this long after their PUBACK. A crash in
 #: between only re-sends them with the same event_id (at least once, as the contract says).
 DELETE_BATCH_S = 0.05
-_CLASS_NAMES = tuple(p.name for p in Priority)
-_DELIVERED = tuple(f"delivered_{name}" for name in _CLASS_NAMES)  # health counters by class
+_DELIVERED = tuple(f"delivered_{name}" for name in CLASS_NAMES)  # health counters by class
 #: Open-alerts snapshots go out at most this often; the newest state always follows a burst.
 ALERTS_COALESCE_S = 0.2
 #: Twins: this many sessions closed by the broker without a reason within `TWIN_WINDOW_S`
@@ -505,7 +504,7 @@ class Publisher:
         self.health.counters[_DELIVERED[row.priority]] += 1
         log.debug(
             "delivered event_id=%s class=%s seq=%d attempts=%d rc=%s",
-            row.event_id, _CLASS_NAMES[row.priority], row.seq, attempts, rc,
+            row.event_id, CLASS_NAMES[row.priority], row.seq, attempts, rc,
         )
         confirmed = self._confirmed.get(rc.value)
         if confirmed is None:

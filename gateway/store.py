@@ -25,7 +25,7 @@ from typing import ParamSpec, TypeVar
 
 from gateway.errors import StoreError
 from gateway.health import Health
-from gateway.model import Event, Priority
+from gateway.model import CLASS_NAMES, Event
 from gateway.outbox import AcceptResult, Depth, Key, Outbox, Row, State, quick_check
 from gateway.storefile import Opening, open_store
 from gateway.worker import URGENT, PriorityWorker
@@ -35,8 +35,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 RowListener = Callable[[Row], None]
-_CLASS_NAMES = tuple(p.name for p in Priority)
-_ACCEPTED = tuple(f"accepted_{name}" for name in _CLASS_NAMES)  # health counters by class
+_ACCEPTED = tuple(f"accepted_{name}" for name in CLASS_NAMES)  # health counters by class
 REPORT_DROPPED_MAX = 1000  # seqs per kind in one outbox.dropped event
 UNWRITABLE, DAMAGED, CHECKPOINT = "store_unwritable", "store_damaged", "store_checkpoint_failed"
 
@@ -156,7 +155,7 @@ class AsyncOutbox:
             self._write_ok()
         counters = self.health.counters
         for (event, _), row in zip(batch, result.rows, strict=True):
-            name = _CLASS_NAMES[row.priority]
+            name = CLASS_NAMES[row.priority]
             if result.error is not None:
                 log.error(
                     "accepted in memory only event_id=%s class=%s kind=%s source=%s seq=%d "

@@ -15,9 +15,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.model import EVENT_SCHEMA, REQUESTED_RESPONSE, Event, Priority
+from gateway.model import CLASS_NAMES, EVENT_SCHEMA, REQUESTED_RESPONSE, Event, Priority
 
-_CLASS_NAMES = tuple(p.name for p in Priority)  # indexed by class: no enum lookup per event
 _RESPONSES = tuple(REQUESTED_RESPONSE[p] for p in Priority)
 # Compact UTF-8, as pydantic writes JSON. Strict: NaN and infinities are not JSON. Payloads
 # are trees the gateway builds, never cyclic, so the cycle check is skipped (~10 % faster).
@@ -95,7 +94,7 @@ class Topics:
         without pydantic, which the daemon does not load (tests compare the two).
         """
         cls = int(event.priority)
-        name = _CLASS_NAMES[cls]
+        name = CLASS_NAMES[cls]
         payload = json_payload({
             "schema": EVENT_SCHEMA,
             "event_id": event.event_id,
