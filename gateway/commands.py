@@ -170,7 +170,14 @@ _CHECKS: dict[str, Callable[[Any], str]] = {
     "dispatcher": _text(0, 64),
     "note": _text(0, 280),
 }
-_REQUIRED = ("command_id", "station", "alert_id", "action", "issued_at")
+# Keys and which are required come from `Command`'s fields: a field added to the spec without
+# its check here stops the gateway at import, instead of being refused as an extra input.
+_FIELDS = {f.name.rstrip("_"): f for f in dataclasses.fields(Command)}
+_REQUIRED = tuple(name for name, f in _FIELDS.items()
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+if _CHECKS.keys() != _FIELDS.keys():
+    raise TypeError(f"Command's fields {sorted(_FIELDS)} and the plain-code checks "
+                    f"{sorted(_CHECKS)} differ: give every field of the spec its check")
 
 
 def schema_problems(raw: Any) -> list[str]:
