@@ -15,14 +15,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
 from gateway.errors import GatewayError
 from gateway.lamp import Cue, Lamp, LampState, Pattern, PatternOutput
 from gateway.lifecycle import Lifecycle, alert_body
-from gateway.model import AlertRecord, Event, Priority, cite
+from gateway.model import AlertRecord, Event, Priority
 from gateway.outbox import Row
 from gateway.presses import Alert, ButtonEvent, Happening, HelpPointLogic, PressRules
 
@@ -181,7 +181,6 @@ class HelpPoints:
         self._fault = fault
         self.pin_factory = pin_factory
         self.units: dict[str, HelpPointUnit] = {}
-        self._alert_of_event: dict[str, tuple[str, str]] = {}  # event_id -> (hp id, alert id)
 
     async def __aenter__(self) -> HelpPoints:
         loop = asyncio.get_running_loop()
@@ -323,10 +322,7 @@ class HelpPoints:
     def _with_correlations(self, unit: HelpPointUnit, alert: Alert) -> Alert:
         """The alert raised by the sensors' active correlation rules at its help point."""
         for priority, evidence in self._correlate(unit.config.id) if self._correlate else []:
-            if priority < alert.priority or evidence not in alert.evidence:
-                alert = replace(alert, priority=min(alert.priority, priority),
-                                evidence=cite(alert.evidence, evidence))
-        unit.logic.alert = alert
+            alert = unit.logic.corroborate(priority, evidence) or alert
         return alert
 
     async def _corroborated(self, unit: HelpPointUnit) -> None:
@@ -353,8 +349,6 @@ class HelpPoints:
         }
         record = self._lifecycle.raised(alert.alert_id, hp.id, alert.priority, details)
         event = Event(kind, hp.id, record.priority, alert_body(record), alert=record)
-        # Registered before the commit: the PUBACK may come back before we resume.
-        self._alert_of_event[event.event_id] = (hp.id, alert.alert_id)
         row = await self._accept_event(event)
         if row.durable:
             unit.lamp.advance(alert.alert_id, "accepted")
@@ -364,18 +358,14 @@ class HelpPoints:
         unit = self.units.get(record.source)
         if unit is None:
             return
-        current = unit.logic.alert
-        mine = current is not None and current.alert_id == record.alert_id
         if record.closed:
             unit.lamp.close(record.alert_id)
-            if mine:
-                unit.logic.close()
+            unit.logic.close(record.alert_id)
         elif record.state in ("acknowledged", "assigned"):
             unit.lamp.advance(record.alert_id, "acknowledged")
-            if mine:
-                unit.logic.awaiting_ack = False
-        elif mine and current is not None and record.priority < current.priority:
-            unit.logic.alert = replace(current, priority=record.priority, escalated=True)
+            unit.logic.acknowledged(record.alert_id)
+        else:
+            unit.logic.escalated(record.alert_id, record.priority)
 
     def restore(self, record: AlertRecord, all_sent: bool) -> None:
         """After a restart: reopen a help point's alert and show its lamp state again."""
@@ -388,7 +378,7 @@ class HelpPoints:
         def mono(key: str) -> float:
             return now_mono - (now_wall - float(details.get(key, now_wall)))
 
-        unit.logic.alert = Alert(
+        unit.logic.restore(Alert(
             alert_id=record.alert_id,
             priority=record.priority,
             press_count=int(details.get("press_count", 1)),
@@ -397,25 +387,19 @@ class HelpPoints:
             held=bool(details.get("held", False)),
             escalated=bool(details.get("escalated", False)),
             evidence=tuple(details.get("evidence", ())),
-        )
-        unit.logic.awaiting_ack = record.state == "open"
+        ), awaiting_ack=record.state == "open")
         if record.state == "open":
             unit.lamp.advance(record.alert_id, "sent" if all_sent else "accepted")
         else:
             unit.lamp.advance(record.alert_id, "acknowledged")
 
     def on_delivered(self, row: Row) -> None:
-        """Publisher listener: a PUBACK arrived; the lamp may now say "sent"."""
-        found = self._alert_of_event.pop(row.event_id, None)
-        if found is None:
-            # A row accepted before a restart: the outbox read back the alert it carries.
-            found = next(((hp_id, u.logic.alert.alert_id) for hp_id, u in self.units.items()
-                          if u.logic.alert is not None
-                          and u.logic.alert.alert_id == row.alert_id), None)
-        if found is None:
-            return
-        hp_id, alert_id = found
-        unit = self.units.get(hp_id)
+        """Publisher listener: a PUBACK arrived; the lamp may now say "sent". The row names
+        its alert (accepted in this run or read back after a restart); the lifecycle's book
+        says whose it is."""
+        alert_id = row.alert_id
+        record = None if alert_id is None else self._lifecycle.book.open.get(alert_id)
+        unit = None if record is None else self.units.get(record.source)
         if unit is None or unit.logic.alert is None or unit.logic.alert.alert_id != alert_id:
-            return  # an older request of this help point: the lamp shows the newer one
+            return  # closed, not a help point's, or an older request: the lamp shows the newer
         unit.lamp.advance(alert_id, "sent")

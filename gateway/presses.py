@@ -207,7 +207,38 @@ class HelpPointLogic:
         self.alert = alert
         return [Happening("help_point.repeat", alert)]
 
-    def close(self) -> None:
-        """Forget the open request (dispatch resolved or cancelled it)."""
-        self.alert = None
-        self.awaiting_ack = False
+    # Named transitions for what happens to the open request outside the button: every
+    # change of the state machine's fields is made here (h11's rule), never from outside.
+
+    def corroborate(self, priority: Priority, evidence: str) -> Alert | None:
+        """A sensor at this help point corroborates the open request: raise it to `priority`
+        and cite `evidence`. The request as it is now, or None if there is none."""
+        alert = self.alert
+        if alert is not None and (priority < alert.priority or evidence not in alert.evidence):
+            self.alert = replace(alert, priority=min(alert.priority, priority),
+                                 evidence=cite(alert.evidence, evidence))
+        return self.alert
+
+    def acknowledged(self, alert_id: str) -> None:
+        """Dispatch acknowledged (or assigned) the request: presses no longer join it for
+        want of an acknowledgement, only within the repeat window."""
+        if self.alert is not None and self.alert.alert_id == alert_id:
+            self.awaiting_ack = False
+
+    def escalated(self, alert_id: str, priority: Priority) -> None:
+        """The request was escalated to `priority` for want of an acknowledgement."""
+        alert = self.alert
+        if alert is not None and alert.alert_id == alert_id and priority < alert.priority:
+            self.alert = replace(alert, priority=priority, escalated=True)
+
+    def restore(self, alert: Alert, *, awaiting_ack: bool) -> None:
+        """After a restart: the request that was open, as the outbox kept it."""
+        self.alert = alert
+        self.awaiting_ack = awaiting_ack
+
+    def close(self, alert_id: str | None = None) -> None:
+        """Forget the open request (dispatch resolved or cancelled it); with `alert_id`,
+        only if it is that one."""
+        if alert_id is None or (self.alert is not None and self.alert.alert_id == alert_id):
+            self.alert = None
+            self.awaiting_ack = False

@@ -71,7 +71,8 @@ def test_repeats_coalesce_and_escalate_at_the_configured_count() -> None:
 def test_acknowledged_request_and_a_press_after_the_window_is_a_new_request() -> None:
     logic = HelpPointLogic(RULES)
     first = run(logic, tap(1.0), until=10)
-    logic.awaiting_ack = False  # dispatch acknowledged it
+    assert logic.alert is not None
+    logic.acknowledged(logic.alert.alert_id)  # dispatch acknowledged it
     second = run(logic, tap(70.0), until=80)
     assert [h.kind for h in first + second] == ["help_point.press", "help_point.press"]
     a, b = (h.alert for h in first + second)
