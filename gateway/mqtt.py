@@ -37,17 +37,22 @@ class _ErrorMemo(logging.Logger):
     """paho's logger for one client: passes records on, and remembers the last error.
 
     paho reports a TLS alert from the broker (expired, revoked or unknown client
-    certificate) only as a log line; the publisher needs it to say why a connect failed.
+    certificate) only as a log line, with the exception among its arguments; the publisher
+    needs both to say why a connect failed, and to tell a TLS failure by its type.
     """
 
     def __init__(self) -> None:
         super().__init__("gateway.mqtt.paho")
         self.parent = logging.getLogger("gateway.mqtt.paho")
         self.last_error: str | None = None
+        self.last_exception: BaseException | None = None
 
     def handle(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.ERROR:
             self.last_error = record.getMessage()
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.last_exception = next(
+                (a for a in args if isinstance(a, BaseException)), None)
         super().handle(record)
 
 
@@ -129,7 +134,9 @@ class GatewayClient(aiomqtt.Client):
         if not self._connected.done() and not self._aborting:
             # aiomqtt would wait out its timeout: fail the connect now, saying why.
             reason = self._errors.last_error or "connection closed before CONNACK"
-            self._connected.set_exception(aiomqtt.MqttError(reason))
+            error = aiomqtt.MqttError(reason)
+            error.__cause__ = self._errors.last_exception  # an ssl.SSLError, say
+            self._connected.set_exception(error)
         acks, self._acks = self._acks, {}
         lost = aiomqtt.MqttError("disconnected before PUBACK")
         for callback in acks.values():

@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import json
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
@@ -72,6 +73,22 @@ Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
 class BrokerStalledError(aiomqtt.MqttError):
     """The broker confirmed nothing within `mqtt.puback_deadline_s`: the socket was dropped."""
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    """Whether an ended session failed in TLS: an `ssl.SSLError` (a handshake refused, a
+    certificate not verified, the broker's alert) anywhere in the exception's chain."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return True
+        stack += [current.__cause__, current.__context__]
+    return False
 
 
 def _cancel_requests() -> int:
@@ -186,7 +203,7 @@ class Publisher:
                 reason = "; ".join(str(e) for e in group.exceptions)
                 self.health.link(f"broker:{endpoint.url}", f"down ({reason})")
                 self.health.count("broker_disconnects")
-                if any(word in reason for word in ("SSL", "certificate", "TLS")):
+                if any(_tls_failure(e) for e in group.exceptions):
                     self.health.raise_fault(
                         "broker_tls",
                         f"TLS with {endpoint.url} failed: {reason} (check the broker's name, "
