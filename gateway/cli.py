@@ -572,6 +572,11 @@ def _add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            help="the CAP sender (no spaces or commas)")
             a.add_argument("--test", action="store_true",
                            help="status Test: the traffic is a test or the demo")
+    # Imports only argparse and dispatch.analysis's errors; pandas and SQLAlchemy load
+    # when the command runs (tests/test_analysis.py checks this).
+    from dispatch.analysis.cli import add_hub_actions  # noqa: PLC0415
+
+    add_hub_actions(actions)
 
 
 def _add_dispatch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -121,7 +121,7 @@ def test_the_plain_check_knows_exactly_the_keys_the_spec_has() -> None:
     """The daemon's check takes its keys and required keys from `Command` itself; the JSON
     Schema pydantic makes from the same spec must agree, key for key."""
     schema = adapter(Command).json_schema(by_alias=True)
-    every = {key: "" for key in schema["properties"]}
+    every = dict.fromkeys(schema["properties"], "")
     assert not [p for p in schema_problems(every) if "Extra inputs" in p]
     missing = {p.split(":")[0] for p in schema_problems({}) if "Field required" in p}
     assert missing == set(schema["required"])

@@ -1,0 +1,34 @@
+"""Hotspot analysis: where and when to place each kind of team, from the hub's record.
+
+Data flows down the modules in this order:
+
+- `network`: the agency's GTFS feed (gtfs-kit) as stations, lines and the station
+  adjacency (neighbours on a line, transfers join lines) as a libpysal weights object;
+  the mapping from the gateways' station ids to GTFS stations.
+- `record`: the hub's alerts (one row per request) read from its database (SQLAlchemy,
+  PostgreSQL or SQLite) into a pandas frame, with hour-of-week and time band.
+- `grids`: station x hour-of-week grids, service figures, concentration, repeat locations.
+- `hotspots`: Getis-Ord Gi* per time band (esda), false-discovery control, clusters,
+  emerging trends (Mann-Kendall on weekly Gi* z), recommendations.
+- `privacy`: the one rule for small cells in exports (fewer than k requests are suppressed).
+- `report`: the HTML report (matplotlib figures inlined) and a CSV/Parquet file per table.
+- `simulate`: the simulated metro (a shipped GTFS feed) and months of history written
+  straight into the hub's tables, with planted hotspots from a documented seed.
+
+None of this is imported by the station daemon: pandas, esda and friends stay at the
+dispatch centre (`pip install station-gateway[analysis]`).
+"""
+
+from __future__ import annotations
+
+
+class AnalysisError(Exception):
+    """Root of every error the analysis raises."""
+
+
+class InputError(AnalysisError, ValueError):
+    """A file or option the planner supplied is unusable (the message names it and the fix)."""
+
+
+class NetworkError(InputError):
+    """The GTFS feed or the station mapping does not describe a usable network."""

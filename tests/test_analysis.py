@@ -1,0 +1,405 @@
+"""Hotspot analysis on the simulated metro: it finds the planted hotspots, flags nothing in a
+metro without them, suppresses small cells in every export, and writes a report a planner
+can read. The history goes through the hub's real schema (SQLite here, PostgreSQL too)."""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+import html.parser
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, create_engine, func, select, text
+
+from dispatch.analysis import InputError, NetworkError
+from dispatch.analysis.cli import main
+from dispatch.analysis.hotspots import DEFAULTS, band_values, find_hotspots, flag
+from dispatch.analysis.metro import SHIPPED, write_metro
+from dispatch.analysis.network import Network, read_mapping, read_network
+from dispatch.analysis.privacy import suppress
+from dispatch.analysis.record import (
+    BANDS,
+    load_requests,
+    parse_since,
+    read_ridership,
+)
+from dispatch.analysis.simulate import (
+    DEFAULT_RATE,
+    History,
+    hourly_rhythm,
+    simulate_history,
+)
+from dispatch.hub.schema import alerts, events
+from dispatch.hub.store import HubStore, open_engine
+from gateway.testing.postgres import PostgreSQL
+from tests.test_lean_daemon import DAEMON_MODULES
+
+UNTIL = 1_796_000_400.0  # a Monday 00:00 UTC, so the weeks are whole
+WEEKS = 12
+SEED = 14
+
+
+@pytest.fixture(scope="module")
+def network() -> Network:
+    return read_network(SHIPPED, read_mapping(SHIPPED / "stations.csv"))
+
+
+@pytest.fixture(scope="module")
+def ridership() -> pd.Series:
+    return read_ridership(SHIPPED / "ridership.csv")
+
+
+def _simulated(folder: Path, network: Network, ridership: pd.Series, *,
+               null: bool) -> Iterator[tuple[Engine, History]]:
+    engine = open_engine(f"sqlite:///{folder / 'hub.db'}")
+    # The null case needs no trend to find: fewer weeks keep the test file fast.
+    history = simulate_history(engine, network, ridership, weeks=8 if null else WEEKS,
+                               seed=SEED, until=UNTIL, planted=() if null else None)
+    yield engine, history
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory, network: Network,
+            ridership: pd.Series) -> Iterator[tuple[Engine, History]]:
+    yield from _simulated(tmp_path_factory.mktemp("planted"), network, ridership, null=False)
+
+
+@pytest.fixture(scope="module")
+def null(tmp_path_factory: pytest.TempPathFactory, network: Network,
+         ridership: pd.Series) -> Iterator[tuple[Engine, History]]:
+    yield from _simulated(tmp_path_factory.mktemp("null"), network, ridership, null=True)
+
+
+# --------------------------------------------------------------------------- the network
+
+def test_the_shipped_metro_is_the_generators_output(tmp_path: Path) -> None:
+    write_metro(tmp_path)
+    names = sorted(p.name for p in SHIPPED.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(SHIPPED, tmp_path, names, shallow=False)
+    assert not mismatch and not errors, "regenerate dispatch/analysis/data/metro"
+
+
+def test_network_from_gtfs_joins_lines_at_transfers(network: Network) -> None:
+    assert len(network.lines) == 10
+    assert 100 <= len(network.ids) <= 200
+    assert network.timezone == "Europe/Zurich"
+    for line in network.lines:  # neighbours on a line
+        for a, b in zip(line.stations, line.stations[1:], strict=False):
+            assert network.graph.has_edge(a, b), (line.name, a, b)
+    on_lines = {s: sum(s in line.stations for line in network.lines) for s in network.ids}
+    transfer = [s for s, n in on_lines.items() if n >= 2]
+    assert transfer, "lines share stations"
+    import networkx as nx
+
+    assert nx.is_connected(network.graph), "transfers join every line into one network"
+    # A walking transfer (transfers.txt) between two stations no line links is an edge too.
+    with (SHIPPED / "transfers.txt").open() as rows:
+        walk = next(csv.DictReader(rows))
+    gtfs_to_station = {g: s for s, g in network.stations["gtfs_id"].items()}
+    assert network.graph.has_edge(gtfs_to_station[walk["from_stop_id"]],
+                                  gtfs_to_station[walk["to_stop_id"]])
+    weights = network.weights()
+    assert weights.n == len(network.ids)
+    assert sorted(weights.neighbors[transfer[0]]) == sorted(network.graph.neighbors(transfer[0]))
+
+
+def test_mapping_file_errors_name_the_line_and_the_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "map.csv"
+    bad.write_text("station,gtfs_stop_id\nold-quay,S001\nold-quay,S002\n")
+    with pytest.raises(NetworkError, match=r"map.csv:3: station 'old-quay' is mapped twice"):
+        read_mapping(bad)
+    bad.write_text("gateway,stop\n")
+    with pytest.raises(NetworkError, match="needs the header station,gtfs_stop_id"):
+        read_mapping(bad)
+    bad.write_text("station,gtfs_stop_id\nnowhere,S999\n")
+    with pytest.raises(NetworkError, match="no such stop"):
+        read_network(SHIPPED, read_mapping(bad))
+    # A platform's stop id maps to its parent station.
+    bad.write_text("station,gtfs_stop_id\nfirst,S001-M1\n")
+    assert read_network(SHIPPED, read_mapping(bad)).ids == ["first"]
+
+
+def test_ridership_and_period_inputs(tmp_path: Path) -> None:
+    path = tmp_path / "riders.csv"
+    path.write_text("station,riders\na,100\nb,-3\n")
+    with pytest.raises(InputError, match=r"riders\.csv:3"):
+        read_ridership(path)
+    assert parse_since("90d") == 90 * 86400
+    assert parse_since("12w") == 12 * 7 * 86400
+    with pytest.raises(InputError, match="90d, 12w or 36h"):
+        parse_since("3 months")
+
+
+# -------------------------------------------------------------------------- correctness
+
+def test_finds_the_planted_hotspots(planted: tuple[Engine, History], network: Network,
+                                    ridership: pd.Series) -> None:
+    engine, history = planted
+    requests = load_requests(engine, history.since, history.until, network.timezone)
+    found = find_hotspots(requests, network, ridership)
+    truth, hot = history.cells, found.hot
+    recall = len(truth & hot) / len(truth)
+    precision = len(truth & hot) / max(1, len(hot))
+    print(f"planted {len(truth)} cells, flagged {len(hot)}: recall {recall:.3f}, "
+          f"precision {precision:.3f}")
+    assert len(history.planted) == 6 and len(truth) >= 15
+    assert recall >= 0.9, sorted(truth - hot)
+    assert precision >= 0.8, sorted(hot - truth)
+    # Each planted site's trend is named as planted (by most of its flagged stations).
+    cells = found.cells.set_index(["station", "band"])
+    for spot in history.planted:
+        if spot.trend == "persistent":
+            continue
+        named = [cells.at[(s, spot.band), "trend"] for s in spot.stations
+                 if (s, spot.band) in hot]
+        assert named.count(spot.trend) > len(named) / 2, (spot, named)
+
+
+def test_a_metro_without_hotspots_flags_none(null: tuple[Engine, History], network: Network,
+                                             ridership: pd.Series) -> None:
+    engine, history = null
+    assert history.planted == () and history.requests > 10_000
+    requests = load_requests(engine, history.since, history.until, network.timezone)
+    assert find_hotspots(requests, network, ridership).hot == set()
+
+
+def test_false_positive_rate_under_no_hotspots(network: Network,
+                                               ridership: pd.Series) -> None:
+    """The stated rate: with no hotspots, one run flags any cell with a chance of at most
+    alpha. Checked over 100 independent null metros (Poisson counts at the simulator's
+    rates), for the whole-period family (alpha/2) that runs on every report."""
+    share = (ridership.reindex(network.ids) / ridership.mean()).to_numpy()
+    how = np.arange(168)
+    rhythm = hourly_rhythm()
+    per_band = np.array([rhythm[[h for h in how if (h // 24) in b.days
+                                 and b.start <= h % 24 < b.end]].sum() for b in BANDS])
+    expected = DEFAULT_RATE / 24 * WEEKS * np.outer(share, per_band)
+    rng = np.random.default_rng(2026)
+    weights, runs, flagged = network.weights(), 100, 0
+    for _ in range(runs):
+        counts = pd.DataFrame(rng.poisson(expected), index=network.ids,
+                              columns=[b.name for b in BANDS])
+        cells = flag(band_values(counts, WEEKS, ridership), weights, DEFAULTS)
+        flagged += bool(cells["hot"].any())
+    print(f"{flagged} of {runs} null metros flagged a cell")
+    assert flagged / runs <= DEFAULTS.alpha, f"{flagged} of {runs} null runs flagged a cell"
+
+
+# ------------------------------------------------------------------------------ privacy
+
+def test_small_cells_are_suppressed() -> None:
+    frame = pd.DataFrame({"station": ["a", "b", "c", "d"], "requests": [0, 1, 4, 5],
+                          "p50": [np.nan, 10.0, 20.0, 30.0]})
+    out = suppress(frame, 5, figures=["p50"])
+    assert out["suppressed"].tolist() == [False, True, True, False]
+    assert out["requests"].isna().tolist() == [False, True, True, False]
+    assert out["p50"].isna().tolist() == [True, True, True, False]
+    assert out.loc[3, "p50"] == 30.0 and out.loc[0, "requests"] == 0
+    out = suppress(frame, 2, figures=["p50"])
+    assert out["suppressed"].tolist() == [False, True, False, False]
+
+
+# ------------------------------------------------------------------------------- report
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.images: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.text: list[str] = []
+        self._cell: list[str] | None = None
+        self.scripts = 0
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(str(values["id"]))
+        if tag == "img":
+            self.images.append(str(values.get("src")))
+        if tag in {"script", "link"}:
+            self.scripts += 1
+        for key in ("src", "href"):
+            if str(values.get(key, "")).startswith(("http:", "https:", "//")):
+                self.external.append(str(values[key]))
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in {"td", "th"}:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in {"td", "th"} and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8") as rows:
+        return list(csv.DictReader(rows))
+
+
+def test_report_command_writes_the_report(planted: tuple[Engine, History],
+                                          tmp_path: Path) -> None:
+    engine, history = planted
+    out = tmp_path / "report"
+    code = main(["report", "--db", str(engine.url), "--since", f"{WEEKS}w", "--until",
+                 str(UNTIL), "--out", str(out), "--ridership",
+                 str(SHIPPED / "ridership.csv"), "--min-cell", "5"])
+    assert code == 0
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    # Self-contained: figures inlined, no script and nothing fetched from elsewhere.
+    assert {"recommendations", "hotspot-map", "heat-maps", "service", "concentration",
+            "suppression"} <= page.ids
+    assert len(page.images) == 5 and page.scripts == 0 and not page.external
+    for src in page.images:
+        import base64
+
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Cells with 1 to 4 requests are suppressed" in "".join(page.text)
+
+    # The recommendations: one row per cluster and band, in the page and in the CSV, and
+    # each planted site is covered with its planted response as the dominant one.
+    recs = _csv(out / "tables" / "recommendations.csv")
+    html_recs = page.tables[0]
+    assert html_recs[0][:3] == ["cluster", "band", "stations"]
+    assert len(html_recs) - 1 == len(recs) >= len(history.planted)
+    for spot in history.planted:
+        rows = [r for r in recs if r["band"] == spot.band
+                and set(r["station_ids"].split()) & set(spot.stations)]
+        assert rows, spot
+        assert rows[0]["dominant_response"] == spot.response, (spot, rows[0])
+        assert float(rows[0]["per_week"]) > 0
+    # Every table is there as CSV and Parquet, with the same rows.
+    tables = {p.stem for p in (out / "tables").glob("*.csv")}
+    assert {"grid_by_class", "grid_by_requested_response", "grid_by_team",
+            "service_by_station", "service_by_hour_of_week", "service_by_team",
+            "concentration", "concentration_top", "repeat_locations", "hotspot_cells",
+            "recommendations"} <= tables
+    for name in tables:
+        assert len(pd.read_parquet(out / "tables" / f"{name}.parquet")) == len(
+            _csv(out / "tables" / f"{name}.csv")), name
+    # Grids: 168 hours per station, and no cell of 1 to 4 requests is shown.
+    grid = _csv(out / "tables" / "grid_by_requested_response.csv")
+    assert {int(r["hour_of_week"]) for r in grid} == set(range(168))
+    shown = [int(r["requests"]) for r in grid if r["requests"]]
+    assert shown and all(n == 0 or n >= 5 for n in shown)
+    hidden = [r for r in grid if r["suppressed"] == "True"]
+    assert hidden and all(r["requests"] == r["per_week"] == "" for r in hidden)
+    assert sum(shown) < history.requests  # the suppressed ones are really gone
+    # Service figures: the never-acknowledged share is there and plausible.
+    service = _csv(out / "tables" / "service_by_class.csv")
+    for row in service:
+        assert 0 <= float(row["never_acknowledged_share"]) < 0.1
+        assert float(row["ack_p50_s"]) < float(row["ack_p90_s"])
+    top = _csv(out / "tables" / "concentration_top.csv")
+    assert [float(r["top_stations_share"]) for r in top] == [0.05, 0.1, 0.2, 0.25, 0.5]
+    assert all(float(r["requests_share"]) > float(r["top_stations_share"]) for r in top)
+
+
+def test_report_min_cell_raises_the_bar(planted: tuple[Engine, History],
+                                        tmp_path: Path) -> None:
+    engine, _ = planted
+    out = tmp_path / "strict"
+    assert main(["report", "--db", str(engine.url), "--since", "1w", "--until", str(UNTIL),
+                 "--out", str(out), "--min-cell", "20", "--no-parquet"]) == 0
+    rows = _csv(out / "tables" / "service_by_station.csv")
+    assert all(r["requests"] == "" or int(r["requests"]) >= 20 for r in rows)
+    assert any(r["suppressed"] == "True" for r in rows)
+    assert not list((out / "tables").glob("*.parquet"))
+
+
+# ---------------------------------------------------------------------------- simulate
+
+def test_simulated_history_is_a_consistent_hub_record(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    assert main(["simulate-history", "--db", url, "--weeks", "1", "--seed", "3",
+                 "--until", str(UNTIL)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("planted: ") == 6
+    engine = open_engine(url)
+    store = HubStore(engine)
+    # The hub's own audit finds no seq missing: every station's events are 1..n.
+    assert all(not gap.missing for gap in store.gaps())
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(alerts)).scalar_one()
+        states: dict[str, int] = dict(conn.execute(select(alerts.c.state, func.count())
+                                   .group_by(alerts.c.state)).all())
+        kinds = {k for (k,) in conn.execute(select(events.c.kind).distinct())}
+    assert f"{count} requests" in said
+    assert states["resolved"] > 0.9 * count and states.get("cancelled", 0) > 0
+    assert {"help_point.press", "alert.acknowledged", "alert.assigned",
+            "alert.resolved"} <= kinds
+    one = store.alerts()[0]
+    assert next(s for s, _ in store.history(one["station"], one["alert_id"])) == "open"
+    # The same seed again into a database that has history is refused, not mixed in.
+    assert main(["simulate-history", "--db", url, "--weeks", "1", "--seed", "3"]) == 2
+    assert "empty database" in capsys.readouterr().err
+    engine.dispose()
+
+
+def test_postgresql_reads_the_same_requests(tmp_path: Path, network: Network,
+                                            ridership: pd.Series) -> None:
+    frames = []
+    with PostgreSQL() as server:
+        name = f"analysis_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        for url in (f"sqlite:///{tmp_path / 'hub.db'}",
+                    server.url.rsplit("/", 1)[0] + f"/{name}"):
+            engine = open_engine(url)
+            history = simulate_history(engine, network, ridership, weeks=1, seed=9,
+                                       until=UNTIL, rate=1.0)
+            requests = load_requests(engine, history.since, history.until, network.timezone)
+            frames.append(requests.frame.sort_values("alert_id", ignore_index=True))
+            engine.dispose()
+    assert len(frames[0]) > 500
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
+
+
+def test_the_station_daemon_never_loads_the_analysis() -> None:
+    """Neither the daemon's modules nor the CLI wiring (dispatch.analysis.cli, imported to
+    build `stationgw`'s parser) load the analysis stack or SQLAlchemy."""
+    probe = textwrap.dedent(f"""
+        import importlib, sys
+        for module in {DAEMON_MODULES!r} + ("dispatch.analysis.cli",):
+            importlib.import_module(module)
+        heavy = ("pandas", "numpy", "esda", "libpysal", "gtfs_kit", "matplotlib", "sqlalchemy",
+                 "dispatch.analysis.")
+        print(sorted(m for m in sys.modules
+                     if m.startswith(heavy) and m != "dispatch.analysis.cli"))
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=False, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_progress_is_quiet_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from dispatch.analysis.progress import progress
+
+    with progress("work", 3) as advance:
+        advance(3)
+    assert capsys.readouterr().err == ""
