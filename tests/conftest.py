@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto for the session, and fresh ones for outage tests."""
+"""Shared fixtures: a real Mosquitto for the session, fresh ones for outage tests, and a real
+PostgreSQL for the session (each test makes a database of its own on it)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.broker import Mosquitto
+from gateway.testing.postgres import PostgreSQL
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +26,10 @@ def own_broker() -> Iterator[Mosquitto]:
         yield mosquitto
     finally:
         mosquitto.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgreSQL]:
+    """A real PostgreSQL shared by tests that never stop it (`new_database` per test)."""
+    with PostgreSQL() as server:
+        yield server

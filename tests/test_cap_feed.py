@@ -25,7 +25,8 @@ from dispatch.web.app import create_app
 from gateway.lifecycle import alert_body
 from gateway.model import AlertRecord, AlertState, Event, Priority
 from gateway.topics import Topics
-from tests.test_cap import NS, valid
+from tests.helpers import CAP_NS_MAP as NS
+from tests.helpers import valid_cap
 
 TOKEN = "cad-token-0123456789abcdef"  # noqa: S105 - a test token
 WAIT = 30.0
@@ -60,7 +61,7 @@ def entries(feed: bytes) -> list[etree._Element]:
     out = []
     for entry in root.iterfind(f"{{{ATOM_NS}}}entry"):
         (cap,) = entry.find(f"{{{ATOM_NS}}}content")  # type: ignore[misc]
-        out.append(valid(etree.tostring(cap)))
+        out.append(valid_cap(etree.tostring(cap)))
     return out
 
 
@@ -103,7 +104,7 @@ async def test_the_feed_serves_every_transition_once_as_valid_cap_after_a_cursor
         identifier = late.findtext("cap:identifier", namespaces=NS)
         one = await web.get(f"/cap/messages/{identifier}.xml", headers=cad)
         assert one.headers["content-type"] == "application/cap+xml"
-        assert valid(one.content).findtext("cap:identifier", namespaces=NS) == identifier
+        assert valid_cap(one.content).findtext("cap:identifier", namespaces=NS) == identifier
         assert (await web.get("/cap/messages/nope.xml", headers=cad)).status_code == 404
         assert (await web.get("/cap/feed?after=x", headers=cad)).status_code == 400
 
@@ -195,7 +196,7 @@ async def test_every_message_reaches_a_failing_cad_in_order_across_a_hub_restart
         first_seen = list(dict.fromkeys(cad.taken))
         assert first_seen == feed  # every one, oldest first: each alert's chain in order
         for xml in first_seen:
-            assert valid(xml).findtext("cap:status", namespaces=NS) == "Test"
+            assert valid_cap(xml).findtext("cap:status", namespaces=NS) == "Test"
         assert cad.tokens == {f"Bearer {TOKEN}"}
     finally:
         cad.close()

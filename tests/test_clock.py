@@ -28,8 +28,7 @@ from gateway.model import Event, Priority
 from gateway.outbox import Outbox
 from gateway.testing.clock import SteppedClock
 from gateway.topics import Topics
-from tests.helpers import running, subscribe
-from tests.test_lifecycle import lifecycle_config, raise_alert, replies
+from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
 
 YEAR = 365 * 86400.0
 STEPS = st.floats(min_value=1.0, max_value=10 * YEAR) | st.floats(

@@ -38,8 +38,7 @@ from gateway.daemon import Gateway
 from gateway.dispatch import make_command, send_command
 from gateway.simulate import socket_path
 from gateway.testing.cmdflood import CommandFlood
-from tests.helpers import running, subscribe
-from tests.test_lifecycle import lifecycle_config, raise_alert, replies
+from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 REASONS = set(typing.get_args(RejectReason))

@@ -18,15 +18,13 @@ import sys
 import termios
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 
 from dispatch.console import (
     AlertQueue,
@@ -45,8 +43,19 @@ from gateway.daemon import Gateway
 from gateway.model import AlertRecord, AlertState, Event, Priority
 from gateway.reports import open_alerts_message
 from gateway.topics import Topics, json_payload
-from tests.helpers import Subscriber, running, station_config, subscribe
-from tests.test_helppoints import HELP_POINTS, lamp_becomes, tap
+from tests.helpers import (
+    HELP_POINTS,
+    Subscriber,
+    lamp_becomes,
+    publish_all,
+    publisher,
+    running,
+    station_config,
+    subscribe,
+    tap,
+    unique_prefix,
+    watching,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -428,99 +437,6 @@ def test_share_groups() -> None:
 
 
 # ---------------------------------------------------------------------------- running it
-
-
-def unique_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}/v1"
-
-
-class Watch:
-    """`watch_json` in its own process, as `stationgw dispatch watch --json` runs it."""
-
-    def __init__(self, port: int, prefix: str, *, share: str | None = None,
-                 client_id: str | None = None) -> None:
-        code = (
-            "import sys; from dispatch.console import watch_json; "
-            f"sys.exit(watch_json('127.0.0.1', {port}, share={share!r}, prefix={prefix!r}, "
-            f"client_id={client_id!r}))"
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.lines: list[bytes] = []
-        self.status: list[str] = []
-        self._threads = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.lines.append)),
-            threading.Thread(target=self._read, args=(
-                self.proc.stderr, lambda b: self.status.append(b.decode()))),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @staticmethod
-    def _read(stream: Any, sink: Callable[[bytes], None]) -> None:
-        for line in stream:
-            sink(line)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in list(self.lines)]
-
-    async def until(self, check: Callable[[], bool], timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while not check():
-                await asyncio.sleep(0.02)
-
-    async def connected(self, n: int = 1) -> str:
-        await self.until(lambda: sum("connected" in s for s in self.status) >= n)
-        return [s for s in self.status if "connected" in s][-1]
-
-    def stop(self, how: str = "eof") -> int:
-        if how == "eof" and self.proc.stdin is not None:
-            self.proc.stdin.close()
-        elif how == "sigterm":
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for thread in self._threads:
-                thread.join(5)
-            for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
-        return code
-
-
-@contextlib.contextmanager
-def watching(port: int, prefix: str, **kw: Any) -> Iterator[Watch]:
-    watch = Watch(port, prefix, **kw)
-    try:
-        yield watch
-    finally:
-        if watch.proc.returncode is None:
-            watch.stop("sigterm")
-
-
-@contextlib.contextmanager
-def publisher(port: int) -> Iterator[paho.Client]:
-    """A raw paho client, standing in for gateways."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish_all(client: paho.Client, messages: list[tuple[str, bytes]]) -> None:
-    infos = [client.publish(topic, body, qos=1) for topic, body in messages]
-    for info in infos:
-        info.wait_for_publish(10)
 
 
 Station = tuple[Gateway, Subscriber, str]

@@ -45,8 +45,7 @@ from gateway.mqtt import GatewayClient, make_client
 from gateway.reports import HealthReport, OpenAlertsMessage, StatusMessage
 from gateway.spec import adapter
 from gateway.topics import Topics
-from tests.helpers import running, station_config
-from tests.test_helppoints import HELP_POINTS, tap, unit
+from tests.helpers import HELP_POINTS, running, station_config, tap, unit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "asyncapi.yaml"

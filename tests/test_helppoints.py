@@ -12,14 +12,16 @@ import pytest
 from gateway.broker import Mosquitto
 from gateway.config import StationConfig
 from gateway.daemon import Gateway
-from gateway.helppoints import HelpPointUnit
-from tests.helpers import Subscriber, running, station_config, subscribe
-
-HELP_POINTS = [
-    {"id": "hp-1", "pin": 17, "lamp_pin": 27, "sounder_pin": 22, "location": "platform 1",
-     "hold_time_s": 0.6, "bounce_time_s": 0.05},
-    {"id": "hp-2", "pin": 5, "lamp_pin": 6, "location": "platform 2", "hold_time_s": 0.6},
-]
+from tests.helpers import (
+    HELP_POINTS,
+    Subscriber,
+    lamp_becomes,
+    running,
+    station_config,
+    subscribe,
+    tap,
+    unit,
+)
 
 
 def gpio_config(tmp_path: Path, url: str, **press: Any) -> StationConfig:
@@ -27,26 +29,6 @@ def gpio_config(tmp_path: Path, url: str, **press: Any) -> StationConfig:
         tmp_path, [url], gpio_pin_factory="mock", help_points=HELP_POINTS,
         press={"repeat_window_s": 5, "stuck_after_s": 1.5, **press},
     )
-
-
-def unit(gw: Gateway, hp: str) -> HelpPointUnit:
-    assert gw.help_points is not None
-    return gw.help_points.units[hp]
-
-
-async def tap(gw: Gateway, hp: str, length: float = 0.15) -> None:
-    """Press for `length`, release, and stay released past the bounce time (0.05 s)."""
-    pin = unit(gw, hp).button.pin
-    pin.drive_low()
-    await asyncio.sleep(length)
-    pin.drive_high()
-    await asyncio.sleep(0.1)
-
-
-async def lamp_becomes(gw: Gateway, hp: str, state: str, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while unit(gw, hp).lamp.state != state:
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from sqlalchemy import create_engine, text
 
 from dispatch.hub.service import run_hub
 from dispatch.hub.store import HubStore, migrate, open_engine
@@ -24,17 +23,17 @@ from gateway.dispatch import make_command, send_command
 from gateway.model import Event, Priority
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
-from tests.helpers import running, station_config, subscribe
-from tests.test_console import publish_all, publisher
-from tests.test_lifecycle import lifecycle_config, raise_alert
+from tests.helpers import (
+    lifecycle_config,
+    publish_all,
+    publisher,
+    raise_alert,
+    running,
+    station_config,
+    subscribe,
+)
 
 WAIT = 30.0
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgreSQL]:
-    with PostgreSQL() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -42,12 +41,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'hub.db'}"
     server: PostgreSQL = request.getfixturevalue("postgres")
-    name = f"hub_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
+    return server.new_database("hub")
 
 
 _ENGINES: list[Any] = []

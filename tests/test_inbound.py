@@ -23,7 +23,7 @@ from gateway.broker import Mosquitto
 from gateway.model import AlertRecord, Event, Priority
 from gateway.reports import open_alerts_message
 from gateway.topics import Topics, json_payload
-from tests.test_console import publish_all, publisher, unique_prefix, watching
+from tests.helpers import publish_all, publisher, unique_prefix, watching
 
 PREFIX = "stationgw/v1"
 CHANNELS = ["events/P0", "events/P1", "events/P3", "status", "health", "alerts", "replies",

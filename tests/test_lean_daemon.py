@@ -11,14 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.helpers import DAEMON_MODULES
+
 ROOT = Path(__file__).resolve().parents[1]
 
-#: What `stationgw run` imports (gateway.cli and gateway.daemon bring in the rest).
-DAEMON_MODULES = (
-    "gateway.cli", "gateway.daemon", "gateway.publisher", "gateway.lifecycle",
-    "gateway.helppoints", "gateway.boards", "gateway.sensors", "gateway.topics",
-    "gateway.reports", "gateway.status",
-)
 FORBIDDEN = ("pydantic", "pydantic_core")
 
 # Records who imports what, so a failure names the chain that pulled pydantic in.

@@ -8,26 +8,26 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import pytest
 
 from gateway.broker import Mosquitto
-from gateway.config import StationConfig
 from gateway.daemon import Gateway
 from gateway.dispatch import make_command, send_command
-from tests.helpers import Subscriber, running, station_config, subscribe
-from tests.test_helppoints import HELP_POINTS, lamp_becomes, tap, unit
+from tests.helpers import (
+    Subscriber,
+    lamp_becomes,
+    lifecycle_config,
+    raise_alert,
+    replies,
+    running,
+    subscribe,
+    tap,
+    unit,
+)
 
 Station = tuple[Gateway, Subscriber, aiomqtt.Client]
-
-
-def lifecycle_config(tmp_path: Path, url: str, ack_timeout_s: float = 60) -> StationConfig:
-    return station_config(
-        tmp_path, [url], gpio_pin_factory="mock", help_points=HELP_POINTS,
-        dispatch={"ack_timeout_s": ack_timeout_s, "command_max_age_s": 60},
-    )
 
 
 @pytest.fixture
@@ -49,21 +49,8 @@ async def station(
             yield gw, sub, dispatcher
 
 
-async def raise_alert(gw: Gateway, sub: Subscriber, hp: str = "hp-1") -> str:
-    await tap(gw, hp)
-    events = await sub.wait_for(
-        lambda m: any(p.get("kind") == "help_point.press" and p["source"] == hp for _, p in m)
-    )
-    await lamp_becomes(gw, hp, "sent")
-    return next(str(p["body"]["alert_id"]) for _, p in events if p.get("source") == hp)
-
-
 def states(sub: Subscriber, alert_id: str) -> list[str]:
     return [p["body"]["state"] for p in sub.events() if p["body"].get("alert_id") == alert_id]
-
-
-def replies(sub: Subscriber) -> list[dict[str, Any]]:
-    return [p for t, p in sub.messages if t.endswith("/replies")]
 
 
 async def test_ack_makes_the_lamp_solid_and_resolve_turns_it_off(station: Station) -> None:

@@ -11,9 +11,14 @@ import aiomqtt
 from gateway.broker import Mosquitto
 from gateway.daemon import Gateway
 from gateway.dispatch import make_command, send_command
-from tests.helpers import Subscriber, running, subscribe
-from tests.test_helppoints import lamp_becomes
-from tests.test_lifecycle import lifecycle_config, raise_alert
+from tests.helpers import (
+    Subscriber,
+    lamp_becomes,
+    lifecycle_config,
+    raise_alert,
+    running,
+    subscribe,
+)
 
 
 def listed(payload: dict[str, Any]) -> dict[str, str]:

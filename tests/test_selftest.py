@@ -15,8 +15,7 @@ from gateway.broker import Mosquitto
 from gateway.helppoints import HelpPoints
 from gateway.selftest import certificates, run_selftest, storage
 from gateway.status import status_path
-from tests.helpers import station_config
-from tests.test_helppoints import HELP_POINTS
+from tests.helpers import HELP_POINTS, station_config
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.datetime.now(datetime.UTC)

@@ -27,8 +27,7 @@ from gateway.daemon import Gateway
 from gateway.health import Health
 from gateway.model import Event
 from gateway.outbox import Row
-from tests.helpers import Subscriber, running, station_config, subscribe
-from tests.test_helppoints import unit
+from tests.helpers import Subscriber, running, station_config, subscribe, unit
 
 Station = tuple[Gateway, Subscriber, BoardSimulator]
 WAIT = 20.0

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +50,19 @@ class PostgreSQL:
     def url(self) -> str:
         """SQLAlchemy URL of the database."""
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def new_database(self, prefix: str = "db") -> str:
+        """Create a database of its own (for one test on a shared server); its URL."""
+        from sqlalchemy import create_engine, text  # noqa: PLC0415 (the dispatch side's)
+
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f"CREATE DATABASE {name}"))
+        finally:
+            admin.dispose()
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
 
     def _run(self, *args: str) -> None:
         done = subprocess.run([*self._as, *args], capture_output=True, text=True, check=False)
