@@ -22,7 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
 from dispatch.hub.commands import Commander
 from dispatch.hub.schema import stations
@@ -34,9 +34,7 @@ from gateway.broker import Mosquitto, free_port
 from gateway.daemon import Gateway
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
-from tests.helpers import running, subscribe
-from tests.test_helppoints import lamp_becomes
-from tests.test_lifecycle import lifecycle_config, raise_alert
+from tests.helpers import lamp_becomes, lifecycle_config, raise_alert, running, subscribe
 
 WAIT = 30.0
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a test operator
@@ -167,87 +165,98 @@ async def serving(app: object, port: int) -> AsyncIterator[None]:
 
 
 async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_follows(
-    broker: Mosquitto, tmp_path: Path
+    broker: Mosquitto, tmp_path: Path, postgres: PostgreSQL
 ) -> None:
-    with PostgreSQL() as pg:
-        name = f"web_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        engine = open_engine(pg.url.rsplit("/", 1)[0] + f"/{name}")
-        migrate(engine)
-        store = HubStore(engine)
-        store.add_operator("desk-1", hash_password(PASSWORD))
-        commander, changed = Commander("stationgw/v1"), asyncio.Event()
-        app = create_app(store, commander, changed, secret=SECRET)
-        port = free_port()
-        config = lifecycle_config(tmp_path, broker.url)
-        root = f"stationgw/v1/{config.station_id}"
-        hub = asyncio.create_task(run_hub(store, "127.0.0.1", broker.port,
-                                          client_id=f"hub-{uuid.uuid4().hex[:8]}",
-                                          commander=commander, changed=changed))
-        browser = await asyncio.to_thread(chromium)
-        try:
-            async with (
-                serving(app, port),
-                subscribe(broker.port, f"{root}/events/#") as sub,
-                running(Gateway(config)) as gw,
-            ):
-                await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
+    engine = open_engine(postgres.new_database("web"))
+    migrate(engine)
+    store = HubStore(engine)
+    store.add_operator("desk-1", hash_password(PASSWORD))
+    commander, changed = Commander("stationgw/v1"), asyncio.Event()
+    app = create_app(store, commander, changed, secret=SECRET)
+    port = free_port()
+    config = lifecycle_config(tmp_path, broker.url)
+    root = f"stationgw/v1/{config.station_id}"
+    hub = asyncio.create_task(run_hub(store, "127.0.0.1", broker.port,
+                                      client_id=f"hub-{uuid.uuid4().hex[:8]}",
+                                      commander=commander, changed=changed))
+    browser = await asyncio.to_thread(chromium)
+    try:
+        async with (
+            serving(app, port),
+            subscribe(broker.port, f"{root}/events/#") as sub,
+            running(Gateway(config)) as gw,
+        ):
+            await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
 
-                def log_in() -> None:
-                    browser.get(f"http://127.0.0.1:{port}/")
-                    browser.find_element(By.ID, "username").send_keys("desk-1")
-                    browser.find_element(By.ID, "password").send_keys(PASSWORD)
-                    browser.find_element(By.ID, "login").click()
-                    WebDriverWait(browser, WAIT).until(
-                        ec.text_to_be_present_in_element((By.ID, "status"), "live"))
+            def log_in() -> None:
+                browser.get(f"http://127.0.0.1:{port}/")
+                browser.find_element(By.ID, "username").send_keys("desk-1")
+                browser.find_element(By.ID, "password").send_keys(PASSWORD)
+                browser.find_element(By.ID, "login").click()
+                WebDriverWait(browser, WAIT).until(
+                    ec.text_to_be_present_in_element((By.ID, "status"), "live"))
 
-                await asyncio.to_thread(log_in)
-                alert_id = await raise_alert(gw, sub)
+            await asyncio.to_thread(log_in)
+            alert_id = await raise_alert(gw, sub)
 
-                def acknowledge() -> str:
-                    row = WebDriverWait(browser, WAIT).until(ec.presence_of_element_located(
-                        (By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')))
-                    assert "P1" in row.text and config.station_id in row.text
-                    row.find_element(By.CSS_SELECTOR,
-                                     'button[data-action="acknowledge"]').click()
-                    WebDriverWait(browser, WAIT).until(
-                        ec.text_to_be_present_in_element((By.ID, "result"), "applied"))
-                    return browser.find_element(By.ID, "result").text
+            def acknowledge() -> str:
+                row = WebDriverWait(browser, WAIT).until(ec.presence_of_element_located(
+                    (By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')))
+                assert "P1" in row.text and config.station_id in row.text
+                row.find_element(By.CSS_SELECTOR,
+                                 'button[data-action="acknowledge"]').click()
+                WebDriverWait(browser, WAIT).until(
+                    ec.text_to_be_present_in_element((By.ID, "result"), "applied"))
+                return browser.find_element(By.ID, "result").text
 
-                result = await asyncio.to_thread(acknowledge)
-                await lamp_becomes(gw, "hp-1", "acknowledged")
-                assert "applied" in result
+            result = await asyncio.to_thread(acknowledge)
+            await lamp_becomes(gw, "hp-1", "acknowledged")
+            assert "applied" in result
 
-                def timeline() -> tuple[str, list[str], list[str]]:
-                    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
-                    row.find_element(By.CSS_SELECTOR, "button.details").click()
-                    WebDriverWait(browser, WAIT).until(
-                        ec.text_to_be_present_in_element((By.ID, "detail-events"),
-                                                         "acknowledged"))
-                    return (browser.find_element(By.ID, "detail-summary").text,
-                            [r.text for r in browser.find_elements(
-                                By.CSS_SELECTOR, "#detail-events tr")],
-                            [r.text for r in browser.find_elements(
-                                By.CSS_SELECTOR, "#detail-commands tr")])
+            def timeline() -> tuple[str, list[str], list[str]]:
+                row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+                row.find_element(By.CSS_SELECTOR, "button.details").click()
+                WebDriverWait(browser, WAIT).until(
+                    ec.text_to_be_present_in_element((By.ID, "detail-events"),
+                                                     "acknowledged"))
+                # Read at once in the page: the view is redrawn on every change.
+                return tuple(browser.execute_script(
+                    "const rows = s => [...document.querySelectorAll(s)].map(r => r.innerText);"
+                    "return [document.getElementById('detail-summary').innerText,"
+                    " rows('#detail-events tr'), rows('#detail-commands tr')];"))
 
-                summary, events, commands = await asyncio.to_thread(timeline)
-                assert "1 press(es)" in summary and "acknowledged" in summary
-                assert "help_point.press" in events[0] and "open" in events[0]
-                assert "alert.acknowledged" in events[-1] and "web:desk-1" in events[-1]
-                assert len(commands) == 1
-                assert "desk-1" in commands[0] and "applied" in commands[0]
-                await asyncio.to_thread(browser.quit)  # closes its event stream
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(browser.quit)
-            hub.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hub
-        (entry,) = store.audit_log()
-        assert (entry["operator"], entry["action"], entry["outcome"], entry["alert_id"]) == (
-            "desk-1", "acknowledge", "applied", alert_id)
-        await asyncio.sleep(0)
-        engine.dispose()
+            def type_eta() -> None:
+                row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+                row.find_element(By.CSS_SELECTOR, 'input[aria-label="ETA minutes"]').send_keys(
+                    "12")
+
+            def eta_after_another_alert() -> str:
+                WebDriverWait(browser, WAIT).until(
+                    lambda b: len(b.find_elements(By.CSS_SELECTOR, "#alerts tr")) == 2)
+                row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+                return str(row.find_element(
+                    By.CSS_SELECTOR, 'input[aria-label="ETA minutes"]').get_attribute("value"))
+
+            # A dispatcher typing an ETA keeps it while the queue changes under them.
+            await asyncio.to_thread(type_eta)
+            await raise_alert(gw, sub, "hp-2")
+            assert await asyncio.to_thread(eta_after_another_alert) == "12"
+
+            summary, events, commands = await asyncio.to_thread(timeline)
+            assert "1 press(es)" in summary and "acknowledged" in summary
+            assert "help_point.press" in events[0] and "open" in events[0]
+            assert "alert.acknowledged" in events[-1] and "web:desk-1" in events[-1]
+            assert len(commands) == 1
+            assert "desk-1" in commands[0] and "applied" in commands[0]
+            await asyncio.to_thread(browser.quit)  # closes its event stream
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(browser.quit)
+        hub.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hub
+    (entry,) = store.audit_log()
+    assert (entry["operator"], entry["action"], entry["outcome"], entry["alert_id"]) == (
+        "desk-1", "acknowledge", "applied", alert_id)
+    await asyncio.sleep(0)
+    engine.dispose()
