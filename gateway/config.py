@@ -655,57 +655,67 @@ def _dict_items(raw: dict[str, Any], key: str) -> Iterator[tuple[int, dict[str, 
 def cross_check(raw: dict[str, Any]) -> list[str]:
     """Problems that span several keys, found on the raw data so they join field errors."""
     problems: list[str] = []
+    ids: dict[str, str] = {}  # what is taken -> where it was first
     pins: dict[str, str] = {}
-    ids: dict[str, str] = {}
     ports: dict[str, str] = {}
+    help_points = {h["id"] for _, h in _dict_items(raw, "help_points")
+                   if isinstance(h.get("id"), str)}
     for section in ("help_points", "sensors"):
         for i, item in _dict_items(raw, section):
             where = f"{section}[{i}]"
             ident = item.get("id")
             if isinstance(ident, str):
-                if ident in ids:
-                    problems.append(
-                        f"{where}.id: id {ident!r} is already used by {ids[ident]} (give each "
-                        "help point and sensor its own id)"
-                    )
-                else:
-                    ids[ident] = where
+                problems += _taken(ids, ident, f"{where}.id", f"id {ident!r}",
+                                   "give each help point and sensor its own id")
             if section == "help_points":
-                problems.extend(_wiring(where, item, raw))
-            for pin_key in ("pin", "lamp_pin", "sounder_pin"):
-                pin = item.get(pin_key)
-                if section != "help_points" or not isinstance(pin, int | str):
-                    continue
-                name = normalize_pin(pin)
-                if name in pins:
-                    problems.append(
-                        f"{where}.{pin_key}: pin {pin!r} is already used by {pins[name]} (each "
-                        "button, lamp and sounder needs its own pin)"
-                    )
-                else:
-                    pins[name] = f"{where}.{pin_key}"
-            port = item.get("port")
-            if section == "sensors":
-                hps = {h["id"] for _, h in _dict_items(raw, "help_points")
-                       if isinstance(h.get("id"), str)}
-                near = item.get("help_points")
-                for j, hp in enumerate(near if isinstance(near, list) else []):
-                    if isinstance(hp, str) and hp not in hps:
-                        problems.append(
-                            f"{where}.help_points[{j}]: {hp!r} is not a configured help point "
-                            "(use one of the [[help_points]] ids)"
-                        )
-            if section == "sensors" and isinstance(port, str):
-                if port in ports:
-                    problems.append(
-                        f"{where}.port: port {port!r} is already used by {ports[port]} (one "
-                        "board per serial port)"
-                    )
-                else:
-                    ports[port] = f"{where}.port"
+                problems += _help_point_checks(where, item, raw, pins)
+            else:
+                problems += _sensor_checks(where, item, help_points, ports)
     problems.extend(_board_endpoints(raw))
     problems.extend(_distinct_lamp_patterns(raw))
     problems.extend(_plaintext_needs_opt_in(raw))
+    problems.extend(_rule_checks(raw, ids))
+    return problems
+
+
+def _taken(seen: dict[str, str], key: str, where: str, what: str, fix: str) -> list[str]:
+    """[] the first time `key` is claimed (at `where`); afterwards the problem, naming both."""
+    if key in seen:
+        return [f"{where}: {what} is already used by {seen[key].removesuffix('.id')} ({fix})"]
+    seen[key] = where
+    return []
+
+
+def _help_point_checks(where: str, item: dict[str, Any], raw: dict[str, Any],
+                       pins: dict[str, str]) -> list[str]:
+    problems = _wiring(where, item, raw)
+    for pin_key in ("pin", "lamp_pin", "sounder_pin"):
+        pin = item.get(pin_key)
+        if isinstance(pin, int | str):
+            problems += _taken(pins, normalize_pin(pin), f"{where}.{pin_key}", f"pin {pin!r}",
+                               "each button, lamp and sounder needs its own pin")
+    return problems
+
+
+def _sensor_checks(where: str, item: dict[str, Any], help_points: set[str],
+                   ports: dict[str, str]) -> list[str]:
+    problems = []
+    near = item.get("help_points")
+    for j, hp in enumerate(near if isinstance(near, list) else []):
+        if isinstance(hp, str) and hp not in help_points:
+            problems.append(
+                f"{where}.help_points[{j}]: {hp!r} is not a configured help point "
+                "(use one of the [[help_points]] ids)"
+            )
+    port = item.get("port")
+    if isinstance(port, str):
+        problems += _taken(ports, port, f"{where}.port", f"port {port!r}",
+                           "one board per serial port")
+    return problems
+
+
+def _rule_checks(raw: dict[str, Any], ids: dict[str, str]) -> list[str]:
+    problems = []
     seen: dict[tuple[str, str], tuple[str, str]] = {}
     for i, rule in _dict_items(raw, "rules"):
         kind, source, cls = rule.get("input"), rule.get("source", "*"), rule.get("class")
