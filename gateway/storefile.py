@@ -225,7 +225,36 @@ def inspect_files(path: Path) -> bool:
 
 
 def _inspect_files(path: Path) -> bool:
+    """Whether a database file is there; raises StoreDamagedError for files that cannot be
+    the gateway's store (checked in this order: the sidecars, the database file, its header,
+    its -wal)."""
     db = _kind(path)
+    wal_data = _inspect_sidecars(path)
+    if db is None:
+        if wal_data:
+            raise StoreDamagedError(path, "a -wal without its database")
+        return False
+    if stat.S_ISREG(db.st_mode) and db.st_size == 0:
+        # The gateway never leaves an empty file (`outbox.connect` removes one it made):
+        # a store truncated to nothing is loud, never silently a fresh store.
+        extra = "; and a -wal without its database" if wal_data else ""
+        raise StoreDamagedError(path, f"empty (0 bytes): truncated or never written{extra}")
+    if not stat.S_ISREG(db.st_mode):
+        raise StoreDamagedError(path, "not a regular file")
+    header = _inspect_header(path, db.st_size, has_wal=bool(wal_data))
+    if wal_data:
+        wal = parse_wal(wal_data)
+        if wal is None:
+            raise StoreDamagedError(path, "its -wal has no valid WAL header")
+        mismatch = wal_mismatch(header, wal)
+        if mismatch is not None:
+            raise StoreDamagedError(path, f"its -wal does not belong to it: {mismatch}")
+    return True
+
+
+def _inspect_sidecars(path: Path) -> bytes:
+    """The -wal's bytes (b"" if there is none or it is empty); raises for a sidecar that is
+    not a regular file, or a hot rollback journal."""
     for suffix in SIDECARS:
         other = _kind(sidecar(path, suffix))
         if other is not None and not stat.S_ISREG(other.st_mode):
@@ -236,41 +265,28 @@ def _inspect_files(path: Path) -> bool:
         raise StoreDamagedError(path, f"{sidecar(path, '-journal').name} is a rollback journal, "
                            "which the gateway never writes")
     wal_file = _kind(sidecar(path, "-wal"))
-    wal_data = sidecar(path, "-wal").read_bytes() if wal_file and wal_file.st_size else b""
-    if db is None and wal_data:
-        raise StoreDamagedError(path, "a -wal without its database")
-    if db is None:
-        return False
-    if stat.S_ISREG(db.st_mode) and db.st_size == 0:
-        # The gateway never leaves an empty file (`outbox.connect` removes one it made):
-        # a store truncated to nothing is loud, never silently a fresh store.
-        extra = "; and a -wal without its database" if wal_data else ""
-        raise StoreDamagedError(path, f"empty (0 bytes): truncated or never written{extra}")
-    if not stat.S_ISREG(db.st_mode):
-        raise StoreDamagedError(path, "not a regular file")
+    return sidecar(path, "-wal").read_bytes() if wal_file and wal_file.st_size else b""
+
+
+def _inspect_header(path: Path, size: int, *, has_wal: bool) -> Header:
+    """The database's SQLite header; raises if it is not SQLite, or (with no -wal to make
+    up the difference) shorter than its pages say."""
     with path.open("rb") as f:
         head = f.read(HEADER_BYTES)
     if not head.startswith(MAGIC):
         raise StoreDamagedError(path, "not an SQLite database (no SQLite header)")
     if len(head) < HEADER_BYTES:
-        raise StoreDamagedError(path, f"truncated: {db.st_size} bytes, less than a header")
+        raise StoreDamagedError(path, f"truncated: {size} bytes, less than a header")
     header = Header.parse(head)
-    if not wal_data and (db.st_size % header.page_size or db.st_size < header.page_size):
+    if not has_wal and (size % header.page_size or size < header.page_size):
         raise StoreDamagedError(
-            path, f"truncated: {db.st_size} bytes is not a whole number of "
+            path, f"truncated: {size} bytes is not a whole number of "
             f"{header.page_size}-byte pages",
         )
     claimed = header.pages * header.page_size
-    if not wal_data and header.valid_for == header.change_counter and claimed > db.st_size:
-        raise StoreDamagedError(path, f"truncated: {db.st_size} bytes, its header says {claimed}")
-    if wal_data:
-        wal = parse_wal(wal_data)
-        if wal is None:
-            raise StoreDamagedError(path, "its -wal has no valid WAL header")
-        mismatch = wal_mismatch(header, wal)
-        if mismatch is not None:
-            raise StoreDamagedError(path, f"its -wal does not belong to it: {mismatch}")
-    return True
+    if not has_wal and header.valid_for == header.change_counter and claimed > size:
+        raise StoreDamagedError(path, f"truncated: {size} bytes, its header says {claimed}")
+    return header
 
 
 # ---------------------------------------------------------------------------- SQLite
