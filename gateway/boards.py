@@ -315,21 +315,25 @@ class Boards(LinkEvents):
                 for happening in board.rules.tick(time.monotonic()):
                     await self._sensor_event(board, happening)
             else:
-                if what == "online":
-                    await self._online(board, item)
-                elif what == "offline":
-                    await self._offline(board, *item)
-                elif isinstance(item, Reading):
-                    for happening in board.rules.reading(
-                        item.sensor, float(item.value), item.unit, time.monotonic()
-                    ):
-                        await self._sensor_event(board, happening)
-                elif what == "fault":
-                    await self._fault(board, *item)
+                await self._handle(board, what, item)
             for report in board.faults.due(time.monotonic()):
                 await self._fault(board, *report)
             if board.rules.correlating() - correlating:
                 self._correlated(board)
+
+    async def _handle(self, board: Board, what: str, item: Any) -> None:
+        """One item off a board's queue: it came online or went offline, a reading, a fault."""
+        if what == "online":
+            await self._online(board, item)
+        elif what == "offline":
+            await self._offline(board, *item)
+        elif isinstance(item, Reading):
+            for happening in board.rules.reading(
+                item.sensor, float(item.value), item.unit, time.monotonic()
+            ):
+                await self._sensor_event(board, happening)
+        elif what == "fault":
+            await self._fault(board, *item)
 
     def _correlated(self, board: Board) -> None:
         """A correlation rule became active: requests open at its help points are raised."""

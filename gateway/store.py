@@ -153,6 +153,20 @@ class AsyncOutbox:
             self._write_failed(result.error)
         else:
             self._write_ok()
+        self._log_accepted(batch, result)
+        self._report_dropped(result.evicted, "evicted", "store full")
+        for row in result.rows:
+            for listener in self.listeners:
+                listener(row)
+        for (_, future), row in zip(batch, result.rows, strict=True):
+            if not future.done():
+                future.set_result(row)
+
+    def _log_accepted(
+        self, batch: list[tuple[Event, asyncio.Future[Row]]], result: AcceptResult
+    ) -> None:
+        """One log line per accepted row (an error if it is in memory only), and the
+        counters by class."""
         counters = self.health.counters
         for (event, _), row in zip(batch, result.rows, strict=True):
             name = CLASS_NAMES[row.priority]
@@ -168,13 +182,6 @@ class AsyncOutbox:
                     row.event_id, name, row.kind, event.source, row.seq,
                 )
             counters[_ACCEPTED[row.priority]] += 1
-        self._report_dropped(result.evicted, "evicted", "store full")
-        for row in result.rows:
-            for listener in self.listeners:
-                listener(row)
-        for (_, future), row in zip(batch, result.rows, strict=True):
-            if not future.done():
-                future.set_result(row)
 
     def _report_dropped(self, rows: Iterable[Row], what: str, why: str) -> None:
         for gone in rows:
