@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from gateway.config import StationConfig
+from gateway.config import HelpPoint, StationConfig
 from gateway.errors import GatewayError
 from gateway.helppoints import HelpPoints
 
@@ -100,30 +100,38 @@ class SimulateServer:
         if unit.button is None:
             return {"ok": False, "error": f"help point {hp} is on board {unit.config.board}: "
                     "press it with `stationgw simulate-device` (press, hold, release)"}
-        pin = unit.button.pin
-        if cmd == "press":
-            pin.drive_low()
-            await asyncio.sleep(max(0.2, unit.config.bounce_time_s * 2))
-            pin.drive_high()
-        elif cmd == "hold":
-            pin.drive_low()
-            await asyncio.sleep(unit.config.hold_time_s + 0.3)
-            pin.drive_high()
-        elif cmd == "stuck":
-            pin.drive_low()
-        elif cmd == "release":
-            pin.drive_high()
-        elif cmd == "chatter":
-            edges = request.get("edges", 20)
-            span = request.get("span_s", 0.2)
-            if not isinstance(edges, int) or not isinstance(span, int | float) or edges < 1:
-                return {"ok": False, "error": "chatter takes edges (int >= 1) and span_s"}
-            for i in range(min(edges, 1000)):
-                pin.drive_low() if i % 2 == 0 else pin.drive_high()
-                await asyncio.sleep(span / edges)
-            pin.drive_high()
+        problem = await _drive(unit.button.pin, unit.config, cmd, request)
+        if problem:
+            return {"ok": False, "error": problem}
         await asyncio.sleep(0.05)  # let the press logic see the edges before we report
         return {"ok": True, "help_point": hp, "lamp": unit.lamp.state}
+
+
+async def _drive(pin: Any, hp: HelpPoint, cmd: str, request: dict[str, Any]) -> str:
+    """Drive a mock pin as the command says, as a rider (or a fault) would; a problem with
+    the request, or ""."""
+    if cmd == "press":
+        pin.drive_low()
+        await asyncio.sleep(max(0.2, hp.bounce_time_s * 2))
+        pin.drive_high()
+    elif cmd == "hold":
+        pin.drive_low()
+        await asyncio.sleep(hp.hold_time_s + 0.3)
+        pin.drive_high()
+    elif cmd == "stuck":
+        pin.drive_low()
+    elif cmd == "release":
+        pin.drive_high()
+    elif cmd == "chatter":
+        edges = request.get("edges", 20)
+        span = request.get("span_s", 0.2)
+        if not isinstance(edges, int) or not isinstance(span, int | float) or edges < 1:
+            return "chatter takes edges (int >= 1) and span_s"
+        for i in range(min(edges, 1000)):
+            pin.drive_low() if i % 2 == 0 else pin.drive_high()
+            await asyncio.sleep(span / edges)
+        pin.drive_high()
+    return ""
 
 
 def send(config: StationConfig, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
