@@ -66,21 +66,7 @@ def parse_frame(line: bytes, direction: Direction | None = None) -> Frame:
 
     With `direction`, a frame type that does not travel that way is `wrong_direction`.
     """
-    if len(line) > MAX_FRAME_LEN:
-        raise FrameError(f"frame is {len(line)} bytes, longer than {MAX_FRAME_LEN}", "oversize")
-    if line[-2:] != _CRLF or not line.startswith(START):
-        raise FrameError("a frame starts with '$' and ends with CR LF (is the board sending "
-                         "LF alone?)")
-    if len(line) < _MIN_FRAME_LEN or line[-7] != _STAR:
-        raise FrameError("a frame ends with '*', 4 hex digits of CRC, then CR LF")
-    body = line[1:-7]
-    sent = line[-6:-2]
-    crc = crc16(body)
-    if sent != b"%04X" % crc:
-        if _HEX4.fullmatch(sent) is None:
-            raise FrameError(f"CRC {sent!r}: expected 4 upper-case hex digits")
-        raise FrameError(f"CRC {sent.decode()} does not match the frame's {crc:04X} "
-                         "(corrupted on the line)", "bad_crc")
+    body = _checked_body(line)
     # A valid CRC over bytes no board may send is a sender bug, not line noise: malformed.
     if not body.isascii():
         raise FrameError("frame has non-ASCII bytes")
@@ -100,6 +86,26 @@ def parse_frame(line: bytes, direction: Direction | None = None) -> Frame:
                          "the gateway's own frames, or two gateways on one link?)",
                          "wrong_direction")
     return from_fields(type_, parse_seq(type_, seq_text), items[2:])
+
+
+def _checked_body(line: bytes) -> bytes:
+    """The bytes between `$` and `*` of a line whose length, framing and CRC are right."""
+    if len(line) > MAX_FRAME_LEN:
+        raise FrameError(f"frame is {len(line)} bytes, longer than {MAX_FRAME_LEN}", "oversize")
+    if line[-2:] != _CRLF or not line.startswith(START):
+        raise FrameError("a frame starts with '$' and ends with CR LF (is the board sending "
+                         "LF alone?)")
+    if len(line) < _MIN_FRAME_LEN or line[-7] != _STAR:
+        raise FrameError("a frame ends with '*', 4 hex digits of CRC, then CR LF")
+    body = line[1:-7]
+    sent = line[-6:-2]
+    crc = crc16(body)
+    if sent != b"%04X" % crc:
+        if _HEX4.fullmatch(sent) is None:
+            raise FrameError(f"CRC {sent!r}: expected 4 upper-case hex digits")
+        raise FrameError(f"CRC {sent.decode()} does not match the frame's {crc:04X} "
+                         "(corrupted on the line)", "bad_crc")
+    return body
 
 
 class Rejection(NamedTuple):
