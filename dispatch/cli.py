@@ -335,6 +335,9 @@ def add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from dispatch.analysis.cli import add_hub_actions  # noqa: PLC0415
 
     add_hub_actions(actions)
+    from dispatch.fleet.cli import add_hub_actions as add_fleet_actions  # noqa: PLC0415
+
+    add_fleet_actions(actions)
 
 
 def add_dispatch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -38,13 +38,13 @@ DEFAULT_RATE = 3.0
 #: How much a planted hotspot multiplies the rate (on average over the period).
 DEFAULT_FACTOR = 3.5
 _RESPONSE_MIX = {"emergency_services": 0.12, "crisis_team": 0.50, "ambassador": 0.38}
-_CLASS_OF = {"emergency_services": "P0", "crisis_team": "P1", "ambassador": "P2"}
+CLASS_OF = {"emergency_services": "P0", "crisis_team": "P1", "ambassador": "P2"}
 _OPENING = {"P0": ("help_point.hold", "hp"), "P1": ("help_point.press", "hp"),
             "P2": ("sensor.threshold", "crowd")}
-_LOCATIONS = ("platform 1, north stairs", "platform 1, south end", "platform 2, lifts",
+LOCATIONS = ("platform 1, north stairs", "platform 1, south end", "platform 2, lifts",
               "concourse, ticket hall")
-_ACK_MEDIAN_S = {"P0": 20.0, "P1": 45.0, "P2": 120.0}
-_RESOLVE_MEDIAN_S = {"P0": 2400.0, "P1": 1500.0, "P2": 900.0}
+ACK_MEDIAN_S = {"P0": 20.0, "P1": 45.0, "P2": 120.0}
+RESOLVE_MEDIAN_S = {"P0": 2400.0, "P1": 1500.0, "P2": 900.0}
 _ESCALATE_EVERY_S = 90.0  # a silent dispatch re-announces the alert
 _MAX_ESCALATIONS = 5
 _NEVER_ACKED = 0.03
@@ -149,7 +149,7 @@ def simulate_history(engine: Engine, network: Network, ridership: pd.Series, *, 
     since = end - weeks * WEEK_S
     planted = plant(network, seed) if planted is None else planted
     rng = np.random.default_rng(seed)
-    frame = _requests(network, ridership, weeks=weeks, since=since, rng=rng, planted=planted,
+    frame = request_frame(network, ridership, weeks=weeks, since=since, rng=rng, planted=planted,
                       rate=rate)
     rows = _rows(frame, rng, end)
     with progress("writing history", sum(len(r) for r in rows.values()),
@@ -164,7 +164,7 @@ def simulate_history(engine: Engine, network: Network, ridership: pd.Series, *, 
                    events=len(rows["events"]))
 
 
-def _requests(network: Network, ridership: pd.Series, *, weeks: int, since: float,
+def request_frame(network: Network, ridership: pd.Series, *, weeks: int, since: float,
               rng: np.random.Generator, planted: tuple[Planted, ...],
               rate: float) -> pd.DataFrame:
     """One row per request: station, opened_at, requested response, location."""
@@ -205,13 +205,13 @@ def _draw(rng: np.random.Generator, lam: np.ndarray, responses: list[str],
     total = len(row)
     # A hotspot's extra requests come mostly from one spot of the station (repeat location).
     location = (np.zeros(total, dtype=int) if hot
-                else rng.integers(len(_LOCATIONS), size=total))
+                else rng.integers(len(LOCATIONS), size=total))
     return pd.DataFrame({
         "row": row,
         "opened_at": np.round(starts[hour] + rng.uniform(0, 3600, total), 3),
         "requested_response": rng.choice(np.asarray(responses, dtype=object), size=total,
                                          p=mix),
-        "location": np.asarray(_LOCATIONS, dtype=object)[location],
+        "location": np.asarray(LOCATIONS, dtype=object)[location],
     })
 
 
@@ -219,9 +219,9 @@ def _rows(frame: pd.DataFrame, rng: np.random.Generator,
           end: float) -> dict[str, list[dict[str, Any]]]:
     """The hub's rows for each request: events, alert, transitions; and the stations."""
     total = len(frame)
-    klass = frame["requested_response"].map(_CLASS_OF).to_numpy()
-    ack_median = pd.Series(klass).map(_ACK_MEDIAN_S).to_numpy()
-    resolve_median = pd.Series(klass).map(_RESOLVE_MEDIAN_S).to_numpy()
+    klass = frame["requested_response"].map(CLASS_OF).to_numpy()
+    ack_median = pd.Series(klass).map(ACK_MEDIAN_S).to_numpy()
+    resolve_median = pd.Series(klass).map(RESOLVE_MEDIAN_S).to_numpy()
     opened = frame["opened_at"].to_numpy()
     acked = rng.random(total) >= _NEVER_ACKED
     to_ack = ack_median * rng.lognormal(0.0, 0.7, total)

@@ -1,0 +1,263 @@
+"""Real gateway daemons on mock pins, pressed as a technician would, and their dispatcher.
+
+Each `RealStation` is `stationgw run --config F` in its own process (its own session, so a
+Ctrl-C in the terminal reaches only the fleet, which stops it), configured as the demo's
+station is: `gpio_pin_factory = "mock"`, eight help points (`hp-1`..`hp-4`, one per
+location, and the assistance points `info-1`..`info-4`, whose press a rule makes P2, as
+an ambassador request), its outbox in its own folder. A request is pressed through the
+daemon's simulate socket (`gateway.simulate`, as `stationgw simulate press` does): `press`,
+or `hold` for an emergency (held past `hold_time_s`).
+
+A press while its help point's request waits for acknowledgement joins that request (the
+press logic), so the `Dispatcher` plays dispatch for the real daemons: it sees each opening
+event on MQTT, and sends `acknowledge`, `assign` and `resolve` (`gateway.dispatch`) after the
+request's compressed timings; the next request at the same help point waits until the
+daemon has announced the acknowledgement (counted as lateness if it had to wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from dispatch.analysis.simulate import LOCATIONS
+from dispatch.fleet import FleetError
+from dispatch.fleet.schedule import Request
+from dispatch.fleet.stations import HOLD_S, Sent, help_point, platform
+from gateway.config import StationConfig, load_config
+from gateway.dispatch import make_command, send_command
+from gateway.simulate import socket_path
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
+EVENT_TIMEOUT_S = 30.0
+_PINS = (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21)
+
+
+def daemon_config(station: str, folder: Path, broker_url: str, *, prefix: str,
+                  health_interval_s: float) -> str:
+    """The TOML config of a fleet daemon (mock pins, eight help points)."""
+    lines = [
+        f'station_id = "{station}"',
+        'gpio_pin_factory = "mock"',
+        "[[brokers]]",
+        f'url = "{broker_url}"',
+        "[mqtt]",
+        f'topic_prefix = "{prefix}"',
+        f"health_interval_s = {health_interval_s}",
+        "reconnect_initial_s = 0.2",
+        "reconnect_max_s = 2.0",
+        "[store]",
+        f'path = "{folder / "outbox.db"}"',
+        "[press]",
+        # Requests come seconds apart on a compressed clock: a later press joins only an
+        # unacknowledged request, never a resolved one.
+        "repeat_window_s = 0.05",
+        "[dispatch]",
+        "ack_timeout_s = 3600",  # the fleet's dispatcher acknowledges within seconds
+        # Slow blinks: 400 lamps blinking at the default 0.15 s would cost CPU for nothing.
+        "[lamp]",
+        "accepted = {on_s = 1.0, off_s = 3.0}",
+        "sent = {on_s = 2.0, off_s = 2.0}",
+        "fault = {on_s = 0.5, off_s = 5.0}",
+    ]
+    pins = iter(_PINS)
+    for kind in ("hp", "info"):
+        for number, location in enumerate(LOCATIONS, start=1):
+            lines += ["[[help_points]]", f'id = "{kind}-{number}"',
+                      f'location = "{location}"', f'platform = "{platform(location)}"',
+                      f"pin = {next(pins)}", f"lamp_pin = {next(pins)}",
+                      f"hold_time_s = {HOLD_S}"]
+    for number in range(1, len(LOCATIONS) + 1):
+        lines += ["[[rules]]", 'input = "help_point.press"', f'source = "info-{number}"',
+                  'class = "P2"']
+    return "\n".join(lines) + "\n"
+
+
+class RealStation:
+    """One `stationgw run` process on mock pins."""
+
+    def __init__(self, station: str, folder: Path, broker_url: str, *, prefix: str,
+                 health_interval_s: float) -> None:
+        self.station = station
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config_path = folder / "station.toml"
+        self.config_path.write_text(daemon_config(
+            station, folder, broker_url, prefix=prefix, health_interval_s=health_interval_s))
+        self.config: StationConfig = load_config(self.config_path)
+        self.log_path = folder / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def pid(self) -> int | None:
+        """The daemon's process id while it runs."""
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> None:
+        """Start the daemon, logging to its folder."""
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    async def wait_ready(self, limit_s: float = START_TIMEOUT_S) -> None:
+        """Wait for the daemon's simulate socket; FleetError with its log if it exits."""
+        path = socket_path(self.config)
+        deadline = time.monotonic() + limit_s
+        while not path.exists():
+            if self.process is None or self.process.poll() is not None:
+                raise FleetError(f"the daemon of {self.station} exited; its log:\n"
+                                 + self.log_path.read_text(errors="replace")[-2000:])
+            if time.monotonic() > deadline:
+                raise FleetError(f"the daemon of {self.station} did not start within "
+                                 f"{limit_s:.0f} s (log {self.log_path})")
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (the daemon publishes `offline`), SIGKILL after 15 s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    async def simulate(self, cmd: str, hp: str) -> dict[str, Any]:
+        """One command on the daemon's simulate socket (gateway.simulate's protocol)."""
+        reader, writer = await asyncio.open_unix_connection(str(socket_path(self.config)))
+        try:
+            writer.write(json.dumps({"cmd": cmd, "help_point": hp}).encode() + b"\n")
+            await writer.drain()
+            reply: dict[str, Any] = json.loads(await reader.readline())
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        if not reply.get("ok"):
+            raise FleetError(f"{self.station}: simulate {cmd} {hp}: {reply.get('error')}")
+        return reply
+
+
+class Dispatcher:
+    """Dispatch for the real daemons: sees their events, sends their commands."""
+
+    def __init__(self, host: str, port: int, stations: Iterable[str], *,
+                 prefix: str = "stationgw/v1") -> None:
+        self.prefix = prefix
+        self.stations = sorted(stations)
+        self._client = aiomqtt.Client(host, port, identifier="stationgw-fleet-dispatch",
+                                      protocol=aiomqtt.ProtocolVersion.V5)
+        self._opened: dict[tuple[str, str], asyncio.Future[tuple[str, str, str]]] = {}
+        self._acked: dict[str, asyncio.Future[None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.commands = 0
+        self.joined = 0  # presses that joined an open request instead of raising one
+        self.failures: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Dispatcher:
+        await self._client.__aenter__()
+        for station in self.stations:
+            await self._client.subscribe(f"{self.prefix}/{station}/events/#", qos=1)
+        self._reader = asyncio.create_task(self._read(), name="fleet.dispatcher")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        async for message in self._client.messages:
+            if not isinstance(message.payload, bytes):
+                continue
+            event = json.loads(message.payload)
+            body = event.get("body", {})
+            kind = event.get("kind")
+            if kind in ("help_point.press", "help_point.repeat"):
+                future = self._opened.pop((event["station"], event["source"]), None)
+                if future is not None and not future.done():
+                    future.set_result((kind, event["event_id"], body["alert_id"]))
+            elif kind == "alert.acknowledged":
+                acked = self._acked.pop(body.get("alert_id", ""), None)
+                if acked is not None and not acked.done():
+                    acked.set_result(None)
+
+    async def press(self, station: RealStation, request: Request, late_s: float) -> Sent:
+        """Press for `request` at its help point; returns once the daemon raised it, and
+        leaves its lifecycle to run (the help point is free again once acknowledged)."""
+        hp = help_point(request)
+        lock = station.locks.setdefault(hp, asyncio.Lock())
+        waited = time.monotonic()
+        await lock.acquire()
+        try:
+            late_s += time.monotonic() - waited
+            opened = asyncio.get_running_loop().create_future()
+            self._opened[(station.station, hp)] = opened
+            sent = Sent(request, time.time(), time.monotonic_ns(), late_s=late_s)
+            await station.simulate("hold" if request.response == "emergency_services"
+                                   else "press", hp)
+            kind, sent.event_id, sent.alert_id = await asyncio.wait_for(
+                opened, EVENT_TIMEOUT_S)
+        except BaseException:
+            lock.release()
+            raise
+        if kind != "help_point.press":
+            self.joined += 1
+        task = asyncio.create_task(self._answer(station.station, sent, lock),
+                                   name=f"fleet.dispatch.{station.station}.{hp}")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return sent
+
+    async def settle(self) -> None:
+        """Wait until every request handed to dispatch is resolved (or failed)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failures.append(f"{task.get_name()}: {task.exception()!r}")
+            log.error("fleet dispatcher: %s: %r", task.get_name(), task.exception())
+
+    async def _answer(self, station: str, sent: Sent, lock: asyncio.Lock) -> None:
+        """Acknowledge, assign, resolve, after the request's timings."""
+        request = sent.request
+        try:
+            acked = asyncio.get_running_loop().create_future()
+            self._acked[sent.alert_id] = acked
+            await asyncio.sleep(request.ack_s)
+            await self._command(station, sent.alert_id, "acknowledge")
+            await asyncio.wait_for(acked, EVENT_TIMEOUT_S)
+        finally:
+            lock.release()
+        await asyncio.sleep(request.assign_s)
+        await self._command(station, sent.alert_id, "assign", team=request.team,
+                            eta_s=request.eta_s)
+        await asyncio.sleep(request.close_s)
+        await self._command(station, sent.alert_id, "resolve")
+
+    async def _command(self, station: str, alert_id: str, action: Any, **kw: Any) -> None:
+        await send_command(self._client, self.prefix,
+                           make_command(station, alert_id, action, dispatcher="fleet", **kw))
+        self.commands += 1

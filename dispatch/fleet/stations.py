@@ -1,0 +1,201 @@
+"""Protocol-level simulated stations: what a gateway says on MQTT, without a gateway.
+
+Each `SimStation` is one MQTT 5 client under the station's own client id
+(`stationgw-STATION`), as a gateway connects:
+
+- a Last Will, the retained `offline` status, and a retained `online` at connect; a clean
+  stop publishes `offline` before it disconnects (so the Will is not needed then);
+- its own outbox seq (1, 2, ... over every event it publishes), events rendered by
+  `gateway.topics.Topics.render` exactly as a gateway renders them, published at QoS 1 one
+  after the other, each after the PUBACK of the one before (the gateway's order);
+- a retained health report every `health_interval_s` (a valid `HealthReport`).
+
+A request plays as a help point would report it with the dispatcher's answers: the press
+(`help_point.press`, or for an emergency the press and then `help_point.hold` after
+`HOLD_S`, as a real help point held past its hold time reports it), then
+`alert.acknowledged`, `alert.assigned` (team, ETA) and `alert.resolved` after the request's
+compressed dispatcher timings. Bodies carry the fields a gateway's alert bodies carry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from dispatch.analysis.simulate import LOCATIONS
+from dispatch.fleet.schedule import Request
+from gateway import __version__
+from gateway.model import CLASS_NAMES, Event, Priority
+from gateway.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: How long a simulated rider holds the button for an emergency (the daemons' hold_time_s).
+HOLD_S = 0.5
+PUBLISH_TIMEOUT_S = 30.0
+
+
+def help_point(request: Request) -> str:
+    """The help point a request is made at: `hp-N` for crisis and emergency requests at
+    location N, `info-N` (an assistance point, class P2 by rule) for an ambassador."""
+    return f"{'info' if request.response == 'ambassador' else 'hp'}-{request.location + 1}"
+
+
+def platform(location: str) -> str:
+    """The platform of a location ("platform 2, lifts" -> "2"), or "" off the platforms."""
+    if not location.startswith("platform"):
+        return ""
+    return location.split(",", maxsplit=1)[0].removeprefix("platform ").strip()
+
+
+@dataclass
+class Sent:
+    """A request as it was made: when (wall and monotonic clocks) and its opening event."""
+
+    request: Request
+    wall: float
+    mono_ns: int
+    event_id: str = ""
+    alert_id: str = ""
+    late_s: float = 0.0  # how far behind its scheduled time it was made
+
+
+class SimStation:
+    """One simulated station on its own MQTT connection (an async context manager)."""
+
+    def __init__(self, station: str, host: str, port: int, *, prefix: str = "stationgw/v1",
+                 health_interval_s: float = 30.0) -> None:
+        self.station = station
+        self.topics = Topics(prefix, station)
+        self.broker = f"mqtt://{host}:{port}"
+        self.health_interval_s = health_interval_s
+        self.seq = 0
+        self.published = 0
+        self.started = time.monotonic()
+        self._queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._client = aiomqtt.Client(
+            host, port, identifier=f"stationgw-{station}",
+            protocol=aiomqtt.ProtocolVersion.V5, keepalive=30,
+            will=aiomqtt.Will(self.topics.status, self._status("offline"), qos=1, retain=True),
+        )
+        self._sender: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SimStation:
+        await self._client.__aenter__()
+        await self._client.publish(self.topics.status, self._status("online"), qos=1,
+                                   retain=True)
+        self._sender = asyncio.create_task(self._send(), name=f"fleet.sim.{self.station}.send")
+        self._health = asyncio.create_task(self._report(),
+                                           name=f"fleet.sim.{self.station}.health")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """A clean stop: the requests in play finish, then `offline`, then DISCONNECT."""
+        try:
+            if self._tasks:
+                await asyncio.gather(*self._tasks)
+            await _cancel(self._health)
+            await self._queue.join()
+            await self._client.publish(self.topics.status, self._status("offline"), qos=1,
+                                       retain=True, timeout=PUBLISH_TIMEOUT_S)
+        finally:
+            await _cancel(self._health)
+            await _cancel(self._sender)
+            await self._client.__aexit__(None, None, None)
+
+    def request(self, request: Request, late_s: float) -> Sent:
+        """Make a request now; its later events follow on their own."""
+        sent = Sent(request, time.time(), time.monotonic_ns(), late_s=late_s)
+        task = asyncio.create_task(self._play(sent), name=f"fleet.sim.{self.station}.request")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return sent
+
+    async def _play(self, sent: Sent) -> None:
+        request = sent.request
+        hp = help_point(request)
+        location = LOCATIONS[request.location]
+        at = round(sent.wall, 3)
+        alert_id = str(uuid.uuid4())
+        body: dict[str, Any] = {
+            "help_point": hp, "location": location, "platform": platform(location),
+            "press_count": 1, "first_press": at, "last_press": at, "held": False,
+            "escalated": False, "evidence": ["button pressed"], "alert_id": alert_id,
+            "state": "open"}
+        priority = Priority.P2 if request.response == "ambassador" else Priority.P1
+        sent.alert_id = alert_id
+        sent.event_id = self._event("help_point.press", hp, priority, body, sent.wall)
+        if request.response == "emergency_services":
+            await asyncio.sleep(HOLD_S)
+            priority = Priority.P0
+            body |= {"held": True, "evidence": ["button pressed", f"held for {HOLD_S:g}s"]}
+            self._event("help_point.hold", hp, priority, body, time.time())
+        details = {k: v for k, v in body.items() if k not in ("alert_id", "state")}
+        details["dispatcher"] = "fleet"
+        for delay, state, extra in (
+                (request.ack_s, "acknowledged", {}),
+                (request.assign_s, "assigned", {"team": request.team, "eta_s": request.eta_s}),
+                (request.close_s, "resolved", {})):
+            await asyncio.sleep(delay)
+            details |= extra
+            self._event(f"alert.{state}", hp, priority,
+                        {**details, "alert_id": alert_id, "state": state}, time.time())
+
+    def _event(self, kind: str, source: str, priority: Priority, body: dict[str, Any],
+               wall: float) -> str:
+        """Accept an event into the outbox: the next seq, rendered, queued to send."""
+        self.seq += 1
+        event = Event(kind, source, priority, dict(body))
+        topic, payload = self.topics.render(event, self.seq, wall)
+        self._queue.put_nowait((topic, payload, False))
+        return event.event_id
+
+    async def _send(self) -> None:
+        """Drain the outbox in order, one QoS 1 publish confirmed before the next."""
+        while True:
+            topic, payload, retain = await self._queue.get()
+            try:
+                await self._client.publish(topic, payload, qos=1, retain=retain,
+                                           timeout=PUBLISH_TIMEOUT_S)
+                self.published += 1
+            finally:
+                self._queue.task_done()
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            self._queue.put_nowait((self.topics.health, self._health_report(), True))
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"state": state, "station": self.station, "version": __version__,
+                           "wall_time": round(time.time(), 3)}).encode()
+
+    def _health_report(self) -> bytes:
+        waiting = self._queue.qsize()
+        return json.dumps({
+            "station": self.station, "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "wall_time": round(time.time(), 3),
+            "outbox": {"by_class": {name: {} for name in CLASS_NAMES}, "rows": waiting,
+                       "bytes": 0, "memory_rows": 0, "in_flight": 0,
+                       "oldest_unsent_age_s": None},
+            "faults": [], "links": {f"broker:{self.broker}": "up"},
+            "counters": {"published": self.published, "seq": self.seq}, "boards": {},
+        }).encode()
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
