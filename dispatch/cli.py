@@ -171,6 +171,8 @@ def hub_run(args: argparse.Namespace) -> int:
         push = None if args.cap_push is None else Push(
             args.cap_push, _secret_file(args.cap_push_token_file, "--cap-push-token-file"))
         cap_token = _secret_file(args.cap_feed_token_file, "--cap-feed-token-file")
+        if args.min_cell < 1:
+            raise ValueError(f"--min-cell {args.min_cell}: give 1 or more")
     except ValueError as exc:
         print(f"stationgw hub: {exc}", file=sys.stderr)
         return 2
@@ -222,6 +224,7 @@ async def _web_console(args: argparse.Namespace, store: Any, commander: Any,
                        cap_token: str | None) -> None:
     import uvicorn  # noqa: PLC0415
 
+    from dispatch.analysis.console import HotspotSource  # noqa: PLC0415 (no pandas yet)
     from dispatch.web.app import ProxyLogin, create_app  # noqa: PLC0415
 
     app = create_app(
@@ -229,7 +232,9 @@ async def _web_console(args: argparse.Namespace, store: Any, commander: Any,
         proxy=None if args.web_trusted_header is None else ProxyLogin(
             args.web_trusted_header, frozenset(args.web_trusted_proxy or ["127.0.0.1", "::1"])),
         cap_token=cap_token, cap_sender=args.cap_sender,
-        silent_after_s=args.silent_after, cap_push=push is not None)
+        silent_after_s=args.silent_after, cap_push=push is not None,
+        hotspots=HotspotSource(gtfs=args.gtfs, stations_map=args.stations_map,
+                               ridership=args.ridership, min_cell=args.min_cell))
     server = uvicorn.Server(uvicorn.Config(
         app, host=web[0], port=web[1], log_level="warning", lifespan="off",
         timeout_graceful_shutdown=2))  # open event streams end with the hub
@@ -314,6 +319,15 @@ def add_hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            "from a queue in the database until it answers 2xx")
             a.add_argument("--cap-push-token-file", type=Path, metavar="FILE",
                            help="bearer token sent with each push")
+            a.add_argument("--gtfs", type=Path, metavar="DIR",
+                           help="the agency's GTFS feed for the /hotspots page (default: the "
+                           "shipped simulated metro)")
+            a.add_argument("--stations-map", type=Path, metavar="FILE",
+                           help="station ids to GTFS stops (docs/analysis.md)")
+            a.add_argument("--ridership", type=Path, metavar="CSV",
+                           help="weekly riders per station, to show rates per rider")
+            a.add_argument("--min-cell", type=int, default=5, metavar="K",
+                           help="suppress cells of fewer than K requests (default 5)")
             a.add_argument("--cap-feed-token-file", type=Path, metavar="FILE",
                            help="bearer token a CAD polls /cap/feed with (operators who "
                            "logged in may read it too)")

@@ -11,7 +11,11 @@ Data flows down the modules in this order:
 - `hotspots`: Getis-Ord Gi* per time band (esda), false-discovery control, clusters,
   emerging trends (Mann-Kendall on weekly Gi* z), recommendations.
 - `privacy`: the one rule for small cells in exports (fewer than k requests are suppressed).
-- `report`: the HTML report (matplotlib figures inlined) and a CSV/Parquet file per table.
+- `report`: the HTML report (matplotlib figures inlined) and a CSV/Parquet file per table;
+  its views as fragments (`render`), which the web console's hotspots page embeds.
+- `console`: that page's source: the report's views per period, computed in a worker
+  thread and cached for a short time (light to import: the hub loads it at start).
+- `period`: `90d` / `12w` / `36h` as seconds (standard library only).
 - `simulate`: the simulated metro (a shipped GTFS feed) and months of history written
   straight into the hub's tables, with planted hotspots from a documented seed.
 
@@ -20,6 +24,9 @@ dispatch centre (`pip install station-gateway[analysis]`).
 """
 
 from __future__ import annotations
+
+#: The small-cell rule's default k (`privacy`): exports show no figure of 1..k-1 requests.
+DEFAULT_MIN_CELL = 5
 
 
 class AnalysisError(Exception):

@@ -139,7 +139,7 @@ def _network(args: argparse.Namespace, *,
 
 def _report(args: argparse.Namespace) -> int:
     from dispatch.analysis.hotspots import Settings  # noqa: PLC0415
-    from dispatch.analysis.record import parse_since  # noqa: PLC0415
+    from dispatch.analysis.period import parse_since  # noqa: PLC0415
     from dispatch.analysis.report import analyse, write_report  # noqa: PLC0415
     from dispatch.hub.store import open_engine  # noqa: PLC0415
 

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-DEFAULT_MIN_CELL = 5
 NOTICE = ("Cells with 1 to {k_minus_1} requests are suppressed (shown blank, `suppressed` = "
           "true): no exported figure is built from fewer than {k} requests.")
 

@@ -4,6 +4,8 @@
 `write_report` applies the small-cell rule (`privacy`) to every table before anything is
 written, draws the figures from the suppressed tables with matplotlib (no pyplot state), and
 inlines them in the HTML as base64 PNG, so the file opens anywhere without a network.
+`render` is that page as fragments (`Parts`): the report file and the web console's hotspots
+page (`dispatch.analysis.console`) are the same views from the same code.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
-from dispatch.analysis import AnalysisError
+from dispatch.analysis import DEFAULT_MIN_CELL, AnalysisError
 from dispatch.analysis.grids import (
     SERVICE_FIGURES,
     concentration,
@@ -40,7 +42,7 @@ from dispatch.analysis.hotspots import (
     recommendations,
 )
 from dispatch.analysis.network import Network
-from dispatch.analysis.privacy import DEFAULT_MIN_CELL, notice, suppress
+from dispatch.analysis.privacy import notice, suppress
 from dispatch.analysis.progress import progress
 from dispatch.analysis.record import (
     BAND_NAMES,
@@ -150,7 +152,7 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
                 written.append(path.with_suffix(".parquet"))
             advance(1)
         page = folder / "report.html"
-        page.write_text(_html(analysis, tables, k), encoding="utf-8")
+        page.write_text(render(analysis, k, tables=tables).document(), encoding="utf-8")
         written.insert(0, page)
         advance(1)
     return written
@@ -158,7 +160,55 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
 
 # ---------------------------------------------------------------------------- the page
 
-def _html(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int) -> str:
+#: Where the method section points for the tables: the report's own files.
+TABLES_IN_FOLDER = "Every table is in tables/ as CSV."
+_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
+          "table{border-collapse:collapse;font-size:12px;margin:.5em 0}"
+          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+          ".notice{background:#fff3cd;padding:.5em;border:1px solid #e0c060}"
+          "img{max-width:100%}")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The report's views as HTML fragments (small cells already suppressed): the report
+    file wraps them in a document, the web console's hotspots page embeds them."""
+
+    title: str
+    style: str  # CSS for the fragments' tables, notice and figures
+    sections: tuple[str, ...]
+    requests: int
+    hot_cells: int
+    clusters: int
+
+    @property
+    def body(self) -> str:
+        """Every section, in order."""
+        return "".join(self.sections)
+
+    def document(self) -> str:
+        """A self-contained HTML document (no script, nothing fetched)."""
+        return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+                f"<title>{html.escape(self.title)}</title>"
+                f"<style>{self.style}</style></head><body>" + self.body + "</body></html>\n")
+
+
+def render(analysis: Analysis, k: int = DEFAULT_MIN_CELL, *,
+           tables: dict[str, pd.DataFrame] | None = None,
+           tables_note: str = TABLES_IN_FOLDER) -> Parts:
+    """The report's sections, every table and figure under the small-cell rule with `k`
+    (`tables`: `exported(analysis, k)`, if the caller has it already)."""
+    if k < 1:
+        raise AnalysisError(f"--min-cell {k}: the smallest cell shown must be 1 or more")
+    tables = exported(analysis, k) if tables is None else tables
+    return Parts(title="Crisis requests: hotspot report", style=_STYLE,
+                 sections=tuple(_sections(analysis, tables, k, tables_note)),
+                 requests=len(analysis.requests.frame), hot_cells=len(analysis.hotspots.hot),
+                 clusters=len(tables["recommendations"]))
+
+
+def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int,
+              tables_note: str) -> list[str]:
     requests = analysis.requests
     period = (f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(requests.since))} to "
               f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(requests.until))} UTC "
@@ -168,7 +218,7 @@ def _html(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int) -> str:
     recs = tables["recommendations"]
     hot = tables["hotspot_cells"]
     hot = hot[hot["hot"]].sort_values("z", ascending=False)
-    sections = [
+    return [
         f"<h1>Crisis requests: where and when to place the teams</h1>"
         f"<p>{html.escape(period)}. {len(requests.frame)} requests at "
         f"{requests.frame['station'].nunique()} of {len(analysis.network.ids)} stations"
@@ -204,20 +254,17 @@ def _html(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int) -> str:
         "adjacency (neighbours on a line; transfers join lines), binary weights with the "
         "station itself; a cell is hot when its z is significant after Benjamini-Hochberg "
         "control and the station's own value is in the band's upper 5 %. Trends: "
-        "Mann-Kendall on weekly Gi* z. Full method: docs/analysis.md. Every table is in "
-        "tables/ as CSV.</p>",
+        "Mann-Kendall on weekly Gi* z. Full method: docs/analysis.md. "
+        f"{html.escape(tables_note)}</p>",
     ]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-             "table{border-collapse:collapse;font-size:12px;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-             ".notice{background:#fff3cd;padding:.5em;border:1px solid #e0c060}"
-             "img{max-width:100%}")
-    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            "<title>Crisis requests: hotspot report</title>"
-            f"<style>{style}</style></head><body>" + "".join(sections) + "</body></html>\n")
 
 
 def _table(frame: pd.DataFrame) -> str:
+    # Suppressed figures are pandas' NA (nullable Int64 / Float64), which to_html writes as
+    # "<NA>" whatever na_rep says: as float64 NaN they are the blank the notice promises.
+    frame = frame.astype({c: "float64" for c, t in frame.dtypes.items()
+                          if isinstance(t, pd.api.extensions.ExtensionDtype)
+                          and t.kind in "iuf"})
     return str(frame.to_html(index=False, escape=True, na_rep="", float_format=_number,
                              border=0, classes="data"))
 

@@ -16,6 +16,11 @@
   operator add`), or a trusted reverse proxy that authenticated them names them in a header
   (`trusted_header`, believed only from the `trusted_proxies` addresses); sessions are
   signed cookies (SameSite=Strict, HttpOnly); every POST needs the session's CSRF token.
+- `/hotspots?since=90d` the hotspot analysis of a period before now: the same views as
+  `stationgw hub report` (heat maps, service figures, concentration, the Gi* hotspot map,
+  recommendations), with small cells suppressed as in every export (`dispatch.analysis`,
+  computed in a worker thread and kept for a short time; pandas and the rest load on the
+  first request for the page, never at the hub's start).
 - CAP 1.2 for a CAD (`/cap/feed?after=N`, an Atom feed with the messages inline, and
   `/cap/messages/IDENTIFIER.xml`): for a logged-in operator, or a CAD sending
   `Authorization: Bearer TOKEN` (`cap_token`).
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +54,15 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from dispatch.analysis import AnalysisError, InputError
+from dispatch.analysis.console import (
+    DEFAULT_PERIOD,
+    PERIODS,
+    HotspotSource,
+    HotspotViews,
+    View,
+    period,
+)
 from dispatch.console.options import TEAMS
 from dispatch.hub.capfeed import CAP_TYPE, atom_feed
 from dispatch.hub.commands import Commander, CommandError
@@ -57,6 +72,7 @@ from gateway.dispatch import make_command
 
 HASHER = PasswordHasher()
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+HOTSPOTS_PAGE = (Path(__file__).parent / "hotspots.html").read_text(encoding="utf-8")
 ACTIONS = ("acknowledge", "assign", "resolve")
 
 
@@ -134,13 +150,38 @@ def _timeline_event(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _fill(template: str, values: dict[str, str]) -> str:
+    """`{{name}}` replaced by values[name], in one pass (a value is never read again)."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], template)
+
+
+def _hotspots_page(request: Request, operator: str, since: str, view: View | None, *,
+                   kept_s: float = 0.0, message: str = "", status: int = 200) -> HTMLResponse:
+    computed = body = style = ""
+    if view is not None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.until))
+        computed = (f"Computed at {stamp} in {view.seconds:.1f} s, and shown for "
+                    f"{kept_s:.0f} s after that: a reload within it shows the same figures.")
+        body, style = view.parts.body, view.parts.style
+    return HTMLResponse(_fill(HOTSPOTS_PAGE, {
+        "csrf": _csrf(request), "user": html.escape(operator), "style": style,
+        "since": html.escape(since, quote=True),
+        "periods": "".join(f'<option value="{p}">' for p in PERIODS),
+        "message": f'<p role="alert" class="err">{html.escape(message)}</p>' if message
+        else "", "computed": html.escape(computed), "body": body,
+    }), status_code=status, headers={"Cache-Control": "no-store"})
+
+
 def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
                secret: str, https_only: bool = False, proxy: ProxyLogin | None = None,
                cap_token: str | None = None, cap_sender: str = "stationgw-hub@localhost",
-               silent_after_s: float = 90.0, cap_push: bool = False) -> Starlette:
+               silent_after_s: float = 90.0, cap_push: bool = False,
+               hotspots: HotspotSource | None = None) -> Starlette:
     """The web console over one hub's store and MQTT commander. A station not heard from
     for `silent_after_s` (the hub's clock) is shown as silent; with `cap_push`, the CAP
-    messages not yet taken by the CAD are shown."""
+    messages not yet taken by the CAD are shown; `hotspots` says what the hotspots page is
+    computed from (default: the shipped simulated metro, k = 5)."""
+    views = HotspotViews(store.engine, hotspots)
 
     def user(request: Request) -> str | None:
         return _user(request, proxy)
@@ -158,6 +199,23 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
         page = PAGE.replace("{{csrf}}", _csrf(request)).replace(
             "{{user}}", html.escape(user(request) or ""))
         return HTMLResponse(page.replace("{{teams}}", json.dumps(list(TEAMS))))
+
+    async def hotspots_page(request: Request) -> Response:
+        operator = user(request)
+        if operator is None:
+            return RedirectResponse("/login", status_code=303)
+        since = printable(request.query_params.get("since", DEFAULT_PERIOD)).strip()[:32]
+        try:
+            length = period(since)
+        except InputError as exc:
+            return _hotspots_page(request, operator, since, None, message=str(exc),
+                                  status=400)
+        try:
+            view = await views.view(length)
+        except AnalysisError as exc:
+            return _hotspots_page(request, operator, since, None,
+                                  message=f"the analysis failed: {exc}", status=503)
+        return _hotspots_page(request, operator, since, view, kept_s=views.source.ttl_s)
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
@@ -301,6 +359,7 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
     return Starlette(
         routes=[
             Route("/", index),
+            Route("/hotspots", hotspots_page),
             Route("/login", login, methods=["GET", "POST"]),
             Route("/logout", logout, methods=["POST"]),
             Route("/api/alerts", api_alerts),
