@@ -276,3 +276,62 @@ async def test_the_broker_holds_a_long_database_outage_only_with_the_template_qu
     else:
         assert len(gap.missing) >= 1000  # dropped by the broker, and counted by the audit
         assert stored + len(gap.missing) == sent
+
+
+def lifecycle_events(station: str, alert_id: str, first_seq: int) -> list[Any]:
+    """One alert's events, as its gateway sends them: open, acknowledged, assigned, resolved."""
+    from dispatch.inbound import read
+    from gateway.lifecycle import alert_body
+    from gateway.model import AlertRecord
+
+    topics, out = Topics("stationgw/v1", station), []
+    for n, state in enumerate(("open", "acknowledged", "assigned", "resolved")):
+        record = AlertRecord(alert_id, "hp-1", state, Priority.P1,  # type: ignore[arg-type]
+                             {"first_press": 1000.0, "press_count": 1 + n})
+        kind = "help_point.press" if state == "open" else f"alert.{state}"
+        topic, payload = topics.render(Event(kind, "hp-1", Priority.P1, alert_body(record)),
+                                       first_seq + n, 1000.0 + first_seq + n)
+        out.append(read(topic, payload, "stationgw/v1"))
+    return out
+
+
+def test_two_hubs_writing_one_alert_at_once_keep_one_true_record(db_url: str) -> None:
+    """Replicas of a shared subscription get an alert's events split between them, in
+    batches that race: each alert is one row, at its newest state, with no event twice."""
+    import random
+    import threading
+
+    station = f"st-{uuid.uuid4().hex[:8]}"
+    alerts = [f"a{n}" for n in range(40)]
+    everything = [e for n, a in enumerate(alerts) for e in lifecycle_events(station, a, 4 * n)]
+    rng = random.Random(7)
+    rng.shuffle(everything)
+    shares: list[list[Any]] = [[], []]
+    for item in everything:
+        shares[rng.randrange(2)].append(item)
+    stores = [hub_store(db_url), hub_store(db_url)]
+    failures: list[BaseException] = []
+
+    def replica(store: HubStore, share: list[Any]) -> None:
+        try:
+            for start in range(0, len(share), 3):
+                store.record(share[start:start + 3] * 2)  # re-sent within the batch, too
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    threads = [threading.Thread(target=replica, args=(s, share))
+               for s, share in zip(stores, shares, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert stores[0].event_count() == len(everything)
+    rows = {a["alert_id"]: a for a in stores[0].alerts() if a["station"] == station}
+    assert sorted(rows) == sorted(alerts)
+    assert {a["state"] for a in rows.values()} == {"resolved"}
+    assert all(a["closed_at"] is not None and a["press_count"] == 4 for a in rows.values())
+    for alert_id in alerts:  # each state at most once in the history, opened first
+        states = [s for s, _ in stores[0].history(station, alert_id)]
+        assert len(states) == len(set(states)) and states[0] in ("open", "acknowledged",
+                                                                  "assigned", "resolved")

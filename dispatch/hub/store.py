@@ -28,6 +28,7 @@ from alembic.config import Config
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -149,18 +150,74 @@ class HubStore:
         for item in stored:
             wall = float(item.message["wall_time"])
             latest[item.station] = max(wall, latest.get(item.station, wall))
-            alert_id = _alert_id(item.message["body"])
-            if alert_id is not None:
-                self._alert(conn, item.station, alert_id, item.message)
+        self._alerts(conn, [(item.station, alert_id, item.message) for item in stored
+                            if (alert_id := _alert_id(item.message["body"])) is not None])
         for station, wall in latest.items():
             self._station(conn, station, last_event_at=wall, heard_at=now)
+
+    def _alerts(self, conn: Connection, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """The alert rows and transitions a batch's events make, in four statements: read the
+        batch's alerts, insert the new ones, update the changed ones, add the transitions.
+        An alert another hub created meanwhile goes through `_alert`, event by event."""
+        if not items:
+            return
+        ids = sorted({alert_id for _, alert_id, _ in items})
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            # Locked until the commit (PostgreSQL; SQLite has one writer at a time): another
+            # hub updating the same alert waits, then reads what this one wrote. Sorted, so
+            # two hubs take the locks in the same order.
+            for found in conn.execute(select(alerts).where(
+                    alerts.c.alert_id.in_(ids[start:start + 500]))
+                    .order_by(alerts.c.alert_id, alerts.c.station)
+                    .with_for_update()).mappings():
+                rows[(found["station"], found["alert_id"])] = dict(found)
+        existing = set(rows)
+        changed: set[tuple[str, str]] = set()
+        moves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for station, alert_id, message in items:
+            key = (station, alert_id)
+            row = rows.get(key)
+            if row is None:
+                rows[key] = _new_alert(station, alert_id, message)
+                moves.setdefault(key, []).append(_move(key, rows[key]["state"], message))
+                continue
+            changes, states = _alert_changes(row, message)
+            moves.setdefault(key, []).extend(_move(key, state, message) for state in states)
+            if changes:
+                row.update(changes)
+                changed.add(key)
+        fresh = [rows[key] for key in rows if key not in existing]
+        if fresh:
+            insert = _dialect_insert(conn)(alerts).on_conflict_do_nothing(
+                index_elements=["station", "alert_id"]).returning(
+                    alerts.c.station, alerts.c.alert_id)
+            created = {tuple(r) for r in conn.execute(insert, fresh)}
+            for raced in {(r["station"], r["alert_id"]) for r in fresh} - created:
+                moves.pop(raced, None)  # another hub created it: replay its events one by one
+                for station, alert_id, message in items:
+                    if (station, alert_id) == raced:
+                        self._alert(conn, station, alert_id, message)
+        updates = [rows[key] for key in changed if key in existing]
+        if updates:
+            mutable = [c.name for c in alerts.columns if c.name not in ("station", "alert_id")]
+            conn.execute(
+                update(alerts).where((alerts.c.station == bindparam("key_station"))
+                                     & (alerts.c.alert_id == bindparam("key_alert")))
+                .values({name: bindparam(f"new_{name}") for name in mutable}),
+                [{"key_station": r["station"], "key_alert": r["alert_id"],
+                  **{f"new_{name}": r[name] for name in mutable}} for r in updates])
+        made = [move for key_moves in moves.values() for move in key_moves]
+        if made:
+            made.sort(key=lambda m: m.pop("order"))
+            conn.execute(transitions.insert(), made)
 
     def _alert(self, conn: Connection, station: str, alert_id: str,
                event: dict[str, Any]) -> None:
         body, at, seq = event["body"], float(event["wall_time"]), int(event["seq"])
         state = body.get("state") if isinstance(body.get("state"), str) else "open"
         key = (alerts.c.station == station) & (alerts.c.alert_id == alert_id)
-        row = conn.execute(select(alerts).where(key)).mappings().first()
+        row = conn.execute(select(alerts).where(key).with_for_update()).mappings().first()
         if row is None:
             try:
                 with conn.begin_nested():
@@ -175,7 +232,7 @@ class HubStore:
                         **_assignment(body),
                     ))
             except IntegrityError:
-                row = conn.execute(select(alerts).where(key)).mappings().first()
+                row = conn.execute(select(alerts).where(key).with_for_update()).mappings().first()
             else:
                 self._transition(conn, station, alert_id, state, at=at, event_id=event["event_id"])
                 return
@@ -446,6 +503,60 @@ def _missing(seqs: list[int]) -> Iterator[int]:
 def _first_press(body: dict[str, Any], at: float) -> float:
     first = body.get("first_press")
     return float(first) if isinstance(first, int | float) and not isinstance(first, bool) else at
+
+
+_ORDER = itertools.count()  # transitions are written in the order the batch made them
+
+
+def _move(key: tuple[str, str], state: str, event: dict[str, Any]) -> dict[str, Any]:
+    """An `alert_transitions` row (with its place in the batch)."""
+    return {"station": key[0], "alert_id": key[1], "state": state,
+            "at": float(event["wall_time"]), "event_id": event["event_id"],
+            "order": next(_ORDER)}
+
+
+def _state(body: dict[str, Any]) -> str:
+    state = body.get("state")
+    return state if isinstance(state, str) else "open"
+
+
+def _new_alert(station: str, alert_id: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The row of an alert first heard of in this event."""
+    body, at = event["body"], float(event["wall_time"])
+    state = _state(body)
+    return {
+        "station": station, "alert_id": alert_id, "class": event["class"], "state": state,
+        "source": event["source"], "location": str(body.get("location", ""))[:200],
+        "requested_response": event["requested_response"], "opened_at": _first_press(body, at),
+        "acknowledged_at": None, "assigned_at": None, "closed_at": None, "team": None,
+        "eta_s": None, "escalations": 0, "press_count": _press_count(body, 1),
+        "last_seq": int(event["seq"]), "updated_at": at,
+        **_times(state, at, {}), **_assignment(body),
+    }
+
+
+def _alert_changes(row: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str, Any],
+                                                                         list[str]]:
+    """What an event about a known alert changes in its row, and the transitions it makes
+    (the newest event by seq is the truth; a closed alert stays closed)."""
+    body, at, seq = event["body"], float(event["wall_time"]), int(event["seq"])
+    state = _state(body)
+    made = []
+    changes: dict[str, Any] = _times(state, at, row)
+    if event["kind"] == "alert.escalated":
+        changes["escalations"] = row["escalations"] + 1
+        made.append("escalated")
+    if _press_count(body, 0) > row["press_count"]:
+        changes["press_count"] = _press_count(body, 0)
+    if seq > row["last_seq"]:  # the newest event is the truth (P0 drains before P1)
+        changes |= {"state": state, "class": event["class"], "last_seq": seq,
+                    "updated_at": at, "requested_response": event["requested_response"],
+                    **_assignment(body)}
+        if row["state"] in _CLOSED:
+            changes["state"] = row["state"]  # closed stays closed
+    if state != row["state"] and row["state"] not in _CLOSED:
+        made.append(state)
+    return changes, made
 
 
 def _press_count(body: dict[str, Any], default: int) -> int:
