@@ -68,6 +68,7 @@ from dispatch.hub.capfeed import CAP_TYPE, atom_feed
 from dispatch.hub.commands import Commander, CommandError
 from dispatch.hub.store import HubStore
 from dispatch.inbound import printable
+from gateway.commands import Command
 from gateway.dispatch import make_command
 
 HASHER = PasswordHasher()
@@ -172,36 +173,71 @@ def _hotspots_page(request: Request, operator: str, since: str, view: View | Non
     }), status_code=status, headers={"Cache-Control": "no-store"})
 
 
-def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
-               secret: str, https_only: bool = False, proxy: ProxyLogin | None = None,
-               cap_token: str | None = None, cap_sender: str = "stationgw-hub@localhost",
-               silent_after_s: float = 90.0, cap_push: bool = False,
-               hotspots: HotspotSource | None = None) -> Starlette:
-    """The web console over one hub's store and MQTT commander. A station not heard from
-    for `silent_after_s` (the hub's clock) is shown as silent; with `cap_push`, the CAP
-    messages not yet taken by the CAD are shown; `hotspots` says what the hotspots page is
-    computed from (default: the shipped simulated metro, k = 5)."""
-    views = HotspotViews(store.engine, hotspots)
+def _station_row(s: dict[str, Any], now: float, silent_after_s: float) -> dict[str, Any]:
+    """A station's line in the console: status, silence by the hub's clock, health."""
+    health = s["health"] or {}
+    heard = s["heard_at"]
+    return {
+        "station": printable(s["station"]), "status": s["status"],
+        "silent": heard is None or now - float(heard) > silent_after_s,
+        "heard_s": None if heard is None else max(0.0, now - float(heard)),
+        "faults": [printable(f.get("code", "")) for f in health.get("faults", [])
+                   if isinstance(f, dict)],
+        "outbox_rows": (health.get("outbox") or {}).get("rows"),
+        "links": health.get("links", {}),
+    }
 
-    def user(request: Request) -> str | None:
-        return _user(request, proxy)
 
-    def may_read_cap(request: Request) -> bool:
+def _command(body: Any, operator: str) -> Command:
+    """The command a POST asks for, from `operator`; ValueError, KeyError or TypeError says
+    what is wrong with it."""
+    action = body["action"]
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
+    eta = body.get("eta_min")
+    return make_command(
+        str(body["station"]), str(body["alert_id"]), action, team=body.get("team"),
+        eta_s=None if eta in (None, "") else round(float(eta) * 60),
+        dispatcher=f"web:{operator}"[:64])
+
+
+class _Console:
+    """The console's pages and API over one hub's store and MQTT commander."""
+
+    def __init__(self, store: HubStore, commander: Commander, changed: asyncio.Event, *,
+                 proxy: ProxyLogin | None, cap_token: str | None, cap_sender: str,
+                 silent_after_s: float, cap_push: bool,
+                 hotspots: HotspotSource | None) -> None:
+        self.store = store
+        self.commander = commander
+        self.changed = changed
+        self.proxy = proxy
+        self.cap_token = cap_token
+        self.cap_sender = cap_sender
+        self.silent_after_s = silent_after_s
+        self.cap_push = cap_push
+        self.views = HotspotViews(store.engine, hotspots)
+
+
+    def user(self, request: Request) -> str | None:
+        return _user(request, self.proxy)
+
+    def may_read_cap(self, request: Request) -> bool:
         offered = request.headers.get("authorization", "")
-        if cap_token and secrets.compare_digest(offered.encode(),
-                                                f"Bearer {cap_token}".encode()):
+        if self.cap_token and secrets.compare_digest(offered.encode(),
+                                                f"Bearer {self.cap_token}".encode()):
             return True
-        return user(request) is not None
+        return self.user(request) is not None
 
-    async def index(request: Request) -> Response:
-        if user(request) is None:
+    async def index(self, request: Request) -> Response:
+        if self.user(request) is None:
             return RedirectResponse("/login", status_code=303)
         page = PAGE.replace("{{csrf}}", _csrf(request)).replace(
-            "{{user}}", html.escape(user(request) or ""))
+            "{{user}}", html.escape(self.user(request) or ""))
         return HTMLResponse(page.replace("{{teams}}", json.dumps(list(TEAMS))))
 
-    async def hotspots_page(request: Request) -> Response:
-        operator = user(request)
+    async def hotspots_page(self, request: Request) -> Response:
+        operator = self.user(request)
         if operator is None:
             return RedirectResponse("/login", status_code=303)
         since = printable(request.query_params.get("since", DEFAULT_PERIOD)).strip()[:32]
@@ -211,20 +247,20 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
             return _hotspots_page(request, operator, since, None, message=str(exc),
                                   status=400)
         try:
-            view = await views.view(length)
+            view = await self.views.view(length)
         except AnalysisError as exc:
             return _hotspots_page(request, operator, since, None,
                                   message=f"the analysis failed: {exc}", status=503)
-        return _hotspots_page(request, operator, since, view, kept_s=views.source.ttl_s)
+        return _hotspots_page(request, operator, since, view, kept_s=self.views.source.ttl_s)
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         if request.method == "GET":
             return _login_page(request)
         form = await request.form()
         if form.get("csrf") != request.session.get("csrf"):
             return _login_page(request, "the form expired: log in again", 403)
         username, password = str(form.get("username", "")), str(form.get("password", ""))
-        stored = await asyncio.to_thread(store.operator_hash, username)
+        stored = await asyncio.to_thread(self.store.operator_hash, username)
         try:
             ok = stored is not None and HASHER.verify(stored, password)
         except (VerificationError, InvalidHashError):
@@ -236,39 +272,33 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
         _csrf(request)
         return RedirectResponse("/", status_code=303)
 
-    async def logout(request: Request) -> Response:
+    async def logout(self, request: Request) -> Response:
         if request.headers.get("x-csrf-token") == request.session.get("csrf"):
             request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
-    async def api_alerts(request: Request) -> Response:
-        if user(request) is None:
+    async def api_alerts(self, request: Request) -> Response:
+        if self.user(request) is None:
             return JSONResponse({"error": "log in"}, status_code=401)
         now = time.time()
-        rows = [_row(a, now) for a in await asyncio.to_thread(store.open_alerts)]
-        stations = [{
-            "station": printable(s["station"]), "status": s["status"],
-            "silent": s["heard_at"] is None or now - float(s["heard_at"]) > silent_after_s,
-            "heard_s": None if s["heard_at"] is None else max(0.0, now - float(s["heard_at"])),
-            "faults": [printable(f.get("code", "")) for f in
-                       (s["health"] or {}).get("faults", []) if isinstance(f, dict)],
-            "outbox_rows": ((s["health"] or {}).get("outbox") or {}).get("rows"),
-            "links": (s["health"] or {}).get("links", {}),
-        } for s in await asyncio.to_thread(store.station_rows)]
-        backlog = await asyncio.to_thread(store.push_backlog) if cap_push else {"pending": 0}
+        rows = [_row(a, now) for a in await asyncio.to_thread(self.store.open_alerts)]
+        stations = [_station_row(s, now, self.silent_after_s)
+                    for s in await asyncio.to_thread(self.store.station_rows)]
+        backlog = (await asyncio.to_thread(self.store.push_backlog) if self.cap_push
+                   else {"pending": 0})
         return JSONResponse({"alerts": rows, "stations": stations, "now": now, "cap_push": {
             **backlog, "error": printable(str(backlog.get("error") or ""))}})
 
-    async def api_alert(request: Request) -> Response:
-        if user(request) is None:
+    async def api_alert(self, request: Request) -> Response:
+        if self.user(request) is None:
             return JSONResponse({"error": "log in"}, status_code=401)
         station, alert_id = request.path_params["station"], request.path_params["alert_id"]
-        alert = await asyncio.to_thread(store.alert, station, alert_id)
+        alert = await asyncio.to_thread(self.store.alert, station, alert_id)
         if alert is None:
             return JSONResponse({"error": "no such alert"}, status_code=404)
-        history = await asyncio.to_thread(store.history, station, alert_id)
-        timeline = await asyncio.to_thread(store.timeline, station, alert_id)
-        audit = [a for a in await asyncio.to_thread(store.audit_log)
+        history = await asyncio.to_thread(self.store.history, station, alert_id)
+        timeline = await asyncio.to_thread(self.store.timeline, station, alert_id)
+        audit = [a for a in await asyncio.to_thread(self.store.audit_log)
                  if a["station"] == station and a["alert_id"] == alert_id]
         return JSONResponse({
             "alert": _row(alert, time.time()),
@@ -279,8 +309,8 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
                           "reason": a["reason"]} for a in audit],
         })
 
-    async def cap_feed(request: Request) -> Response:
-        if not may_read_cap(request):
+    async def cap_feed(self, request: Request) -> Response:
+        if not self.may_read_cap(request):
             return Response("log in, or send the CAD's bearer token", status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
         try:
@@ -288,31 +318,31 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
         except ValueError:
             return Response("after must be a number (the previous page's last entry)",
                             status_code=400)
-        rows = await asyncio.to_thread(store.cap_feed, after, 100)
+        rows = await asyncio.to_thread(self.store.cap_feed, after, 100)
         base = str(request.base_url).rstrip("/")
-        return Response(atom_feed(rows, base=base, sender=cap_sender),
+        return Response(atom_feed(rows, base=base, sender=self.cap_sender),
                         media_type="application/atom+xml")
 
-    async def cap_message(request: Request) -> Response:
-        if not may_read_cap(request):
+    async def cap_message(self, request: Request) -> Response:
+        if not self.may_read_cap(request):
             return Response("log in, or send the CAD's bearer token", status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
-        xml = await asyncio.to_thread(store.cap_message, request.path_params["identifier"])
+        xml = await asyncio.to_thread(self.store.cap_message, request.path_params["identifier"])
         if xml is None:
             return Response("no such message", status_code=404)
         return Response(xml, media_type=CAP_TYPE)
 
-    async def api_stream(request: Request) -> Response:
-        if user(request) is None:
+    async def api_stream(self, request: Request) -> Response:
+        if self.user(request) is None:
             return JSONResponse({"error": "log in"}, status_code=401)
 
         async def events() -> AsyncIterator[bytes]:
             yield b"data: changed\n\n"
             while not await request.is_disconnected():
-                changed.clear()
+                self.changed.clear()
                 try:
                     async with asyncio.timeout(15):
-                        await changed.wait()
+                        await self.changed.wait()
                     yield b"data: changed\n\n"
                 except TimeoutError:
                     yield b": keepalive\n\n"
@@ -320,55 +350,60 @@ def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
-    async def api_command(request: Request) -> Response:
-        operator = user(request)
+    async def api_command(self, request: Request) -> Response:
+        operator = self.user(request)
         if operator is None:
             return JSONResponse({"error": "log in"}, status_code=401)
         if request.headers.get("x-csrf-token") != request.session.get("csrf"):
             return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
         try:
-            body = await request.json()
-            action = body["action"]
-        except (ValueError, KeyError, TypeError) as exc:
-            return JSONResponse({"error": f"bad command: {exc}"}, status_code=400)
-        if action not in ACTIONS:
-            return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"},
-                                status_code=400)
-        try:
-            eta = body.get("eta_min")
-            command = make_command(
-                str(body["station"]), str(body["alert_id"]), action, team=body.get("team"),
-                eta_s=None if eta in (None, "") else round(float(eta) * 60),
-                dispatcher=f"web:{operator}"[:64])
+            command = _command(await request.json(), operator)
         except (ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": f"bad command: {exc}"}, status_code=400)
         entry = {"operator": operator, "station": command.station, "alert_id": command.alert_id,
                  "action": command.action, "team": command.team, "eta_s": command.eta_s,
                  "command_id": command.command_id}
         try:
-            reply = await commander.send(command)
+            reply = await self.commander.send(command)
         except CommandError as exc:
-            await asyncio.to_thread(store.audit, **entry, outcome="no_reply",
+            await asyncio.to_thread(self.store.audit, **entry, outcome="no_reply",
                                     detail=str(exc)[:300])
             return JSONResponse({"status": "no_reply", "detail": str(exc)}, status_code=504)
-        await asyncio.to_thread(store.audit, **entry, outcome=reply.status,
+        await asyncio.to_thread(self.store.audit, **entry, outcome=reply.status,
                                 reason=reply.reason, detail=reply.detail[:300])
         return JSONResponse({"status": reply.status, "reason": reply.reason,
                              "detail": printable(reply.detail)})
 
+    def routes(self) -> list[Route]:
+        """Every page and API route."""
+        return [
+            Route("/", self.index),
+            Route("/hotspots", self.hotspots_page),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/api/alerts", self.api_alerts),
+            Route("/api/alerts/{station}/{alert_id}", self.api_alert),
+            Route("/cap/feed", self.cap_feed),
+            Route("/cap/messages/{identifier}.xml", self.cap_message),
+            Route("/api/stream", self.api_stream),
+            Route("/api/command", self.api_command, methods=["POST"]),
+        ]
+
+
+def create_app(store: HubStore, commander: Commander, changed: asyncio.Event, *,
+               secret: str, https_only: bool = False, proxy: ProxyLogin | None = None,
+               cap_token: str | None = None, cap_sender: str = "stationgw-hub@localhost",
+               silent_after_s: float = 90.0, cap_push: bool = False,
+               hotspots: HotspotSource | None = None) -> Starlette:
+    """The web console over one hub's store and MQTT commander. A station not heard from
+    for `silent_after_s` (the hub's clock) is shown as silent; with `cap_push`, the CAP
+    messages not yet taken by the CAD are shown; `hotspots` says what the hotspots page is
+    computed from (default: the shipped simulated metro, k = 5)."""
+    console = _Console(store, commander, changed, proxy=proxy, cap_token=cap_token,
+                       cap_sender=cap_sender, silent_after_s=silent_after_s,
+                       cap_push=cap_push, hotspots=hotspots)
     return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/hotspots", hotspots_page),
-            Route("/login", login, methods=["GET", "POST"]),
-            Route("/logout", logout, methods=["POST"]),
-            Route("/api/alerts", api_alerts),
-            Route("/api/alerts/{station}/{alert_id}", api_alert),
-            Route("/cap/feed", cap_feed),
-            Route("/cap/messages/{identifier}.xml", cap_message),
-            Route("/api/stream", api_stream),
-            Route("/api/command", api_command, methods=["POST"]),
-        ],
+        routes=console.routes(),
         middleware=[Middleware(SessionMiddleware, secret_key=secret, same_site="strict",
                                https_only=https_only, max_age=12 * 3600)],
     )
