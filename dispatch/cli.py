@@ -171,10 +171,11 @@ def hub_run(args: argparse.Namespace) -> int:
         push = None if args.cap_push is None else Push(
             args.cap_push, _secret_file(args.cap_push_token_file, "--cap-push-token-file"))
         cap_token = _secret_file(args.cap_feed_token_file, "--cap-feed-token-file")
-        if args.min_cell < 1:
-            raise ValueError(f"--min-cell {args.min_cell}: give 1 or more")
     except ValueError as exc:
         print(f"stationgw hub: {exc}", file=sys.stderr)
+        return 2
+    if args.min_cell < 1:
+        print(f"stationgw hub: --min-cell {args.min_cell}: give 1 or more", file=sys.stderr)
         return 2
     from gateway.cli import setup_logging  # noqa: PLC0415
 

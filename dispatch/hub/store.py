@@ -161,17 +161,7 @@ class HubStore:
         An alert another hub created meanwhile goes through `_alert`, event by event."""
         if not items:
             return
-        ids = sorted({alert_id for _, alert_id, _ in items})
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
-        for start in range(0, len(ids), 500):
-            # Locked until the commit (PostgreSQL; SQLite has one writer at a time): another
-            # hub updating the same alert waits, then reads what this one wrote. Sorted, so
-            # two hubs take the locks in the same order.
-            for found in conn.execute(select(alerts).where(
-                    alerts.c.alert_id.in_(ids[start:start + 500]))
-                    .order_by(alerts.c.alert_id, alerts.c.station)
-                    .with_for_update()).mappings():
-                rows[(found["station"], found["alert_id"])] = dict(found)
+        rows = _locked_alerts(conn, sorted({alert_id for _, alert_id, _ in items}))
         existing = set(rows)
         changed: set[tuple[str, str]] = set()
         moves: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -188,25 +178,12 @@ class HubStore:
                 row.update(changes)
                 changed.add(key)
         fresh = [rows[key] for key in rows if key not in existing]
-        if fresh:
-            insert = _dialect_insert(conn)(alerts).on_conflict_do_nothing(
-                index_elements=["station", "alert_id"]).returning(
-                    alerts.c.station, alerts.c.alert_id)
-            created = {tuple(r) for r in conn.execute(insert, fresh)}
-            for raced in {(r["station"], r["alert_id"]) for r in fresh} - created:
-                moves.pop(raced, None)  # another hub created it: replay its events one by one
-                for station, alert_id, message in items:
-                    if (station, alert_id) == raced:
-                        self._alert(conn, station, alert_id, message)
-        updates = [rows[key] for key in changed if key in existing]
-        if updates:
-            mutable = [c.name for c in alerts.columns if c.name not in ("station", "alert_id")]
-            conn.execute(
-                update(alerts).where((alerts.c.station == bindparam("key_station"))
-                                     & (alerts.c.alert_id == bindparam("key_alert")))
-                .values({name: bindparam(f"new_{name}") for name in mutable}),
-                [{"key_station": r["station"], "key_alert": r["alert_id"],
-                  **{f"new_{name}": r[name] for name in mutable}} for r in updates])
+        for raced in _insert_alerts(conn, fresh) if fresh else set():
+            moves.pop(raced, None)  # another hub created it: replay its events one by one
+            for station, alert_id, message in items:
+                if (station, alert_id) == raced:
+                    self._alert(conn, station, alert_id, message)
+        _update_alerts(conn, [rows[key] for key in changed if key in existing])
         made = [move for key_moves in moves.values() for move in key_moves]
         if made:
             made.sort(key=lambda m: m.pop("order"))
@@ -503,6 +480,41 @@ def _missing(seqs: list[int]) -> Iterator[int]:
 def _first_press(body: dict[str, Any], at: float) -> float:
     first = body.get("first_press")
     return float(first) if isinstance(first, int | float) and not isinstance(first, bool) else at
+
+
+def _locked_alerts(conn: Connection, ids: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The alerts with these ids, by (station, alert id), locked until the commit
+    (PostgreSQL; SQLite has one writer at a time): another hub updating the same alert
+    waits, then reads what this one wrote. Sorted, so two hubs take the locks in one order."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        for found in conn.execute(select(alerts).where(
+                alerts.c.alert_id.in_(ids[start:start + 500]))
+                .order_by(alerts.c.alert_id, alerts.c.station)
+                .with_for_update()).mappings():
+            rows[(found["station"], found["alert_id"])] = dict(found)
+    return rows
+
+
+def _insert_alerts(conn: Connection, fresh: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Insert new alert rows; the keys of those another hub inserted first (not written)."""
+    insert = _dialect_insert(conn)(alerts).on_conflict_do_nothing(
+        index_elements=["station", "alert_id"]).returning(alerts.c.station, alerts.c.alert_id)
+    created = {(str(station), str(alert_id)) for station, alert_id in conn.execute(insert, fresh)}
+    return {(r["station"], r["alert_id"]) for r in fresh} - created
+
+
+def _update_alerts(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Write changed alert rows whole, in one statement."""
+    if not rows:
+        return
+    mutable = [c.name for c in alerts.columns if c.name not in ("station", "alert_id")]
+    conn.execute(
+        update(alerts).where((alerts.c.station == bindparam("key_station"))
+                             & (alerts.c.alert_id == bindparam("key_alert")))
+        .values({name: bindparam(f"new_{name}") for name in mutable}),
+        [{"key_station": r["station"], "key_alert": r["alert_id"],
+          **{f"new_{name}": r[name] for name in mutable}} for r in rows])
 
 
 _ORDER = itertools.count()  # transitions are written in the order the batch made them
