@@ -32,9 +32,18 @@ from dispatch.inbound import printable, read
 from dispatch.web.app import ProxyLogin, create_app, hash_password
 from gateway.broker import Mosquitto, free_port
 from gateway.daemon import Gateway
+from gateway.model import Event, Priority
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
-from tests.helpers import lamp_becomes, lifecycle_config, raise_alert, running, subscribe
+from tests.helpers import (
+    lamp_becomes,
+    lifecycle_config,
+    publish_all,
+    publisher,
+    raise_alert,
+    running,
+    subscribe,
+)
 
 WAIT = 30.0
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a test operator
@@ -136,6 +145,13 @@ async def test_a_station_not_heard_from_is_flagged_silent(store: HubStore) -> No
             conn.execute(update(stations).values(heard_at=time.time() - 91))
         (north,) = (await web.get("/api/alerts")).json()["stations"]
         assert (north["status"], north["silent"]) == ("online", True)
+
+
+async def until_stored(store: HubStore, count: int) -> None:
+    """Until the hub has stored `count` events."""
+    async with asyncio.timeout(WAIT):
+        while await asyncio.to_thread(store.event_count) < count:
+            await asyncio.sleep(0.1)
 
 
 def chromium() -> webdriver.Chrome:
@@ -241,6 +257,34 @@ async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_fol
             await asyncio.to_thread(type_eta)
             await raise_alert(gw, sub, "hp-2")
             assert await asyncio.to_thread(eta_after_another_alert) == "12"
+
+            # A burst of telemetry while the hub answers slowly: the page never has more
+            # than one refresh in flight.
+            await asyncio.to_thread(browser.execute_script, """
+                window.inFlight = 0; window.mostInFlight = 0; window.fetches = 0;
+                const real = window.fetch;
+                window.fetch = async (...args) => {
+                  if (String(args[0]) !== "/api/alerts") return real(...args);
+                  window.fetches++; window.inFlight++;
+                  window.mostInFlight = Math.max(window.mostInFlight, window.inFlight);
+                  try {  // a loaded hub: each answer takes a while
+                    await new Promise(done => setTimeout(done, 300));
+                    return await real(...args);
+                  } finally { window.inFlight--; }
+                };""")
+            topics = Topics("stationgw/v1", config.station_id)
+            burst = [topics.render(Event("sensor.reading", "s-1", Priority.P3, {"value": n}),
+                                   10_000 + n, time.time()) for n in range(40)]
+            before = await asyncio.to_thread(store.event_count)
+            with publisher(broker.port) as raw:
+                for message in burst:  # a commit, and a "changed", every 50 ms
+                    publish_all(raw, [message])
+                    await asyncio.sleep(0.05)
+            await until_stored(store, before + len(burst))
+            await asyncio.sleep(1.0)
+            most, fetches = await asyncio.to_thread(
+                browser.execute_script, "return [window.mostInFlight, window.fetches];")
+            assert fetches >= 1 and most == 1
 
             summary, events, commands = await asyncio.to_thread(timeline)
             assert "1 press(es)" in summary and "acknowledged" in summary

@@ -36,6 +36,7 @@ from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.options import Security
 from gateway.mqtt import json_properties
 
+MAX_BATCH = 500  # messages handed over (and committed by the hub) at once
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages in flight to us: bounds memory when behind
 EPHEMERAL_SESSION_S = 60  # an unnamed console's session only rides out a short link drop
 CONNECT_TIMEOUT_S = 10.0
@@ -204,7 +205,9 @@ class Intake:
         """Received messages, in order, as they come; raises when the link drops."""
         while True:
             if self._pending:
-                n = len(self._pending)
+                # Capped: Mosquitto 2.0 hands back the whole Receive Maximum quota at each
+                # PUBACK, so a backlog can arrive faster than the window says.
+                n = min(len(self._pending), MAX_BATCH)
                 yield [self._pending.popleft() for _ in range(n)]
                 continue
             if self._lost is not None:
