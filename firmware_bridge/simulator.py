@@ -462,6 +462,18 @@ async def run_command(board: BoardSimulator, line: str) -> bool:
     verb, args = words[0], words[1:]
     if verb == "quit":
         return False
+    if verb == "unplug":
+        await board.unplug()
+    elif verb == "sleep" and len(args) == 1:
+        await asyncio.sleep(float(args[0]))
+    elif not (_board_event(board, verb, args) or _board_setting(board, verb, args)):
+        raise ValueError(f"unknown command {line.strip()!r}\n{COMMANDS}")
+    return True
+
+
+def _board_event(board: BoardSimulator, verb: str, args: list[str]) -> bool:
+    """Something happens at the board (a button, a reading, a fault, a reset, a plug, line
+    noise); False if the words are not one of these."""
     if verb in ("press", "hold", "release"):
         getattr(board, verb)(*args[:1])
     elif verb == "read" and len(args) == 3:
@@ -469,7 +481,21 @@ async def run_command(board: BoardSimulator, line: str) -> bool:
     elif verb == "fault" and len(args) >= 3:
         board.fault(cast(FaultCode, _word(args[0], FaultCode)), args[1],
                     cast(FaultState, _word(args[2], FaultState)), " ".join(args[3:]))
-    elif verb == "hb" and args in (["on"], ["off"]):
+    elif verb == "reset":
+        board.reset(mid_frame=args != ["clean"])
+    elif verb == "plug":
+        board.plug()
+    elif verb == "garbage":
+        board.send_raw(" ".join(args).encode("ascii") + b"\r\n")
+    else:
+        return False
+    return True
+
+
+def _board_setting(board: BoardSimulator, verb: str, args: list[str]) -> bool:
+    """How the board behaves from now on (heartbeats, NAKs, ignoring commands); False if the
+    words are not one of these."""
+    if verb == "hb" and args in (["on"], ["off"]):
         board.heartbeats = args[0] == "on"
     elif verb == "nak" and args:
         board.nak = (cast(NakCode, _word(args[0], NakCode)), " ".join(args[1:]))
@@ -477,18 +503,8 @@ async def run_command(board: BoardSimulator, line: str) -> bool:
         board.nak = None
     elif verb == "silent" and len(args) == 1:
         board.ignore_commands = int(args[0])
-    elif verb == "reset":
-        board.reset(mid_frame=args != ["clean"])
-    elif verb == "unplug":
-        await board.unplug()
-    elif verb == "plug":
-        board.plug()
-    elif verb == "garbage":
-        board.send_raw(" ".join(args).encode("ascii") + b"\r\n")
-    elif verb == "sleep" and len(args) == 1:
-        await asyncio.sleep(float(args[0]))
     else:
-        raise ValueError(f"unknown command {line.strip()!r}\n{COMMANDS}")
+        return False
     return True
 
 
