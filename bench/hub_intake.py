@@ -14,9 +14,6 @@ Each figure is the median of `--reps` runs; the hub gets a fresh database each r
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +23,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, func, select, text
 
-from bench.common import REPO, Figure, median, print_machine, print_table, workdir, write_json
+from bench.common import Figure, median, print_machine, print_table, workdir, write_json
+from bench.hubkit import HubProcess
 from dispatch.hub.schema import events
 from dispatch.hub.store import migrate, open_engine
 from gateway.broker import Mosquitto
@@ -96,26 +94,25 @@ def hub_intake(port: int, batch: list[tuple[str, bytes]], prefix: str, url: str,
     engine = open_engine(url)
     migrate(engine)
     client_id = f"bench-hub-{uuid.uuid4().hex[:8]}"
-    log = (folder / f"hub-{client_id}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "hub", "run", "--db", url, "--broker",
-         f"mqtt://127.0.0.1:{port}", "--prefix", prefix, "--client-id", client_id,
-         "--log-level", "WARNING"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    # Started, then waited for until it says it is connected and subscribed (a fixed sleep
+    # was too short on a loaded machine: what was published before the subscription was
+    # dropped by the broker, and the count never came).
+    hub = HubProcess(url, port, prefix, client_id, folder / f"hub-{client_id}.log")
     try:
-        time.sleep(2.0)  # connected and subscribed (a persistent session: nothing is missed)
+        hub.start()
         start = publish(port, batch)
+        deadline = time.monotonic() + WAIT_S
         with engine.connect() as conn:
             while True:
                 (n,) = conn.execute(select(func.count()).select_from(events)).one()
                 if n >= len(batch):
                     return time.monotonic() - start
-                assert proc.poll() is None, "the hub exited"
+                assert hub.alive(), f"the hub exited:\n{hub.tail()}"
+                assert time.monotonic() < deadline, f"the hub stored {n} of {len(batch)}"
                 time.sleep(0.02)
                 conn.rollback()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        log.close()
+        hub.stop()
         engine.dispose()
 
 
