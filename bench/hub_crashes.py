@@ -41,7 +41,6 @@ from bench.hubkit import (
     fleet_events,
     hubs_stopped,
     migrated,
-    new_database,
     stored_count,
     wait_stored,
 )
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     prefix = f"{tag}/v1"
     messages = fleet_events(prefix, args.stations, args.events, alert_every=args.alert_every)
     with Mosquitto(extra=extra) as broker, PostgreSQL() as pg:
-        url = new_database(pg, "crashes")
+        url = pg.new_database("crashes")
         engine = migrated(url)
         hub = HubProcess(url, broker.port, prefix, f"bench-hub-{uuid.uuid4().hex[:8]}",
                          folder / "hub.log")

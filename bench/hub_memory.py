@@ -48,7 +48,7 @@ from bench.common import (
     workdir,
     write_json,
 )
-from bench.hubkit import HubProcess, RawCounter, migrated, new_database
+from bench.hubkit import HubProcess, RawCounter, migrated
 from dispatch.hub.schema import stations
 from dispatch.hub.store import HubStore
 from dispatch.inbound import Inbound, read
@@ -317,7 +317,7 @@ def measure(db: str, args: argparse.Namespace, broker: Mosquitto, pg: PostgreSQL
 
     def new_url(stem: str) -> str:
         if pg is not None:
-            return new_database(pg, stem)
+            return pg.new_database(stem)
         return f"sqlite:///{folder / f'{stem}-{uuid.uuid4().hex[:6]}.db'}"
 
     # The reference: an empty database, no stations.

@@ -39,7 +39,6 @@ from bench.hubkit import (
     fleet_events,
     hubs_stopped,
     migrated,
-    new_database,
     stored_count,
     wait_stored,
 )
@@ -55,7 +54,7 @@ def scenario(args: argparse.Namespace, broker: Mosquitto, pg: PostgreSQL, folder
     order = None if args.order == "rotation" else random.Random(args.seed)
     messages = fleet_events(prefix, args.stations, args.events, alert_every=args.alert_every,
                             shuffle=order)
-    url = new_database(pg, "replicas")
+    url = pg.new_database("replicas")
     engine = migrated(url)
     group = f"hubs-{tag}"
     a = HubProcess(url, broker.port, prefix, f"bench-hub-a-{tag}", folder / f"a-{tag}.log",

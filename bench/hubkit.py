@@ -27,31 +27,18 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from bench.common import REPO
 from dispatch.hub.schema import alerts, events, transitions
 from dispatch.hub.store import HubStore, migrate, open_engine
 from gateway.model import Event, Priority
-from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
 
 CONNECTED = b"hub: connected to "
 
 
 # ---------------------------------------------------------------------------- databases
-
-
-def new_database(pg: PostgreSQL, stem: str) -> str:
-    """A fresh database on `pg`; its SQLAlchemy URL."""
-    name = f"{stem}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        admin.dispose()
-    return pg.url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def migrated(url: str) -> Engine:

@@ -53,7 +53,7 @@ from bench.common import (
     workdir,
     write_json,
 )
-from bench.hubkit import Flood, HubProcess, alert_body, fleet_events, migrated, new_database
+from bench.hubkit import Flood, HubProcess, alert_body, fleet_events, migrated
 from dispatch.hub.schema import events
 from dispatch.hub.store import HubStore
 from gateway.broker import Mosquitto, free_port
@@ -272,7 +272,7 @@ def main() -> None:
         broker = stack.enter_context(Mosquitto())
         if args.db == "postgresql":
             pg = stack.enter_context(PostgreSQL())
-            url = new_database(pg, "screen")
+            url = pg.new_database("screen")
         else:
             url = f"sqlite:///{folder / 'hub.db'}"
         engine = migrated(url)
