@@ -259,7 +259,7 @@ async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_fol
             assert await asyncio.to_thread(eta_after_another_alert) == "12"
 
             # A burst of telemetry while the hub answers slowly: the page never has more
-            # than one refresh in flight.
+            # than one refresh of its own in flight (the stream brings the queue).
             await asyncio.to_thread(browser.execute_script, """
                 window.inFlight = 0; window.mostInFlight = 0; window.fetches = 0;
                 const real = window.fetch;
@@ -282,9 +282,9 @@ async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_fol
                     await asyncio.sleep(0.05)
             await until_stored(store, before + len(burst))
             await asyncio.sleep(1.0)
-            most, fetches = await asyncio.to_thread(
-                browser.execute_script, "return [window.mostInFlight, window.fetches];")
-            assert fetches >= 1 and most == 1
+            most = await asyncio.to_thread(
+                browser.execute_script, "return window.mostInFlight;")
+            assert most <= 1
 
             summary, events, commands = await asyncio.to_thread(timeline)
             assert "1 press(es)" in summary and "acknowledged" in summary

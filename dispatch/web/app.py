@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import json
 import re
@@ -217,6 +218,10 @@ class _Console:
         self.silent_after_s = silent_after_s
         self.cap_push = cap_push
         self.views = HotspotViews(store.engine, hotspots)
+        self._version = 0  # commits seen by `_watch`
+        self._commits = asyncio.Condition()
+        self._watcher: asyncio.Task[None] | None = None
+        self._streams = 0
 
 
     def user(self, request: Request) -> str | None:
@@ -280,14 +285,29 @@ class _Console:
     async def api_alerts(self, request: Request) -> Response:
         if self.user(request) is None:
             return JSONResponse({"error": "log in"}, status_code=401)
+        return JSONResponse(await asyncio.to_thread(self._queue))
+
+    def _queue(self) -> dict[str, Any]:
+        """What the queue page shows: open alerts, stations, the CAP push backlog."""
         now = time.time()
-        rows = [_row(a, now) for a in await asyncio.to_thread(self.store.open_alerts)]
-        stations = [_station_row(s, now, self.silent_after_s)
-                    for s in await asyncio.to_thread(self.store.station_rows)]
-        backlog = (await asyncio.to_thread(self.store.push_backlog) if self.cap_push
-                   else {"pending": 0})
-        return JSONResponse({"alerts": rows, "stations": stations, "now": now, "cap_push": {
-            **backlog, "error": printable(str(backlog.get("error") or ""))}})
+        rows = [_row(a, now) for a in self.store.open_alerts()]
+        stations = [_station_row(s, now, self.silent_after_s) for s in self.store.station_rows()]
+        backlog = self.store.push_backlog() if self.cap_push else {"pending": 0}
+        return {"alerts": rows, "stations": stations, "now": now, "cap_push": {
+            **backlog, "error": printable(str(backlog.get("error") or ""))}}
+
+    def _newer_than(self, version: int) -> bool:
+        return self._version != version
+
+    async def _watch(self) -> None:
+        """The one reader of `changed`: counts the hub's commits for every event stream (each
+        stream clearing the shared event itself could make another miss a change)."""
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            async with self._commits:
+                self._version += 1
+                self._commits.notify_all()
 
     async def api_alert(self, request: Request) -> Response:
         if self.user(request) is None:
@@ -337,15 +357,30 @@ class _Console:
             return JSONResponse({"error": "log in"}, status_code=401)
 
         async def events() -> AsyncIterator[bytes]:
-            yield b"data: changed\n\n"
-            while not await request.is_disconnected():
-                self.changed.clear()
-                try:
-                    async with asyncio.timeout(15):
-                        await self.changed.wait()
-                    yield b"data: changed\n\n"
-                except TimeoutError:
-                    yield b": keepalive\n\n"
+            # The queue itself after each commit (newest only: commits that came while one
+            # was read are one read), so a new alert needs no second round trip.
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._watch(), name="web.watch")
+            self._streams += 1
+            seen = -1
+            try:
+                while not await request.is_disconnected():
+                    if seen != self._version:
+                        seen = self._version
+                        queue = await asyncio.to_thread(self._queue)
+                        yield b"data: " + json.dumps(queue).encode() + b"\n\n"
+                        continue
+                    try:
+                        async with asyncio.timeout(15), self._commits:
+                            await self._commits.wait_for(functools.partial(
+                                self._newer_than, seen))
+                    except TimeoutError:
+                        yield b": keepalive\n\n"
+            finally:
+                self._streams -= 1
+                if not self._streams and self._watcher is not None:
+                    self._watcher.cancel()  # no one is watching: nothing to count
+                    self._watcher = None
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
