@@ -152,8 +152,13 @@ class HubStore:
             latest[item.station] = max(wall, latest.get(item.station, wall))
         self._alerts(conn, [(item.station, alert_id, item.message) for item in stored
                             if (alert_id := _alert_id(item.message["body"])) is not None])
-        for station, wall in latest.items():
-            self._station(conn, station, last_event_at=wall, heard_at=now)
+        if latest:  # one upsert for every station of the batch (in one order: two hubs)
+            upsert = _dialect_insert(conn)(stations)
+            conn.execute(upsert.on_conflict_do_update(index_elements=["station"], set_={
+                "last_event_at": upsert.excluded.last_event_at,
+                "heard_at": upsert.excluded.heard_at,
+            }), [{"station": station, "last_event_at": latest[station], "heard_at": now}
+                 for station in sorted(latest)])
 
     def _alerts(self, conn: Connection, items: list[tuple[str, str, dict[str, Any]]]) -> None:
         """The alert rows and transitions a batch's events make, in four statements: read the
