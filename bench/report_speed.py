@@ -135,7 +135,7 @@ def report(path: Path, folder: Path, network: Network, since: float,
     engine = open_engine(f"sqlite:///{path}")
     try:
         t0 = time.monotonic()
-        rows = len(load_requests(engine, since, until, network.timezone).frame)
+        rows = len(load_requests(engine, since, until, network.timezone, with_ids=False).frame)
         t1 = time.monotonic()  # (that frame is gone: at 10M rows it is gigabytes)
         analysis = analyse(engine, network, since=since, until=until, show_progress=False)
         t2 = time.monotonic()

@@ -212,8 +212,9 @@ def recommendations(hotspots: Hotspots, requests: Requests, network: Network,
     for (cluster, band), group in cells.groupby(["cluster", "band"], sort=True):
         stations = sorted(group["station"])
         mine = frame[frame["station"].isin(stations) & (frame["band"] == band)]
-        responses = mine["requested_response"].value_counts()
-        teams = mine["team"].dropna().value_counts()
+        # (Categorical columns count every category: the ones with no request drop.)
+        responses = mine["requested_response"].value_counts().loc[lambda n: n > 0]
+        teams = mine["team"].dropna().value_counts().loc[lambda n: n > 0]
         per_week = len(mine) / requests.weeks
         row = {
             "cluster": cluster, "band": band, "stations": len(stations),

@@ -1,9 +1,11 @@
 """The hub's record as requests: one row per alert, placed in the agency's week.
 
 A request is one alert row of the hub (`dispatch.hub.schema.alerts`): its station, class,
-requested response, the team dispatch sent, and when it was opened, acknowledged, assigned
-and closed (the gateway's clock). Only the alerts table is read, so the report's cost grows
-with the number of requests, not with the number of events behind them.
+requested response, the team dispatch sent, its location, escalations, when it was opened
+(the gateway's clock), and how long it took to be acknowledged and, if resolved, to be
+resolved. Only the alerts table is read, so the report's cost grows with the number of
+requests, not with the number of events behind them; and only these columns, straight from
+the DB-API cursor, with the text ones as categoricals (the report's cost is mostly this read).
 
 Time bands split the week in the agency's local time (the GTFS feed's agency_timezone): the
 hotspot analysis runs per band, and the recommendations are read per band.
@@ -12,12 +14,16 @@ hotspot analysis runs per band, and the recommendations are read per band.
 from __future__ import annotations
 
 import csv
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatch.analysis import AnalysisError, InputError
@@ -94,43 +100,130 @@ class Requests:
         return max(1, int(np.ceil(self.weeks - 1e-9)))
 
 
-def load_requests(engine: Engine, since: float, until: float, timezone: str) -> Requests:
-    """Every alert opened in [since, until), with its hour of week, band and service times."""
-    query = select(
-        alerts.c.station, alerts.c.alert_id, alerts.c["class"], alerts.c.state,
-        alerts.c.requested_response, alerts.c.team, alerts.c.location, alerts.c.escalations,
-        alerts.c.opened_at, alerts.c.acknowledged_at, alerts.c.assigned_at,
-        alerts.c.closed_at,
-    ).where((alerts.c.opened_at >= since) & (alerts.c.opened_at < until))
+#: One text key per request, built by the database: station, class, requested response,
+#: team ("=" + team, or "" for none) and location. A request then costs Python one string
+#: instead of five, and the few thousand distinct keys are split once, not per request. The
+#: separator cannot occur in the first four (ids and contract names); the location, free
+#: text, comes last and is split off whole.
+_SEP = "\x1f"
+_KEY_PARTS = ("station", "class", "requested_response", "team", "location")
+_CHUNK = 1 << 18  # rows per fetch: bounds the Python objects alive at once
+
+
+def _query(since: float, until: float, *, with_ids: bool) -> Select[Any]:
+    """The period's requests as (key, opened_at, to_ack_s, to_resolve_s, escalations
+    [, alert_id]): only what the analysis reads, the service times taken by the database."""
+    c = alerts.c
+    team = func.coalesce(literal("=") + c.team, "")
+    key = (c.station + _SEP + c["class"] + _SEP + c.requested_response + _SEP + team + _SEP
+           + func.coalesce(c.location, ""))
+    resolve = case((c.state == "resolved", c.closed_at - c.opened_at))
+    columns = [key, c.opened_at, c.acknowledged_at - c.opened_at, resolve,
+               func.coalesce(c.escalations, 0)]
+    if with_ids:
+        columns.append(c.alert_id)
+    return select(*columns).where((c.opened_at >= since) & (c.opened_at < until))
+
+
+def _fetch(engine: Engine, query: Select[Any]) -> Iterator[Sequence[Any]]:
+    """The query's rows in chunks, straight from the DB-API cursor (no Row objects)."""
+    compiled = query.compile(dialect=engine.dialect)
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = tuple(params[name] for name in compiled.positiontup)
+    connection = engine.raw_connection()
     try:
-        with engine.connect() as conn:
-            frame = pd.read_sql(query, conn)
-    except SQLAlchemyError as exc:
+        cursor = connection.cursor()
+        cursor.execute(str(compiled), params)
+        while rows := cursor.fetchmany(_CHUNK):
+            yield rows
+        cursor.close()
+    finally:
+        connection.close()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while rows arrive. Each row is a new tuple, which the
+    collector tracks: at a million rows its passes over them took about as long as the
+    fetch itself, and rows of text and numbers hold no cycles to find. (Process-wide: in
+    the web console, other threads' cycles wait the few seconds of a read.)"""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def load_requests(engine: Engine, since: float, until: float, timezone: str, *,
+                  with_ids: bool = True) -> Requests:
+    """Every alert opened in [since, until), with its hour of week, band and service times
+    (and its alert_id, unless `with_ids` is false: no table of the report shows it)."""
+    query = _query(since, until, with_ids=with_ids)
+    keys: list[np.ndarray] = []
+    uniques: dict[str, int] = {}
+    numbers: list[list[np.ndarray]] = [[], [], [], []]
+    ids: list[Any] = []
+    try:
+        with _collector_paused():
+            for rows in _fetch(engine, query):
+                columns = list(zip(*rows, strict=True))
+                # Codes per chunk (pandas' hash table, in C), then onto the period's codes.
+                codes, values = pd.factorize(np.asarray(columns[0], dtype=object))
+                where = np.fromiter((uniques.setdefault(v, len(uniques)) for v in values),
+                                    dtype=np.intp, count=len(values))
+                keys.append(where[codes])
+                for store, column in zip(numbers, columns[1:5], strict=True):
+                    store.append(np.asarray(column, dtype=float))  # NULL (None) -> NaN
+                if with_ids:
+                    ids.extend(columns[5])
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
         raise AnalysisError(f"cannot read the hub's alerts from {engine.url!r}: {exc}") from exc
+    code = np.concatenate(keys) if keys else np.zeros(0, dtype=np.intp)
+    opened, to_ack, to_resolve, escalations = (
+        np.concatenate(parts) if parts else np.zeros(0) for parts in numbers)
+    parts = [key.split(_SEP, len(_KEY_PARTS) - 1) for key in uniques]
+    frame = pd.DataFrame({name: _categorical([p[i] for p in parts], code)
+                          for i, name in enumerate(_KEY_PARTS)})
+    team = frame["team"].cat  # "=name", or "" (no team): the blank becomes missing
+    named = team.rename_categories([t[1:] for t in team.categories])
+    frame["team"] = named.cat.remove_categories([""]) if "" in team.categories else named
+    if with_ids:
+        frame.insert(1, "alert_id", pd.Series(ids, dtype="str"))
+    frame["escalations"] = escalations.astype(int)
+    frame["opened_at"] = opened
+    frame["to_ack_s"] = to_ack
+    frame["to_resolve_s"] = to_resolve
     return Requests(frame=placed(frame, since, timezone), since=since, until=until,
                     timezone=timezone)
 
 
+def _categorical(values: list[str], code: np.ndarray) -> pd.Categorical:
+    """Per request, one part of its key: categories sorted (as strings sort), so groups come
+    out in the same order as from text columns, whatever the database's row order."""
+    categories, inverse = np.unique(np.asarray(values, dtype=object), return_inverse=True)
+    return pd.Categorical.from_codes(inverse.reshape(-1)[code] if len(values) else code,
+                                     categories=pd.Index(categories, dtype="str"))
+
+
 def placed(frame: pd.DataFrame, since: float, timezone: str) -> pd.DataFrame:
-    """Add hour_of_week, band, week, to_ack_s and to_resolve_s to alert rows."""
+    """Add hour_of_week, band and week to request rows (opened_at in seconds, UTC)."""
     out = frame.copy()
-    for column in ("opened_at", "acknowledged_at", "assigned_at", "closed_at"):
-        out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
+    opened = out["opened_at"].to_numpy(dtype=float)
     try:
-        local = pd.to_datetime(out["opened_at"], unit="s", utc=True).dt.tz_convert(timezone)
+        local = pd.DatetimeIndex(pd.to_datetime(opened, unit="s", utc=True)).tz_convert(
+            timezone)
     except (KeyError, ValueError) as exc:  # zoneinfo's errors are KeyError subclasses
         raise InputError(f"time zone {timezone!r} is unknown (use an IANA name such as "
                          "Europe/Zurich)") from exc
-    out["hour_of_week"] = (local.dt.day_of_week * 24 + local.dt.hour).astype(int)
+    # Local wall-clock hours since 1970-01-01 (a Thursday: 72 hours after a Monday 00:00).
+    hours = local.tz_localize(None).asi8 // (3600 * 10**9)
+    out["hour_of_week"] = ((hours + 72) % 168).astype(int)
     out["band"] = pd.Categorical.from_codes(
         band_of_hour()[out["hour_of_week"].to_numpy()], categories=list(BAND_NAMES))
-    out["week"] = ((out["opened_at"] - since) // WEEK_S).astype(int)
-    out["to_ack_s"] = out["acknowledged_at"] - out["opened_at"]
-    resolved = out["state"] == "resolved"
-    out["to_resolve_s"] = (out["closed_at"] - out["opened_at"]).where(resolved)
-    out["escalations"] = out["escalations"].fillna(0).astype(int)
-    out["team"] = out["team"].astype(object).where(out["team"].notna(), None)
-    out["location"] = out["location"].fillna("").astype(str)
+    out["week"] = ((opened - since) // WEEK_S).astype(int)
     return out
 
 

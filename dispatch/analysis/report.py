@@ -72,7 +72,7 @@ def analyse(engine: Engine, network: Network, *, since: float, until: float,
             show_progress: bool | None = None) -> Analysis:
     """Read the requests of [since, until) and compute every table of the report."""
     with progress("analysing", 5, enabled=show_progress) as advance:
-        everything = load_requests(engine, since, until, network.timezone)
+        everything = load_requests(engine, since, until, network.timezone, with_ids=False)
         on = everything.frame["station"].isin(network.ids)
         requests = Requests(frame=everything.frame[on].reset_index(drop=True), since=since,
                             until=until, timezone=network.timezone)
