@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 CHANNELS = ("events/#", "status", "health", "alerts", "replies")
 RETRY_MAX_S = 30.0
+#: What a commit must have done for the console (and the CAP feed) to look again: an
+#: alert's event, a station's status or health.
+SHOWN = ("alert_events", "status", "health")
 
 
 def hub_topics(prefix: str = PREFIX, share: str | None = None) -> list[str]:
@@ -48,7 +51,7 @@ async def run_hub(
 ) -> NoReturn:
     """Record every station's messages forever (cancel to stop). `commander` gets the
     stations' replies and the link to send on; `changed` is set, and `on_commit` called,
-    after each commit."""
+    after each commit that changed what the console shows (`SHOWN`)."""
     link = Link(host, port, hub_topics(prefix, share), client_id=client_id,
                 on_state=on_state, security=security)
     if commander is not None:
@@ -73,10 +76,11 @@ async def run_hub(
             for item, message in zip(checked, batch, strict=True):
                 if isinstance(item, Inbound) and item.channel == "reply":
                     commander.on_reply(item, bytes(message.payload))
-        if changed is not None:
-            changed.set()
-        if on_commit is not None:
-            on_commit()
+        if any(done.get(what) for what in SHOWN):  # telemetry alone changes nothing shown
+            if changed is not None:
+                changed.set()
+            if on_commit is not None:
+                on_commit()
         log.debug("batch of %d: %s", len(batch), dict(done))
 
     await link.run(handle)

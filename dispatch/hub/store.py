@@ -146,6 +146,8 @@ class HubStore:
         stored = [item for event_id, item in new.items() if event_id in taken]
         done["duplicate"] += len(items) - len(stored)
         done["stored"] += len(stored)
+        done["alert_events"] += sum(_alert_id(item.message["body"]) is not None
+                                    for item in stored)
         latest: dict[str, float] = {}
         for item in stored:
             wall = float(item.message["wall_time"])
