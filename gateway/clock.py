@@ -84,13 +84,22 @@ class DispatchClock:
     offset: float = 0.0
     _recent: deque[tuple[float, float]] = field(default_factory=deque)  # (issued, arrived)
 
-    def judge(self, issued_at: float, arrived: float, max_age_s: float) -> tuple[Verdict, float]:
-        """Learn from this command, then judge it: the verdict and its age on dispatch's
-        clock (negative: from the future)."""
-        self._recent.append((issued_at, arrived))
-        while len(self._recent) > self.window:
-            self._recent.popleft()
-        self._learn()
+    def judge(
+        self, issued_at: float, arrived: float, max_age_s: float, *, learn: bool = True
+    ) -> tuple[Verdict, float]:
+        """Learn from this command (unless `learn` is false), then judge it: the verdict
+        and its age on dispatch's clock (negative: from the future).
+
+        The commands topic is hostile: the caller lets only commands with some claim to
+        come from dispatch (they name an alert that is open here) teach the clock, so a
+        flood of consistent, skewed junk cannot make every real command look stale or
+        from the future.
+        """
+        if learn:
+            self._recent.append((issued_at, arrived))
+            while len(self._recent) > self.window:
+                self._recent.popleft()
+            self._learn()
         age = (arrived + self.offset) - issued_at
         if age > max_age_s:
             return "stale", age

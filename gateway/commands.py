@@ -257,13 +257,14 @@ def decode_strict(payload: bytes) -> Any:
 
 def parse_command(
     payload: bytes, *, station: str, now: float, max_age_s: float, max_bytes: int,
-    dispatch_clock: DispatchClock | None = None,
+    dispatch_clock: DispatchClock | None = None, teaches: Callable[[Command], bool] | None = None,
 ) -> Command | Rejection:
     """Check a raw command payload up to (not including) the alert-specific checks.
 
     `now` is the gateway's steady time (`gateway.clock.SteadyWall`). Age is judged on
-    dispatch's clock as `dispatch_clock` has learned it (and it learns from this command);
-    without one, the two clocks are taken to agree.
+    dispatch's clock as `dispatch_clock` has learned it; it learns from this command if
+    `teaches(command)` (any command, without `teaches`). Without a clock, the two clocks
+    are taken to agree.
     """
     if len(payload) > max_bytes:
         return Rejection("oversized", f"{len(payload)} bytes, limit {max_bytes}")
@@ -283,7 +284,8 @@ def parse_command(
             "wrong_station", f"command is for {command.station!r}, this is {station!r}",
             command.command_id, command.alert_id,
         )
-    verdict, age = (dispatch_clock or DispatchClock()).judge(command.issued_at, now, max_age_s)
+    verdict, age = (dispatch_clock or DispatchClock()).judge(
+        command.issued_at, now, max_age_s, learn=teaches is None or teaches(command))
     if verdict == "stale":
         return Rejection(
             "stale", f"issued {age:.0f}s ago, limit {max_age_s:g}s",

@@ -198,6 +198,8 @@ class Lifecycle:
             max_age_s=self.config.dispatch.command_max_age_s,
             max_bytes=self.config.dispatch.max_command_bytes,
             dispatch_clock=self.dispatch_clock,
+            # Junk for alerts that are not open here must not teach dispatch's clock.
+            teaches=lambda command: command.alert_id in self.book.open,
         )
         self.check_clock()
         if isinstance(parsed, Command):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import ssl
@@ -61,12 +62,39 @@ MAXIMUM_PACKET_SIZE = 128 * 1024  # above dispatch.max_command_bytes' ceiling
 QOS0_QUEUE_LIMIT = 64  # QoS 0 messages waiting beyond this are dropped (and counted)
 
 
+class IntakeQueue(asyncio.PriorityQueue):  # type: ignore[type-arg]
+    """Incoming messages, QoS 1 before QoS 0, each kind in arrival order.
+
+    Dispatch sends commands at QoS 1, under the broker's flow control (Receive Maximum);
+    QoS 0 has none, so a QoS 0 flood would otherwise fill the queue ahead of every QoS 1
+    command the broker lets through, and a real acknowledge would wait behind ~64 junk
+    messages per slot. `qos0_waiting` is what `QOS0_QUEUE_LIMIT` bounds.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._order = itertools.count()
+        self.qos0_waiting = 0
+
+    def _put(self, item: aiomqtt.Message) -> None:
+        if item.qos == 0:
+            self.qos0_waiting += 1
+        super()._put((item.qos == 0, next(self._order), item))
+
+    def _get(self) -> aiomqtt.Message:
+        item: aiomqtt.Message = super()._get()[2]
+        if item.qos == 0:
+            self.qos0_waiting -= 1
+        return item
+
+
 class GatewayClient(aiomqtt.Client):
     """aiomqtt client whose `publish_confirmed` returns the broker's PUBACK reason code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._errors = _ErrorMemo()
         kwargs.setdefault("logger", self._errors)
+        kwargs.setdefault("queue_type", IntakeQueue)
         super().__init__(*args, **kwargs)
         self._acks: dict[int, AckCallback] = {}
         #: How the last connection ended: the broker's DISCONNECT reason code (MQTT 5), or
@@ -88,7 +116,8 @@ class GatewayClient(aiomqtt.Client):
         With MQTT 5's Receive Maximum (or the broker's in-flight limit on 3.1.1) this is the
         back-pressure: a slow or flooded reader holds at most that many messages, the broker
         the rest. QoS 0 messages have no such bound, so those beyond `QOS0_QUEUE_LIMIT`
-        waiting are dropped, and `on_dropped` counts each one.
+        waiting are dropped, and `on_dropped` counts each one; the rest wait behind QoS 1
+        (`IntakeQueue`).
         """
         self._client.manual_ack_set(True)
         self._on_qos0_dropped = on_dropped
@@ -96,7 +125,7 @@ class GatewayClient(aiomqtt.Client):
         aiomqtt_on_message = paho_client.on_message
 
         def on_message(client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-            if message.qos == 0 and self._queue.qsize() >= QOS0_QUEUE_LIMIT:
+            if message.qos == 0 and cast(IntakeQueue, self._queue).qos0_waiting >= QOS0_QUEUE_LIMIT:
                 if self._on_qos0_dropped is not None:
                     self._on_qos0_dropped()
                 return

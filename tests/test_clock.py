@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,12 @@ def command_bytes(station: str, issued_at: float, alert_id: str = "a-1") -> byte
     }).encode()
 
 
-def parse(payload: bytes, now: float, clock: DispatchClock | None) -> Command | Rejection:
+def parse(
+    payload: bytes, now: float, clock: DispatchClock | None,
+    teaches: Callable[[Command], bool] | None = None,
+) -> Command | Rejection:
     return parse_command(payload, station="st", now=now, max_age_s=600, max_bytes=4096,
-                         dispatch_clock=clock)
+                         dispatch_clock=clock, teaches=teaches)
 
 
 @settings(max_examples=300)
@@ -130,6 +134,28 @@ def test_commands_queued_while_offline_stay_stale(late: float, spread: float, n:
         issued = now - late - spread * (n - i) / n
         parsed = parse(command_bytes("st", issued), now + i * 0.005, clock)
         assert isinstance(parsed, Rejection) and parsed.reason == "stale", (i, parsed)
+
+
+@settings(max_examples=300)
+@given(skew=STEPS.filter(lambda s: abs(s) > 600), gap=st.floats(min_value=1.0, max_value=120.0),
+       n=st.integers(3, 50))
+def test_junk_for_alerts_not_open_here_cannot_teach_a_false_clock(
+    skew: float, gap: float, n: int
+) -> None:
+    """An attacker's flood of consistent, skewed commands for made-up alerts: afterwards a
+    real command from dispatch (whose clock agrees with ours) is still applied."""
+    clock = DispatchClock()
+    now = 1.8e9
+    open_here = {"a-1"}
+    for i in range(n):
+        arrived = now + i * gap
+        parse(command_bytes("st", arrived + skew, alert_id=f"junk-{i}"), arrived, clock,
+              teaches=lambda c: c.alert_id in open_here)
+    assert clock.offset == 0.0
+    arrived = now + n * gap
+    real = parse(command_bytes("st", arrived), arrived, clock,
+                 teaches=lambda c: c.alert_id in open_here)
+    assert isinstance(real, Command), real
 
 
 # ------------------------------------------------------------ the station, stepped, live

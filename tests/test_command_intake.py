@@ -19,7 +19,7 @@ import sys
 import time
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from gateway.commands import RejectReason
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.dispatch import make_command, send_command
+from gateway.mqtt import IntakeQueue
 from gateway.simulate import socket_path
 from gateway.testing.cmdflood import CommandFlood
 from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
@@ -275,6 +276,46 @@ async def test_a_command_that_breaks_the_handler_is_answered_and_the_station_goe
 FLOOD_S = 6.0
 
 
+@given(st.lists(st.sampled_from([0, 1]), max_size=200))
+def test_intake_hands_over_qos1_before_qos0_each_in_arrival_order(qos: list[int]) -> None:
+    """A QoS 0 flood cannot queue ahead of dispatch's QoS 1 commands."""
+    async def drain() -> list[aiomqtt.Message]:
+        intake = IntakeQueue()
+        for n, q in enumerate(qos):
+            intake.put_nowait(aiomqtt.Message("c", str(n).encode(), q, False, n, None))
+        assert intake.qos0_waiting == qos.count(0)
+        out = [intake.get_nowait() for _ in qos]
+        assert intake.qos0_waiting == 0
+        return out
+
+    got = [(m.qos, int(m.payload)) for m in asyncio.run(drain())]
+    arrivals = list(enumerate(qos))
+    assert got == [(1, n) for n, q in arrivals if q == 1] + [(0, n) for n, q in arrivals
+                                                              if q == 0]
+
+
+def commands_handled(daemon: Daemon) -> int:
+    """How many commands the daemon has handled (applied or rejected), by its last health."""
+    counters = daemon.health[-1]["counters"] if daemon.health else {}
+    return sum(v for k, v in counters.items() if k.startswith("commands_"))
+
+
+async def until_progressing(
+    done: Callable[[], bool], progress: Callable[[], int], stall_s: float = WAIT
+) -> None:
+    """Wait until `done()`; fail if `progress()` stands still for `stall_s` meanwhile (or,
+    whatever the progress, after ten times that)."""
+    started = last_moved = time.monotonic()
+    last = progress()
+    while not done():
+        now = progress()
+        if now != last:
+            last, last_moved = now, time.monotonic()
+        assert time.monotonic() - last_moved < stall_s, f"no progress for {stall_s:g}s at {last}"
+        assert time.monotonic() - started < 10 * stall_s, f"still not done at {last}"
+        await asyncio.sleep(0.2)
+
+
 @pytest.fixture
 def flood_daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[Daemon]:
     with start_daemon(tmp_path, broker) as daemon:  # default reply limits
@@ -291,7 +332,8 @@ async def test_a_flood_of_junk_is_absorbed_and_a_real_acknowledge_gets_through(
         started = time.monotonic()
         with (
             CommandFlood(broker.port, daemon.station, rate=10000, qos=0) as flood0,
-            CommandFlood(broker.port, daemon.station, rate=500, qos=1) as flood1,
+            CommandFlood(broker.port, daemon.station, rate=500, qos=1,
+                         total=int(500 * FLOOD_S)) as flood1,
         ):
             await asyncio.sleep(1.0)  # well into it
             press = await asyncio.to_thread(subprocess.run, [
@@ -307,8 +349,13 @@ async def test_a_flood_of_junk_is_absorbed_and_a_real_acknowledge_gets_through(
             async with aiomqtt.Client("127.0.0.1", broker.port,
                                       protocol=aiomqtt.ProtocolVersion.V5) as dispatcher:
                 await send_command(dispatcher, "stationgw/v1", command)
-            await events.wait_for(lambda m: any(
-                p["body"].get("state") == "acknowledged" for p in events.events()), WAIT)
+            # Behind it wait the QoS 1 junk the broker queued first: a slow machine takes
+            # longer to get through them, so the test fails only if the station stops making
+            # progress, not at a fixed deadline.
+            await until_progressing(
+                lambda: any(p["body"].get("state") == "acknowledged" for p in events.events()),
+                lambda: commands_handled(daemon),
+            )
             remaining = FLOOD_S - (time.monotonic() - started)
             if remaining > 0:
                 await asyncio.sleep(remaining)
@@ -342,5 +389,7 @@ async def test_a_flood_of_junk_is_absorbed_and_a_real_acknowledge_gets_through(
         assert time.monotonic() < deadline, daemon.health[-1]
         await asyncio.sleep(0.2)
 
-    # Memory stayed bounded (today's unbounded queue grew it by hundreds of MB).
-    assert peak_kib - idle_kib < 12 * 1024, (idle_kib, peak_kib)
+    # Memory stayed bounded (the old unbounded queue grew it by hundreds of MB). Measured
+    # growth varies from +7 to +23 MB between runs on one machine: the junk payloads of up
+    # to 5 kB are malloc'd outside pymalloc, and the C heap stays fragmented afterwards.
+    assert peak_kib - idle_kib < 32 * 1024, (idle_kib, peak_kib)

@@ -52,7 +52,8 @@ def junk(station: str) -> Iterator[bytes]:
 
 
 class CommandFlood:
-    """Publishes junk to `{prefix}/{station}/commands` at `rate` a second until stopped.
+    """Publishes junk to `{prefix}/{station}/commands` at `rate` a second until stopped, or
+    until `total` have been sent.
 
     QoS 0 by default (the broker passes it on at once, with no flow control), or QoS 1
     (which the broker queues for the station under its Receive Maximum).
@@ -60,12 +61,13 @@ class CommandFlood:
 
     def __init__(
         self, port: int, station: str, *, rate: float = 10000, qos: int = 0,
-        host: str = "127.0.0.1", prefix: str = "stationgw/v1",
+        host: str = "127.0.0.1", prefix: str = "stationgw/v1", total: int | None = None,
     ) -> None:
         self.topic = Topics(prefix, station).commands
         self.station = station
         self.rate = rate
         self.qos = qos
+        self.total = total
         self.sent = 0
         self._stop = threading.Event()
         self._client = paho.Client(
@@ -97,6 +99,8 @@ class CommandFlood:
         per_tick = max(1, round(self.rate * tick))
         due = time.monotonic()
         while not self._stop.is_set():
+            if self.total is not None and self.sent >= self.total:
+                return
             for _ in range(per_tick):
                 info = self._client.publish(self.topic, next(payloads), qos=self.qos)
                 if info.rc == paho.MQTT_ERR_SUCCESS:
