@@ -29,7 +29,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +201,7 @@ def main() -> None:
             m = asyncio.run(measure(args, folder, f"sqlite:///{folder / 'hub.db'}", broker))
         else:
             with PostgreSQL() as pg:
-                m = asyncio.run(measure(args, folder, pg.url.rsplit("/", 1)[0] + "/"
-                                        + _database(pg), broker))
+                m = asyncio.run(measure(args, folder, pg.new_database("fleet"), broker))
     result = m["result"]
     print(f"\n{args.stations} stations ({args.daemons} real daemons), {args.duration:g} s at "
           f"x{args.speed:g} (a simulated week in {7 * 86400 / args.speed:.0f} s), seed "
@@ -215,19 +213,6 @@ def main() -> None:
     write_json(args.json, "fleet_scale", table, {
         "machine": machine_info(), "problems": result.problems,
         "requests": len(result.schedule.requests), "events": result.hub.events})
-
-
-def _database(pg: PostgreSQL) -> str:
-    from sqlalchemy import create_engine, text  # noqa: PLC0415
-
-    name = f"fleet_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg.url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        admin.dispose()
-    return name
 
 
 if __name__ == "__main__":

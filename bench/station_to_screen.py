@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import random
 import secrets
-import shutil
 import statistics
 import time
 import uuid
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -58,6 +56,7 @@ from dispatch.hub.schema import events
 from dispatch.hub.store import HubStore
 from gateway.broker import Mosquitto, free_port
 from gateway.model import Event, Priority
+from gateway.testing.browser import chromium
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
 
@@ -121,17 +120,6 @@ const id = arguments[0], done = arguments[arguments.length - 1];
   else setTimeout(check, 5);
 })();
 """
-
-
-def chromium() -> webdriver.Chrome:
-    """Debian's chromium, headless, through Debian's chromedriver (as tests/test_web.py)."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1400,900"):
-        options.add_argument(arg)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    return webdriver.Chrome(options=options, service=service)
 
 
 @contextlib.contextmanager

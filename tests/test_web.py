@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,8 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -33,6 +30,7 @@ from dispatch.web.app import ProxyLogin, create_app, hash_password
 from gateway.broker import Mosquitto, free_port
 from gateway.daemon import Gateway
 from gateway.model import Event, Priority
+from gateway.testing.browser import chromium
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
 from tests.helpers import (
@@ -152,16 +150,6 @@ async def until_stored(store: HubStore, count: int) -> None:
     async with asyncio.timeout(WAIT):
         while await asyncio.to_thread(store.event_count) < count:
             await asyncio.sleep(0.1)
-
-
-def chromium() -> webdriver.Chrome:
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1400,900"):
-        options.add_argument(arg)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-    return webdriver.Chrome(options=options, service=service)
 
 
 @contextlib.asynccontextmanager
