@@ -10,12 +10,11 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -42,12 +41,9 @@ from tests.helpers import (
     running,
     subscribe,
 )
+from tests.webhelpers import PASSWORD, SECRET, logged_in, serving
 
 WAIT = 30.0
-PASSWORD = "correct horse battery staple"  # noqa: S105 - a test operator
-SECRET = "x" * 40
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[HubStore]:
     engine = open_engine(f"sqlite:///{tmp_path / 'hub.db'}")
@@ -63,13 +59,6 @@ def client(store: HubStore) -> httpx.AsyncClient:
                      secret=SECRET)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                              base_url="http://console")
-
-
-async def logged_in(web: httpx.AsyncClient, password: str = PASSWORD) -> httpx.Response:
-    page = await web.get("/login")
-    csrf = page.text.split('name=csrf value="')[1].split('"')[0]
-    return await web.post("/login", data={"csrf": csrf, "username": "desk-1",
-                                          "password": password})
 
 
 async def test_nothing_is_served_to_anyone_not_logged_in(store: HubStore) -> None:
@@ -150,22 +139,6 @@ async def until_stored(store: HubStore, count: int) -> None:
     async with asyncio.timeout(WAIT):
         while await asyncio.to_thread(store.event_count) < count:
             await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def serving(app: object, port: int) -> AsyncIterator[None]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port,  # type: ignore[arg-type]
-                            log_level="warning", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(WAIT):
-            while not server.started:
-                await asyncio.sleep(0.02)
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_follows(

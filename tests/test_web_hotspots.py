@@ -31,7 +31,7 @@ from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.web.app import create_app, hash_password
 from gateway.broker import free_port
 from gateway.testing.browser import chromium
-from tests.test_web import PASSWORD, SECRET, logged_in, serving
+from tests.webhelpers import PASSWORD, SECRET, logged_in, serving
 
 UNTIL = 1_796_000_400.0  # a Monday 00:00 UTC: whole weeks
 WEEKS = 8  # with RATE: every planted site is found, and the history is quick to write
