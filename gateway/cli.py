@@ -11,8 +11,9 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway import __version__
 from gateway.config import (
@@ -24,7 +25,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, GatewayError, StoreDamagedError, StoreError
 from gateway.install import PACKAGE_ROOT
-from gateway.outbox import backup, connect, read_depth
+from gateway.outbox import Depth, backup, connect, read_depth
 from gateway.status import status_path
 from gateway.storefile import WHAT_HAPPENS, check, kept_files
 
@@ -292,71 +293,100 @@ def cmd_simulate_device(args: argparse.Namespace) -> int:
     return simulator(rest)
 
 
+OLDEST = ("event_id", "class", "kind", "wall_time", "attempts", "state", "last_error")
+FAULT = ("wall_time", "code", "active", "message")
+
+
+@dataclass(frozen=True)
+class OutboxView:
+    """What `stationgw outbox` shows: depth, the next row to send, the recent faults."""
+
+    path: Path
+    depth: Depth
+    oldest: tuple[Any, ...] | None
+    faults: list[tuple[Any, ...]]
+
+    def json(self) -> str:
+        return json.dumps({
+            "depth": self.depth.by_class, "rows": self.depth.rows, "bytes": self.depth.bytes,
+            "oldest_unsent": self.oldest and dict(zip(OLDEST, self.oldest, strict=True)),
+            "faults": [dict(zip(FAULT, f, strict=True)) for f in self.faults],
+        }, indent=2)
+
+    def print(self) -> None:
+        print(f"outbox {self.path}: {self.depth.rows} row(s), {self.depth.bytes} bytes")
+        for cls, states in self.depth.by_class.items():
+            detail = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "empty"
+            print(f"  {cls}: {detail}")
+        if self.oldest is not None:
+            event_id, cls, kind, wall_time, attempts, state, error = self.oldest
+            print(
+                f"next to send: {event_id} P{cls} {kind} age {time.time() - wall_time:.1f}s "
+                f"attempts {attempts} state {state}" + (f" last error: {error}" if error else "")
+            )
+        print(f"recent faults ({len(self.faults)}):" if self.faults else "no faults recorded")
+        for wall_time, code, active, message in self.faults:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
+            print(f"  {stamp} {'RAISED ' if active else 'cleared'} {code}: {message}")
+
+
+class _OutboxUnreadableError(GatewayError):
+    """The outbox cannot be shown; the message says why (on stderr unless `to_stdout`)."""
+
+    def __init__(self, message: str, *, to_stdout: bool = False) -> None:
+        super().__init__(message)
+        self.to_stdout = to_stdout
+
+
+def _read_outbox(config: StationConfig, faults: int) -> OutboxView:
+    path = config.store.path
+    try:
+        # While the daemon runs, its -wal is its own: never tidy it away.
+        exists = check(path, tidy=not status_path(config).exists())
+    except StoreDamagedError as exc:
+        raise _OutboxUnreadableError(
+            f"outbox {path} is damaged or not the gateway's: {exc.reason}\n  "
+            + WHAT_HAPPENS.format(name=path.name)) from exc
+    except (StoreError, OSError) as exc:
+        raise _OutboxUnreadableError(f"cannot read outbox: {exc}") from exc
+    if not exists:
+        raise _OutboxUnreadableError(
+            f"{path}: no outbox database yet (the daemon creates it on first start)",
+            to_stdout=True)
+    try:
+        conn = connect(path, readonly=True)
+    except StoreError as exc:
+        raise _OutboxUnreadableError(f"cannot read outbox: {exc}") from exc
+    try:
+        return OutboxView(path, read_depth(conn), conn.execute(
+            f"SELECT {', '.join(OLDEST)} FROM outbox ORDER BY class, seq LIMIT 1"  # noqa: S608
+        ).fetchone(), conn.execute(
+            f"SELECT {', '.join(FAULT)} FROM faults ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (faults,),
+        ).fetchall())
+    except sqlite3.Error as exc:
+        raise _OutboxUnreadableError(f"{path}: cannot read outbox: {exc}") from exc
+    finally:
+        conn.close()
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     """Show the outbox: depth by class and state, the oldest unsent row, recent faults."""
     try:
         config = load_with_overrides(args.config, store=args.store)
     except ConfigError as err:
         return _print_problems(args.config, err)
-    path = config.store.path
-    kept = kept_files(path)
-    for one in kept:
+    for one in kept_files(config.store.path):
         print(f"moved aside, kept for a technician: {one}", file=sys.stderr)
     try:
-        # While the daemon runs, its -wal is its own: never tidy it away.
-        exists = check(path, tidy=not status_path(config).exists())
-    except StoreDamagedError as exc:
-        print(f"outbox {path} is damaged or not the gateway's: {exc.reason}\n  "
-              + WHAT_HAPPENS.format(name=path.name), file=sys.stderr)
+        view = _read_outbox(config, args.faults)
+    except _OutboxUnreadableError as exc:
+        print(exc, file=sys.stdout if exc.to_stdout else sys.stderr)
         return 1
-    except (StoreError, OSError) as exc:
-        print(f"cannot read outbox: {exc}", file=sys.stderr)
-        return 1
-    if not exists:
-        print(f"{path}: no outbox database yet (the daemon creates it on first start)")
-        return 1
-    try:
-        conn = connect(path, readonly=True)
-    except StoreError as exc:
-        print(f"cannot read outbox: {exc}", file=sys.stderr)
-        return 1
-    try:
-        depth = read_depth(conn)
-        oldest = conn.execute(
-            "SELECT event_id, class, kind, wall_time, attempts, state, last_error FROM outbox "
-            "ORDER BY class, seq LIMIT 1"
-        ).fetchone()
-        faults = conn.execute(
-            "SELECT wall_time, code, active, message FROM faults ORDER BY id DESC LIMIT ?",
-            (args.faults,),
-        ).fetchall()
-    except sqlite3.Error as exc:
-        print(f"{path}: cannot read outbox: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        conn.close()
     if args.json:
-        print(json.dumps({"depth": depth.by_class, "rows": depth.rows, "bytes": depth.bytes,
-                          "oldest_unsent": oldest and dict(zip(
-                              ("event_id", "class", "kind", "wall_time", "attempts", "state",
-                               "last_error"), oldest, strict=True)),
-                          "faults": [dict(zip(("wall_time", "code", "active", "message"), f,
-                                              strict=True)) for f in faults]}, indent=2))
-        return 0
-    print(f"outbox {path}: {depth.rows} row(s), {depth.bytes} bytes")
-    for cls, states in depth.by_class.items():
-        detail = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "empty"
-        print(f"  {cls}: {detail}")
-    if oldest is not None:
-        event_id, cls, kind, wall_time, attempts, state, error = oldest
-        print(
-            f"next to send: {event_id} P{cls} {kind} age {time.time() - wall_time:.1f}s "
-            f"attempts {attempts} state {state}" + (f" last error: {error}" if error else "")
-        )
-    print(f"recent faults ({len(faults)}):" if faults else "no faults recorded")
-    for wall_time, code, active, message in faults:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
-        print(f"  {stamp} {'RAISED ' if active else 'cleared'} {code}: {message}")
+        print(view.json())
+    else:
+        view.print()
     return 0
 
 
@@ -393,7 +423,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stationgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_daemon_commands(sub)
+    _add_outbox_commands(sub)
+    _add_commissioning_commands(sub)
+    _add_simulation_commands(sub)
 
+    # The dispatch side's commands; building their parsers imports only argparse.
+    from dispatch.cli import add_dispatch, add_hub  # noqa: PLC0415
+
+    add_dispatch(sub)
+    add_hub(sub)
+    return parser
+
+
+def _add_daemon_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The daemon and its config."""
     p = sub.add_parser("run", help="run the daemon", description=cmd_run.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
     p.add_argument("--broker", metavar="URL", help="use only this broker (mqtt://host:port)")
@@ -414,73 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_config_schema)
 
-    p = sub.add_parser(
-        "simulate", help="press simulated buttons (mock pins)", description=cmd_simulate.__doc__
-    )
-    p.add_argument(
-        "action", choices=["press", "hold", "release", "stuck", "chatter", "lamp", "status"],
-        help="press: tap; hold: past hold_time; stuck: press and leave; release; chatter: "
-        "20 edges in 200 ms; lamp: print the lamp state; status: every lamp",
-    )
-    p.add_argument("help_point", nargs="?", help="help point id")
-    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
-    p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
-    p.set_defaults(func=cmd_simulate)
-
-    p = sub.add_parser("demo", help="run the demo (no Pi needed)", description=cmd_demo.__doc__)
-    p.add_argument("--interactive", action="store_true", help="press buttons from the keyboard")
-    p.add_argument("--hold", action="store_true",
-                   help="keep broker, daemon and hub up after the scene, until Ctrl-C")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser(
-        "selftest", help="commission the station (daemon stopped)",
-        description=cmd_selftest.__doc__,
-    )
-    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
-    p.add_argument("--broker", metavar="URL", help="test against this broker instead")
-    p.add_argument("--store", type=Path, metavar="PATH", help="check this outbox database")
-    p.add_argument("--press-timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to wait for each help point's press (default 30)")
-    p.add_argument("--lamp-step", type=float, default=1.0, metavar="S",
-                   help="seconds per lamp state in the walk (default 1)")
-    p.add_argument("--report", type=Path, metavar="PATH", help="where to write the JSON report")
-    p.set_defaults(func=cmd_selftest)
-
-    p = sub.add_parser("install", help="set up this machine", description=cmd_install.__doc__)
-    p.add_argument("--root", type=Path, default=Path("/"), help="install into this root")
-    p.add_argument("--config", type=Path, help="initial station config (default: the example)")
-    p.add_argument("--extras", default="pi", help="package extras for the venv (default: pi)")
-    p.add_argument("--source", type=Path, default=PACKAGE_ROOT,
-                   help="checkout to install from (default: this one)")
-    p.add_argument("--no-venv", action="store_true", help="skip the virtualenv step")
-    p.set_defaults(func=cmd_install)
-
-    p = sub.add_parser("uninstall", help="remove the service", description=cmd_uninstall.__doc__)
-    p.add_argument("--root", type=Path, default=Path("/"), help="uninstall from this root")
-    p.add_argument("--purge", action="store_true", help="also remove config, data and user")
-    p.set_defaults(func=cmd_uninstall)
-
     p = sub.add_parser("status", help="the running daemon's health", description=cmd_status.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
     p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
     p.add_argument("--json", action="store_true", help="print the raw report")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser(
-        "simulate-device", help="a simulated sensor board on a pty",
-        description=cmd_simulate_device.__doc__,
-    )
-    p.add_argument("options", nargs=argparse.REMAINDER,
-                   help="simulator options, e.g. -- --link /tmp/by-id/usb-sim --device-id b1")
-    p.set_defaults(func=cmd_simulate_device)
 
-    # The dispatch side's commands; building their parsers imports only argparse.
-    from dispatch.cli import add_dispatch, add_hub  # noqa: PLC0415
-
-    add_dispatch(sub)
-    add_hub(sub)
-
+def _add_outbox_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """A technician's look at the outbox."""
     p = sub.add_parser("outbox", help="show the outbox", description=cmd_outbox.__doc__)
     p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
     p.add_argument("--store", type=Path, metavar="PATH", help="read this outbox database")
@@ -497,7 +483,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, metavar="PATH",
                    help="the backup file to write (replaced only by a checked copy)")
     p.set_defaults(func=cmd_backup)
-    return parser
+
+
+def _add_commissioning_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Setting a station up and proving that it works."""
+    p = sub.add_parser("install", help="set up this machine", description=cmd_install.__doc__)
+    p.add_argument("--root", type=Path, default=Path("/"), help="install into this root")
+    p.add_argument("--config", type=Path, help="initial station config (default: the example)")
+    p.add_argument("--extras", default="pi", help="package extras for the venv (default: pi)")
+    p.add_argument("--source", type=Path, default=PACKAGE_ROOT,
+                   help="checkout to install from (default: this one)")
+    p.add_argument("--no-venv", action="store_true", help="skip the virtualenv step")
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="remove the service", description=cmd_uninstall.__doc__)
+    p.add_argument("--root", type=Path, default=Path("/"), help="uninstall from this root")
+    p.add_argument("--purge", action="store_true", help="also remove config, data and user")
+    p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser(
+        "selftest", help="commission the station (daemon stopped)",
+        description=cmd_selftest.__doc__,
+    )
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--broker", metavar="URL", help="test against this broker instead")
+    p.add_argument("--store", type=Path, metavar="PATH", help="check this outbox database")
+    p.add_argument("--press-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for each help point's press (default 30)")
+    p.add_argument("--lamp-step", type=float, default=1.0, metavar="S",
+                   help="seconds per lamp state in the walk (default 1)")
+    p.add_argument("--report", type=Path, metavar="PATH", help="where to write the JSON report")
+    p.set_defaults(func=cmd_selftest)
+
+
+def _add_simulation_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """No Pi needed: simulated buttons and boards, and the demo."""
+    p = sub.add_parser(
+        "simulate", help="press simulated buttons (mock pins)", description=cmd_simulate.__doc__
+    )
+    p.add_argument(
+        "action", choices=["press", "hold", "release", "stuck", "chatter", "lamp", "status"],
+        help="press: tap; hold: past hold_time; stuck: press and leave; release; chatter: "
+        "20 edges in 200 ms; lamp: print the lamp state; status: every lamp",
+    )
+    p.add_argument("help_point", nargs="?", help="help point id")
+    p.add_argument("--config", type=Path, required=True, help="station config (TOML)")
+    p.add_argument("--store", type=Path, metavar="PATH", help="the daemon's --store, if given")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "simulate-device", help="a simulated sensor board on a pty",
+        description=cmd_simulate_device.__doc__,
+    )
+    p.add_argument("options", nargs=argparse.REMAINDER,
+                   help="simulator options, e.g. -- --link /tmp/by-id/usb-sim --device-id b1")
+    p.set_defaults(func=cmd_simulate_device)
+
+    p = sub.add_parser("demo", help="run the demo (no Pi needed)", description=cmd_demo.__doc__)
+    p.add_argument("--interactive", action="store_true", help="press buttons from the keyboard")
+    p.add_argument("--hold", action="store_true",
+                   help="keep broker, daemon and hub up after the scene, until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
