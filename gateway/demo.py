@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from gateway.dispatch import make_command, send_command
 from gateway.simulate import send, socket_path
 
 if TYPE_CHECKING:
-    from dispatch.hub.store import HubStore
+    from dispatch.hub.store import Gap, HubStore
 
 STATION = "demo-central"
 HUB_CLIENT_ID = "demo-hub"
@@ -353,30 +353,35 @@ class DemoHub:
     async def report(self, view: DispatchView, limit_s: float = 30) -> bool:
         """Print what the hub's database holds about the scene; True if it holds every alert
         and event dispatch saw (it may still be catching up after the outage: wait)."""
+        alerts, ids = await self._caught_up(view, limit_s)
+        assert self.store is not None
+        gaps = [g for g in await asyncio.to_thread(self.store.gaps) if g.station == STATION]
+        say(f"The hub's record, read back from its database ({self.db_url})")
+        _print_record(view, alerts, ids, gaps)
+        problems = self._problems(view, alerts, ids, gaps)
+        for problem in problems:
+            print(f"   HUB INCOMPLETE: {problem}")
+        if problems and self.log_path.exists():  # the folder goes at the end: show the log
+            tail = self.log_path.read_text(errors="replace").splitlines()[-10:]
+            print("   the hub's log ends:\n" + "\n".join(f"     {line}" for line in tail))
+        return not problems
+
+    async def _caught_up(
+        self, view: DispatchView, limit_s: float
+    ) -> tuple[list[dict[str, Any]], set[str]]:
+        """The record, once it holds all dispatch saw (or after `limit_s`, or the hub ends)."""
         alerts, ids = await asyncio.to_thread(self.recorded)
         deadline = time.monotonic() + limit_s
         while (view.alerts - {a["alert_id"] for a in alerts} or set(view.seen) - ids) and (
                 time.monotonic() < deadline and self.exit_code() is None):
             await asyncio.sleep(0.2)
             alerts, ids = await asyncio.to_thread(self.recorded)
-        assert self.store is not None
-        gaps = [g for g in await asyncio.to_thread(self.store.gaps) if g.station == STATION]
-        say(f"The hub's record, read back from its database ({self.db_url})")
-        print(f"   alerts: {len(alerts)} recorded; the scene raised {len(view.alerts)}")
-        by_class: dict[str, Counter[str]] = {}
-        for alert in alerts:
-            by_class.setdefault(alert["class"], Counter())[alert["state"]] += 1
-        for cls, states in sorted(by_class.items()):
-            print(f"     {cls}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
-        for alert in alerts:
-            print(f"     {alert['alert_id'][:8]} {alert['class']} {alert['state']:<12} "
-                  f"{alert['source']:<13} {_times(alert)}".rstrip())
-        print(f"   events: {len(ids)} stored, each once by event_id; dispatch saw {len(view.seen)}")
-        print("   seq audit (stationgw hub audit):")
-        for gap in gaps:
-            lost = ", ".join(map(str, gap.missing[:20])) or "none"
-            print(f"     {gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} lost "
-                  f"({lost}), {len(gap.dropped)} evicted or expired at the station")
+        return alerts, ids
+
+    def _problems(
+        self, view: DispatchView, alerts: list[dict[str, Any]], ids: set[str], gaps: list[Gap]
+    ) -> list[str]:
+        """What the record lacks against what dispatch saw, in words."""
         problems = []
         if self.exit_code() is not None:
             problems.append(f"the hub exited during the demo (exit code {self.exit_code()})")
@@ -391,12 +396,28 @@ class DemoHub:
         gone = sum(len(g.missing) for g in gaps)
         if gone:
             problems.append(f"the seq audit counts {gone} event(s) lost on the way to the hub")
-        for problem in problems:
-            print(f"   HUB INCOMPLETE: {problem}")
-        if problems and self.log_path.exists():  # the folder goes at the end: show the log
-            tail = self.log_path.read_text(errors="replace").splitlines()[-10:]
-            print("   the hub's log ends:\n" + "\n".join(f"     {line}" for line in tail))
-        return not problems
+        return problems
+
+
+def _print_record(
+    view: DispatchView, alerts: list[dict[str, Any]], ids: set[str], gaps: list[Gap]
+) -> None:
+    """The hub's alerts by class and state, each alert's times, the events, the seq audit."""
+    print(f"   alerts: {len(alerts)} recorded; the scene raised {len(view.alerts)}")
+    by_class: dict[str, Counter[str]] = {}
+    for alert in alerts:
+        by_class.setdefault(alert["class"], Counter())[alert["state"]] += 1
+    for cls, states in sorted(by_class.items()):
+        print(f"     {cls}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    for alert in alerts:
+        print(f"     {alert['alert_id'][:8]} {alert['class']} {alert['state']:<12} "
+              f"{alert['source']:<13} {_times(alert)}".rstrip())
+    print(f"   events: {len(ids)} stored, each once by event_id; dispatch saw {len(view.seen)}")
+    print("   seq audit (stationgw hub audit):")
+    for gap in gaps:
+        lost = ", ".join(map(str, gap.missing[:20])) or "none"
+        print(f"     {gap.station}: seq {gap.first}..{gap.last}, {len(gap.missing)} lost "
+              f"({lost}), {len(gap.dropped)} evicted or expired at the station")
 
 
 def _times(alert: dict[str, Any]) -> str:
@@ -526,10 +547,8 @@ async def demo_station(interactive_mode: bool = False) -> AsyncIterator[Demo]:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-async def scene(demo: Demo) -> bool:
-    """The scripted scene; returns True if dispatch saw everything it should have."""
-    view = demo.view
-    say("Scene 1: a rider presses the help point on platform 1 (north stairs)")
+async def _a_rider_presses_and_dispatch_answers(demo: Demo, view: DispatchView) -> None:
+    """Press, acknowledge, assign, resolve: the lamp follows each step."""
     await demo.simulate("press", "hp-p1-north")
     await view.wait(lambda: view.count("help_point.press", "hp-p1-north") == 1)
     await asyncio.sleep(0.3)
@@ -546,19 +565,25 @@ async def scene(demo: Demo) -> bool:
     await asyncio.sleep(0.2)
     print(f"   lamps: {await demo.lamps()}  (resolved: lamp off)")
 
-    say("Scene 2: a rider holds the button on platform 1 south: an emergency")
+
+async def _a_held_button_is_an_emergency(demo: Demo, view: DispatchView) -> None:
+    """A hold upgrades the same request to P0."""
     await demo.simulate("hold", "hp-p1-south")
     await view.wait(lambda: view.count("help_point.hold", "hp-p1-south") == 1)
     print("   the same request was upgraded to P0; no second request was raised")
 
-    say("Scene 3: worn wiring on platform 2 chatters: 20 edges in 200 ms")
+
+async def _chattering_wiring_is_one_press(demo: Demo, view: DispatchView) -> None:
+    """Bounce is debounced into one press."""
     await demo.simulate("chatter", "hp-p2-east")
     await view.wait(lambda: view.count("help_point.press", "hp-p2-east") == 1)
     await asyncio.sleep(0.5)
     print(f"   requests from hp-p2-east: {view.count('help_point.press', 'hp-p2-east')} "
           "(bounce is debounced into one press)")
 
-    say("Scene 4: the concourse button jams (vandalism)")
+
+async def _a_jammed_button_is_a_fault(demo: Demo, view: DispatchView) -> None:
+    """A stuck button is one fault, not a flood of requests."""
     await demo.simulate("stuck", "hp-concourse")
     await view.wait(lambda: view.count("help_point.stuck", "hp-concourse") == 1)
     print("   held past 1.5 s it first looks like an emergency; held past 3 s it is reported")
@@ -567,7 +592,9 @@ async def scene(demo: Demo) -> bool:
     await demo.simulate("release", "hp-concourse")
     await view.wait(lambda: view.count("help_point.unstuck", "hp-concourse") == 1)
 
-    say("Scene 5: the dispatch broker goes down")
+
+async def _the_broker_goes_down(demo: Demo, view: DispatchView) -> None:
+    """Presses while the broker is down wait on disk and go first when it returns."""
     demo.broker.stop()
     await asyncio.sleep(0.5)
     print("   a rider presses on platform 1 north (a new request: the last one was resolved),")
@@ -586,17 +613,23 @@ async def scene(demo: Demo) -> bool:
     await asyncio.sleep(0.5)
     print(f"   lamps: {await demo.lamps()}")
 
-    say("Scene 6: nobody acknowledged the platform 1 south emergency within 12 s")
+
+async def _nobody_acknowledges(demo: Demo, view: DispatchView) -> None:
+    """An unacknowledged emergency is re-announced, escalated."""
     await view.wait(lambda: view.count("alert.escalated", "hp-p1-south") >= 1, limit_s=15)
     print("   it was re-announced with an escalation flag; it repeats until dispatch answers")
 
-    say("Scene 7: someone is on the track edge of platform 1: the beam is broken for 2 s")
+
+async def _someone_on_the_track_edge(demo: Demo, view: DispatchView) -> None:
+    """A sensor threshold and its clearing."""
     demo.board.reading("beam", 1, "bool")
     await view.wait(lambda: view.count("sensor.threshold", "edge-p1") == 1, limit_s=10)
     demo.board.reading("beam", 0, "bool")
     await view.wait(lambda: view.count("sensor.cleared", "edge-p1") == 1)
 
-    say("Scene 8: a rider presses the help point on the edge board's panel (serial, not GPIO)")
+
+async def _a_board_help_point(demo: Demo, view: DispatchView) -> None:
+    """A serial board's button and lamp, and sound as corroborating evidence."""
     board = demo.board
     board.press("hp1")
     board.release("hp1")
@@ -613,7 +646,10 @@ async def scene(demo: Demo) -> bool:
     await board.wait_until(lambda: board.lamps["hp1"] == "acknowledged")
     print(f"   dispatch acknowledged: the board's lamp shows {board.lamps['hp1']}")
 
-    say("Scene 9: the edge board's USB adapter is pulled out, then plugged back in")
+
+async def _the_board_is_unplugged(demo: Demo, view: DispatchView) -> None:
+    """The board goes offline, comes back by its stable path, and its lamp is restored."""
+    board = demo.board
     await board.unplug()
     await view.wait(lambda: view.count("device.offline", "edge-p1") == 1, limit_s=15)
     board.plug()
@@ -623,23 +659,53 @@ async def scene(demo: Demo) -> bool:
     print("   the gateway reopened the port by its stable path; the board is back and its lamp")
     print(f"   shows the call's state again: {board.lamps['hp1']}")
 
-    expected = {
-        ("sensor.threshold", "edge-p1"): 1,
-        ("device.offline", "edge-p1"): 1,
-        ("device.online", "edge-p1"): 2,
-        ("help_point.press", "hp-p1-north"): 2,
-        ("alert.acknowledged", "hp-p1-north"): 1,
-        ("alert.resolved", "hp-p1-north"): 1,
-        ("help_point.hold", "hp-p1-south"): 1,
-        ("help_point.press", "hp-p2-east"): 1,
-        ("help_point.repeat", "hp-p2-east"): 1,
-        ("help_point.stuck", "hp-concourse"): 1,
-        ("help_point.unstuck", "hp-concourse"): 1,
-        ("help_point.press", "hp-p1-edge"): 1,
-        ("alert.correlated", "hp-p1-edge"): 1,
-        ("alert.acknowledged", "hp-p1-edge"): 1,
-    }
-    missing = {k: v for k, v in expected.items() if view.count(*k) != v}
+
+#: The scene, in order: what each part shows, and the part.
+SCENES: tuple[tuple[str, Callable[[Demo, DispatchView], Awaitable[None]]], ...] = (
+    ("a rider presses the help point on platform 1 (north stairs)",
+     _a_rider_presses_and_dispatch_answers),
+    ("a rider holds the button on platform 1 south: an emergency",
+     _a_held_button_is_an_emergency),
+    ("worn wiring on platform 2 chatters: 20 edges in 200 ms",
+     _chattering_wiring_is_one_press),
+    ("the concourse button jams (vandalism)", _a_jammed_button_is_a_fault),
+    ("the dispatch broker goes down", _the_broker_goes_down),
+    ("nobody acknowledged the platform 1 south emergency within 12 s",
+     _nobody_acknowledges),
+    ("someone is on the track edge of platform 1: the beam is broken for 2 s",
+     _someone_on_the_track_edge),
+    ("a rider presses the help point on the edge board's panel (serial, not GPIO)",
+     _a_board_help_point),
+    ("the edge board's USB adapter is pulled out, then plugged back in",
+     _the_board_is_unplugged),
+)
+
+#: What dispatch must have seen by the end: (kind, source) -> count.
+EXPECTED: dict[tuple[str, str], int] = {
+    ("sensor.threshold", "edge-p1"): 1,
+    ("device.offline", "edge-p1"): 1,
+    ("device.online", "edge-p1"): 2,
+    ("help_point.press", "hp-p1-north"): 2,
+    ("alert.acknowledged", "hp-p1-north"): 1,
+    ("alert.resolved", "hp-p1-north"): 1,
+    ("help_point.hold", "hp-p1-south"): 1,
+    ("help_point.press", "hp-p2-east"): 1,
+    ("help_point.repeat", "hp-p2-east"): 1,
+    ("help_point.stuck", "hp-concourse"): 1,
+    ("help_point.unstuck", "hp-concourse"): 1,
+    ("help_point.press", "hp-p1-edge"): 1,
+    ("alert.correlated", "hp-p1-edge"): 1,
+    ("alert.acknowledged", "hp-p1-edge"): 1,
+}
+
+
+async def scene(demo: Demo) -> bool:
+    """The scripted scene; returns True if dispatch saw everything it should have."""
+    view = demo.view
+    for number, (title, part) in enumerate(SCENES, 1):
+        say(f"Scene {number}: {title}")
+        await part(demo, view)
+    missing = {k: v for k, v in EXPECTED.items() if view.count(*k) != v}
     if view.count("alert.escalated", "hp-p1-south") < 1:  # once per 12 s: maybe twice
         missing[("alert.escalated", "hp-p1-south")] = 1
     say(
