@@ -88,124 +88,164 @@ async def _interactive(
     host: str, port: int, topics: list[str], *, prefix: str, client_id: str | None,
     desk: str, infd: int, out: IO[str], security: Security | None = None,
 ) -> int:
-    loop = asyncio.get_running_loop()
-    queue = AlertQueue(prefix=prefix)
-    screen = Screen(queue, title=f"at {host}:{port}")
-    dirty = asyncio.Event()
-    pending: dict[str, Send] = {}  # command_id -> what was asked, until the reply comes
-    keys_in: asyncio.Queue[bytes] = asyncio.Queue()
+    console = _Console(host, port, topics, prefix=prefix, client_id=client_id, desk=desk,
+                       infd=infd, out=out, security=security)
+    return await console.run()
 
-    def state(text: str) -> None:
-        screen.link = "connected" if text.startswith("connected") else "reconnecting"
-        if not text.startswith("connected"):
-            screen.note(text)
-        dirty.set()
 
-    link = Link(host, port, topics, client_id=client_id, on_state=state, security=security)
+class _Console:
+    """The interactive console's running state: the queue and screen, the link, the commands
+    awaiting replies, and the tasks that feed keys and MQTT batches in and draw frames."""
 
-    async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
-        for message in batch:
-            topic = message.topic
-            if not topic.endswith(("/replies", "/status")):
-                queue.feed_message(topic, message.payload)  # events and snapshots
-                continue
-            inbound = read(topic, message.payload, prefix)
-            if isinstance(inbound, Dropped):
-                queue.count_dropped(inbound)
-            elif inbound.channel == "status":
-                screen.stations[inbound.station] = as_text(inbound.message.get("state"),
-                                                           "unknown")
-            else:
-                reply = parse_reply(message.payload)
-                sent = pending.pop(reply.command_id or "", None) if reply else None
-                if reply is not None and sent is not None and sent.station == inbound.station:
-                    outcome = reply.status if reply.status == "applied" else (
-                        f"rejected: {reply.reason} ({reply.detail})")
-                    screen.note(f"{sent.action} {sent.alert_id[:8]} at {sent.station}: "
-                                f"{outcome}")
-        intake.ack(batch)
-        dirty.set()
+    def __init__(
+        self, host: str, port: int, topics: list[str], *, prefix: str, client_id: str | None,
+        desk: str, infd: int, out: IO[str], security: Security | None,
+    ) -> None:
+        self.prefix, self.desk, self.infd, self.out = prefix, desk, infd, out
+        self.loop = asyncio.get_running_loop()
+        self.queue = AlertQueue(prefix=prefix)
+        self.screen = Screen(self.queue, title=f"at {host}:{port}")
+        self.dirty = asyncio.Event()
+        self.pending: dict[str, Send] = {}  # command_id -> what was asked, until the reply
+        self.keys_in: asyncio.Queue[bytes] = asyncio.Queue()
+        self.link = Link(host, port, topics, client_id=client_id, on_state=self.state,
+                         security=security)
 
-    async def send(request: Send) -> None:
-        command = make_command(request.station, request.alert_id, request.action,
-                               team=request.team, eta_s=request.eta_s, dispatcher=desk)
-        intake = link.current
-        if intake is None:
-            screen.note(f"not connected: {request.action} {request.alert_id[:8]} not sent")
-            dirty.set()
-            return
-        pending[command.command_id] = request
-        payload = json.dumps(command.wire()).encode()
-        screen.note(f"{request.action} {request.alert_id[:8]} at {request.station}: sent")
-        dirty.set()
+    async def run(self) -> int:
+        """Read keys, follow the link and draw until `q` or the end of the terminal input."""
+        self.loop.add_reader(self.infd, self.on_key_bytes)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self.loop.add_signal_handler(signal.SIGWINCH, self.dirty.set)
         try:
-            rc = await intake.publish(Topics(prefix, request.station).commands, payload)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(self.handle), name="console.link")
+                tg.create_task(self.draw(), name="console.draw")
+                tg.create_task(self.keys(tg), name="console.keys")
+        except* _Quit:
+            pass
+        finally:
+            self.loop.remove_reader(self.infd)
+        return 0
+
+    def state(self, text: str) -> None:
+        """The link's state changed: shown in the header (and, unless connected, as a note)."""
+        self.screen.link = "connected" if text.startswith("connected") else "reconnecting"
+        if not text.startswith("connected"):
+            self.screen.note(text)
+        self.dirty.set()
+
+    async def handle(self, intake: Intake, batch: list[paho.MQTTMessage]) -> None:
+        """Fold a batch into the queue and screen, then acknowledge it."""
+        for message in batch:
+            self._take(message)
+        intake.ack(batch)
+        self.dirty.set()
+
+    def _take(self, message: paho.MQTTMessage) -> None:
+        topic = message.topic
+        if not topic.endswith(("/replies", "/status")):
+            self.queue.feed_message(topic, message.payload)  # events and snapshots
+            return
+        inbound = read(topic, message.payload, self.prefix)
+        if isinstance(inbound, Dropped):
+            self.queue.count_dropped(inbound)
+        elif inbound.channel == "status":
+            self.screen.stations[inbound.station] = as_text(inbound.message.get("state"),
+                                                            "unknown")
+        else:
+            self._reply(inbound.station, message.payload)
+
+    def _reply(self, station: str, payload: bytes | bytearray) -> None:
+        """Note the outcome of a command of ours that `station` answered."""
+        reply = parse_reply(payload)
+        sent = self.pending.pop(reply.command_id or "", None) if reply else None
+        if reply is not None and sent is not None and sent.station == station:
+            outcome = reply.status if reply.status == "applied" else (
+                f"rejected: {reply.reason} ({reply.detail})")
+            self.screen.note(f"{sent.action} {sent.alert_id[:8]} at {sent.station}: "
+                             f"{outcome}")
+
+    async def send(self, request: Send) -> None:
+        """Publish a command, and note it if no reply comes within 10s."""
+        command = make_command(request.station, request.alert_id, request.action,
+                               team=request.team, eta_s=request.eta_s, dispatcher=self.desk)
+        intake = self.link.current
+        if intake is None:
+            self.screen.note(f"not connected: {request.action} {request.alert_id[:8]} "
+                             "not sent")
+            self.dirty.set()
+            return
+        self.pending[command.command_id] = request
+        payload = json.dumps(command.wire()).encode()
+        self.screen.note(f"{request.action} {request.alert_id[:8]} at {request.station}: sent")
+        self.dirty.set()
+        await self._publish(intake, request, payload)
+        self.dirty.set()
+        await asyncio.sleep(10)
+        if self.pending.pop(command.command_id, None) is not None:
+            self.screen.note(f"{request.action} {request.alert_id[:8]}: no reply from "
+                             f"{request.station} within 10s")
+            self.dirty.set()
+
+    async def _publish(self, intake: Intake, request: Send, payload: bytes) -> None:
+        """Publish the command; note it if it could not be sent or the broker refused it."""
+        try:
+            rc = await intake.publish(Topics(self.prefix, request.station).commands, payload)
         except ConsoleConnectionError as exc:
             rc = None
-            screen.note(f"{request.action} {request.alert_id[:8]}: not sent ({exc})")
+            self.screen.note(f"{request.action} {request.alert_id[:8]}: not sent ({exc})")
         if rc is not None and rc.is_failure:
-            screen.note(f"{request.action} {request.alert_id[:8]}: refused by the broker "
-                        f"({rc.getName()})")
-        dirty.set()
-        await asyncio.sleep(10)
-        if pending.pop(command.command_id, None) is not None:
-            screen.note(f"{request.action} {request.alert_id[:8]}: no reply from "
-                        f"{request.station} within 10s")
-            dirty.set()
+            self.screen.note(f"{request.action} {request.alert_id[:8]}: refused by the "
+                             f"broker ({rc.getName()})")
 
-    async def keys(tg: asyncio.TaskGroup) -> None:
+    async def keys(self, tg: asyncio.TaskGroup) -> None:
+        """Turn terminal bytes into screen keys, sending commands on their own tasks."""
         reader = KeyReader()
         while True:
-            try:
-                async with asyncio.timeout(0.05 if reader.pending else None):
-                    data = await keys_in.get()
-            except TimeoutError:
-                found = reader.flush()
-            else:
-                if not data:
-                    raise _Quit
-                found = reader.feed(data)
-            for key in found:
-                action = screen.key(key)
+            for key in await self._next_keys(reader):
+                action = self.screen.key(key)
                 if action == "quit":
                     raise _Quit
                 if action is not None:
-                    tg.create_task(send(action), name=f"console.send.{action.alert_id[:8]}")
-            dirty.set()
+                    tg.create_task(self.send(action),
+                                   name=f"console.send.{action.alert_id[:8]}")
+            self.dirty.set()
 
-    async def draw() -> NoReturn:
+    async def _next_keys(self, reader: KeyReader) -> list[str]:
+        """The keys the next terminal bytes complete (a lone ESC once none follow soon)."""
+        try:
+            async with asyncio.timeout(0.05 if reader.pending else None):
+                data = await self.keys_in.get()
+        except TimeoutError:
+            return reader.flush()
+        if not data:
+            raise _Quit
+        return reader.feed(data)
+
+    async def draw(self) -> NoReturn:
+        """Redraw when something changed, at most 20 and at least 1 frame a second."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):  # ages tick even when nothing arrives
-                    await dirty.wait()
-            dirty.clear()
-            try:  # the terminal itself, not $COLUMNS: the screen is redrawn on resize
-                size = os.get_terminal_size(out.fileno())
-            except OSError:
-                size = shutil.get_terminal_size((120, 30))
-            out.write(screen.render(time.time(), size.columns or 120, size.lines or 30))
-            out.flush()
+                    await self.dirty.wait()
+            self.dirty.clear()
+            self._frame()
             await asyncio.sleep(0.05)  # at most 20 frames a second under a flood
 
-    def on_key_bytes() -> None:
+    def _frame(self) -> None:
+        try:  # the terminal itself, not $COLUMNS: the screen is redrawn on resize
+            size = os.get_terminal_size(self.out.fileno())
+        except OSError:
+            size = shutil.get_terminal_size((120, 30))
+        self.out.write(self.screen.render(time.time(), size.columns or 120, size.lines or 30))
+        self.out.flush()
+
+    def on_key_bytes(self) -> None:
+        """Terminal input is readable: queue its bytes (b"" at its end, and stop reading)."""
         try:
-            data = os.read(infd, 1024)
+            data = os.read(self.infd, 1024)
         except OSError:
             data = b""
         if not data:
-            loop.remove_reader(infd)
-        keys_in.put_nowait(data)
-
-    loop.add_reader(infd, on_key_bytes)
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGWINCH, dirty.set)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(link.run(handle), name="console.link")
-            tg.create_task(draw(), name="console.draw")
-            tg.create_task(keys(tg), name="console.keys")
-    except* _Quit:
-        pass
-    finally:
-        loop.remove_reader(infd)
-    return 0
+            self.loop.remove_reader(self.infd)
+        self.keys_in.put_nowait(data)

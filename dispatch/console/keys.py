@@ -20,38 +20,13 @@ class KeyReader:
         self._buf += data
         keys: list[str] = []
         while self._buf:
-            buf = self._buf
-            if buf[0] == 0x1B:
-                if len(buf) == 1:
-                    break  # ESC alone, or the start of an arrow key: wait for more
-                if buf[1] in b"[O":
-                    end = _sequence_end(buf)
-                    if end is None:
-                        break
-                    if end > 0:
-                        self._buf = buf[end:]
-                        name = _SEQUENCES.get(buf[:end])
-                        if name is not None:
-                            keys.append(name)
-                        continue
-                keys.append("esc")
-                self._buf = buf[1:]
-                continue
-            if buf[0] < 0x80:
-                self._buf = buf[1:]
-                if buf[0] in _CONTROL:
-                    keys.append(_CONTROL[buf[0]])
-                elif buf[0] >= 0x20:
-                    keys.append(chr(buf[0]))
-                continue
-            size = 2 if buf[0] >= 0xC0 else 1
-            size = 3 if buf[0] >= 0xE0 else size
-            size = 4 if buf[0] >= 0xF0 else size
-            if len(buf) < size:
-                break
-            self._buf = buf[size:]
-            with contextlib.suppress(UnicodeDecodeError):
-                keys.append(buf[:size].decode())
+            step = _next_key(self._buf)
+            if step is None:
+                break  # an incomplete sequence or character: wait for more
+            size, name = step
+            self._buf = self._buf[size:]
+            if name is not None:
+                keys.append(name)
         return keys
 
     @property
@@ -63,6 +38,43 @@ class KeyReader:
         """No more bytes came: a pending lone ESC is the Escape key."""
         pending, self._buf = self._buf, b""
         return ["esc"] if pending == b"\x1b" else []
+
+
+def _next_key(buf: bytes) -> tuple[int, str | None] | None:
+    """(bytes used, key or None if they make no key) at the start of `buf`; None if incomplete."""
+    if buf[0] == 0x1B:
+        return _escape(buf)
+    if buf[0] < 0x80:
+        if buf[0] in _CONTROL:
+            return 1, _CONTROL[buf[0]]
+        return 1, chr(buf[0]) if buf[0] >= 0x20 else None
+    return _utf8(buf)
+
+
+def _escape(buf: bytes) -> tuple[int, str | None] | None:
+    """An arrow key (or another CSI/SS3 sequence, dropped) or a plain ESC; None if incomplete."""
+    if len(buf) == 1:
+        return None  # ESC alone, or the start of an arrow key: wait for more
+    if buf[1] in b"[O":
+        end = _sequence_end(buf)
+        if end is None:
+            return None
+        if end > 0:
+            return end, _SEQUENCES.get(buf[:end])
+    return 1, "esc"
+
+
+def _utf8(buf: bytes) -> tuple[int, str | None] | None:
+    """One UTF-8 character (None if it does not decode); None if incomplete."""
+    size = 2 if buf[0] >= 0xC0 else 1
+    size = 3 if buf[0] >= 0xE0 else size
+    size = 4 if buf[0] >= 0xF0 else size
+    if len(buf) < size:
+        return None
+    text = None
+    with contextlib.suppress(UnicodeDecodeError):
+        text = buf[:size].decode()
+    return size, text
 
 
 def _sequence_end(buf: bytes) -> int | None:

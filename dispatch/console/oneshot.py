@@ -13,13 +13,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import paho.mqtt.client as paho
+
 from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.events import as_number, as_text, parse_reply
 from dispatch.console.intake import Intake
 from dispatch.console.options import ACTIONS, PREFIX, TEAMS, Security
 from dispatch.console.running import say
 from dispatch.inbound import Dropped, printable, read
-from gateway.commands import Action, Reply
+from gateway.commands import Action, Command, Reply
 from gateway.dispatch import make_command
 from gateway.topics import Topics
 
@@ -45,25 +47,14 @@ def one_shot(
     does not say which station raised it (the console shows it on the row; scripts read the
     event's `station`).
     """
-    chosen = ACTIONS.get(action)
-    if chosen is None:
-        say(f"unknown action {action!r} (use ack, assign or resolve)")
-        return 2
-    if chosen == "assign" and team not in TEAMS:
-        say(f"assign needs a team: one of {', '.join(TEAMS)} (got {team!r})")
-        return 2
-    try:
-        command = make_command(
-            station, alert_id, chosen, team=next((t for t in TEAMS if t == team), None),
-            eta_s=eta_s, dispatcher=dispatcher or f"cli-{socket.gethostname()}"[:64],
-        )
-    except ValueError as exc:
-        say(f"bad command: {exc}")
+    command = _command(action, alert_id, station, team=team, eta_s=eta_s,
+                       dispatcher=dispatcher)
+    if command is None:
         return 2
     replies, status_topic = Topics(prefix, station).replies, Topics(prefix, station).status
 
     async def main() -> int:
-        status: dict[str, Any] | None = None
+        awaiting = _Awaiting(command, prefix)
         intake = Intake(host, port, [replies, status_topic],
                         client_id=f"stationgw-cli-{uuid.uuid4().hex[:12]}", session_expiry_s=0,
                         security=security)
@@ -78,21 +69,13 @@ def one_shot(
                         contextlib.aclosing(intake.batches()) as batches:
                     async for batch in batches:
                         intake.ack(batch)
-                        for message in batch:
-                            inbound = read(message.topic, message.payload, prefix)
-                            if isinstance(inbound, Dropped) or inbound.station != station:
-                                say(f"ignored a message on {printable(message.topic)[:120]}"
-                                    f": {getattr(inbound, 'detail', 'another station')}")
-                                continue
-                            if inbound.channel == "status":
-                                status = inbound.message
-                                continue
-                            reply = parse_reply(message.payload)
-                            if reply is not None and reply.command_id == command.command_id:
-                                return report_reply(reply, chosen, alert_id, station)
+                        code = awaiting.take(batch)
+                        if code is not None:
+                            return code
             except TimeoutError:
                 pass
-        say(f"no reply from station {station!r} within {timeout:g}s; " + describe(status))
+        say(f"no reply from station {station!r} within {timeout:g}s; "
+            + describe(awaiting.status))
         return 2
 
     try:
@@ -100,6 +83,53 @@ def one_shot(
     except ConsoleConnectionError as exc:
         say(f"{exc}; the command was not sent")
         return 2
+
+
+def _command(
+    action: str, alert_id: str, station: str, *, team: str | None, eta_s: int | None,
+    dispatcher: str | None,
+) -> Command | None:
+    """The command asked for; None (having said why) if it is not a valid one."""
+    chosen = ACTIONS.get(action)
+    if chosen is None:
+        say(f"unknown action {action!r} (use ack, assign or resolve)")
+        return None
+    if chosen == "assign" and team not in TEAMS:
+        say(f"assign needs a team: one of {', '.join(TEAMS)} (got {team!r})")
+        return None
+    try:
+        return make_command(
+            station, alert_id, chosen, team=next((t for t in TEAMS if t == team), None),
+            eta_s=eta_s, dispatcher=dispatcher or f"cli-{socket.gethostname()}"[:64],
+        )
+    except ValueError as exc:
+        say(f"bad command: {exc}")
+        return None
+
+
+class _Awaiting:
+    """One command's wait: its reply, and the station's retained status meanwhile."""
+
+    def __init__(self, command: Command, prefix: str) -> None:
+        self.command, self.prefix = command, prefix
+        self.status: dict[str, Any] | None = None
+
+    def take(self, batch: list[paho.MQTTMessage]) -> int | None:
+        """The exit code once `batch` holds the reply (reported); None to keep waiting."""
+        command = self.command
+        for message in batch:
+            inbound = read(message.topic, message.payload, self.prefix)
+            if isinstance(inbound, Dropped) or inbound.station != command.station:
+                say(f"ignored a message on {printable(message.topic)[:120]}"
+                    f": {getattr(inbound, 'detail', 'another station')}")
+                continue
+            if inbound.channel == "status":
+                self.status = inbound.message
+                continue
+            reply = parse_reply(message.payload)
+            if reply is not None and reply.command_id == command.command_id:
+                return report_reply(reply, command.action, command.alert_id, command.station)
+        return None
 
 
 def report_reply(reply: Reply, action: Action, alert_id: str, station: str) -> int:

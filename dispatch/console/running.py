@@ -39,17 +39,7 @@ def run(main: Coroutine[Any, Any, int], *, stop_on_stdin_eof: bool) -> int:
                 loop.add_signal_handler(sig, task.cancel)
         watching = stop_on_stdin_eof and is_pipe(0)
         if watching:  # a supervising process stops us by closing the pipe
-
-            def on_stdin() -> None:
-                try:
-                    data = os.read(0, 4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    loop.remove_reader(0)
-                    task.cancel()
-
-            loop.add_reader(0, on_stdin)
+            _cancel_on_stdin_eof(loop, task)
         try:
             return await task
         except asyncio.CancelledError:
@@ -63,3 +53,18 @@ def run(main: Coroutine[Any, Any, int], *, stop_on_stdin_eof: bool) -> int:
     except ConsoleError as exc:
         say(str(exc))
         return 1
+
+
+def _cancel_on_stdin_eof(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+    """Cancel `task` when stdin reaches EOF (or fails)."""
+
+    def on_stdin() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            task.cancel()
+
+    loop.add_reader(0, on_stdin)

@@ -83,28 +83,32 @@ class Screen:
             return None
         if self.mode == "eta":
             return self._eta_key(key)
+        return self._browse_key(key)
+
+    def _browse_key(self, key: str) -> Send | Literal["quit"] | None:
         rows = self.rows()
         if key in ("up", "k", "down", "j"):
-            if rows:
-                step = -1 if key in ("up", "k") else 1
-                self._index = max(0, min(self._index + step, len(rows) - 1))
-                self._selected = rows[self._index].key
+            self._move(rows, -1 if key in ("up", "k") else 1)
             return None
         if key == "q":
             return "quit"
-        row = rows[self._index] if rows else None
-        if key in ("a", "r", "s") and row is None:
-            self.note("no alert selected")
+        if key not in ("a", "r", "s"):
             return None
+        row = rows[self._index] if rows else None
         if row is None:
+            self.note("no alert selected")
             return None
         if key == "a":
             return Send(row.station, row.alert_id, "acknowledge")
         if key == "r":
             return Send(row.station, row.alert_id, "resolve")
-        if key == "s":
-            self.mode, self._target, self._team, self._eta = "team", row, None, ""
+        self.mode, self._target, self._team, self._eta = "team", row, None, ""
         return None
+
+    def _move(self, rows: list[AlertRow], step: int) -> None:
+        if rows:
+            self._index = max(0, min(self._index + step, len(rows) - 1))
+            self._selected = rows[self._index].key
 
     def _team_key(self, key: str) -> None:
         if key == "esc":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -24,7 +25,7 @@ from dispatch.console.link import Link
 from dispatch.console.options import PREFIX, Security
 from dispatch.hub.commands import Commander
 from dispatch.hub.store import HubStore
-from dispatch.inbound import Inbound, read
+from dispatch.inbound import Dropped, Inbound, read
 from firmware_bridge.backoff import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -59,18 +60,7 @@ async def run_hub(
 
     async def handle(intake: Intake, batch: list[paho.MQTTMessage]) -> None:
         checked = [read(m.topic, m.payload, prefix) for m in batch]
-        attempt = 0
-        while True:
-            try:
-                done = await asyncio.to_thread(store.record, checked)
-                break
-            except SQLAlchemyError as exc:
-                delay = backoff_delay(attempt, 0.5, RETRY_MAX_S)
-                attempt += 1
-                on_state(f"database write failed ({exc.__class__.__name__}: "
-                         f"{str(exc)[:200]}); {len(batch)} message(s) kept unacknowledged, "
-                         f"retrying in {delay:.1f}s")
-                await asyncio.sleep(delay)
+        done = await _record(store, checked, on_state)
         intake.ack(batch)  # only now: committed
         if commander is not None:
             for item, message in zip(checked, batch, strict=True):
@@ -84,3 +74,20 @@ async def run_hub(
         log.debug("batch of %d: %s", len(batch), dict(done))
 
     await link.run(handle)
+
+
+async def _record(
+    store: HubStore, checked: list[Inbound | Dropped], on_state: Callable[[str], None]
+) -> Counter[str]:
+    """Commit one batch, retrying with capped backoff while the database fails: the batch
+    stays unacknowledged meanwhile, so the broker keeps it."""
+    attempt = 0
+    while True:
+        try:
+            return await asyncio.to_thread(store.record, checked)
+        except SQLAlchemyError as exc:
+            delay = backoff_delay(attempt, 0.5, RETRY_MAX_S)
+            attempt += 1
+            on_state(f"database write failed ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                     f"{len(checked)} message(s) kept unacknowledged, retrying in {delay:.1f}s")
+            await asyncio.sleep(delay)
