@@ -77,46 +77,89 @@ def _number(rng: random.Random, unit: Unit) -> Decimal:
     return Decimal(sign + whole + frac)
 
 
+def _hello(rng: random.Random, seq: int, ident: str) -> Frame:
+    caps = {CAP_FIRST[rng.randrange(26)] + _word(rng, CAP_REST, 0, 11)
+            for _ in range(rng.randint(1, 8))}
+    return Hello(seq=seq, device_id=_word(rng, IDENT, 1, 32),
+                 firmware=_word(rng, IDENT + "+", 1, 32), protocol=rng.randint(1, 3),
+                 capabilities=tuple(sorted(caps)))
+
+
+def _heartbeat(rng: random.Random, seq: int, ident: str) -> Frame:
+    return Heartbeat(seq=seq, uptime_s=rng.randint(0, 2**32 - 1))
+
+
+def _button(rng: random.Random, seq: int, ident: str) -> Frame:
+    return Button(seq=seq, button=ident, event=rng.choice(get_args(ButtonEvent)))
+
+
+def _reading(rng: random.Random, seq: int, ident: str) -> Frame:
+    unit: Unit = rng.choice(get_args(Unit))
+    return Reading(seq=seq, sensor=ident, value=_number(rng, unit), unit=unit)
+
+
+def _fault(rng: random.Random, seq: int, ident: str) -> Frame:
+    code: FaultCode = rng.choice(get_args(FaultCode))
+    detail = "" if rng.random() < 0.5 else _word(rng, TEXT, 1, 100)
+    return Fault(seq=seq, code=code, source=ident, state=rng.choice(FAULT_STATES[code]),
+                 detail=detail)
+
+
+def _ack(rng: random.Random, seq: int, ident: str) -> Frame:
+    return Ack(seq=seq, ref=rng.randint(0, MAX_SEQ))
+
+
+def _nak(rng: random.Random, seq: int, ident: str) -> Frame:
+    detail = "" if rng.random() < 0.5 else _word(rng, TEXT, 1, 100)
+    nak: NakCode = rng.choice(get_args(NakCode))
+    return Nak(seq=seq, ref=rng.randint(0, MAX_SEQ), code=nak, detail=detail)
+
+
+def _welcome(rng: random.Random, seq: int, ident: str) -> Frame:
+    return Welcome(seq=seq, protocol=1)
+
+
+def _refuse(rng: random.Random, seq: int, ident: str) -> Frame:
+    return Refuse(seq=seq, protocol=1, reason=_word(rng, TEXT, 1, 160))
+
+
+def _lamp(rng: random.Random, seq: int, ident: str) -> Frame:
+    state: LampState = rng.choice(get_args(LampState))
+    return Lamp(seq=seq, lamp=ident, state=state)
+
+
+def _self_test(rng: random.Random, seq: int, ident: str) -> Frame:
+    target: TestTarget = rng.choice(get_args(TestTarget))
+    return SelfTest(seq=seq, target=target)
+
+
+def _time_sync(rng: random.Random, seq: int, ident: str) -> Frame:
+    return TimeSync(seq=seq, unix_s=rng.randint(0, 2**32 - 1))
+
+
+#: A random frame of each wire type, from (rng, seq, a random identifier); `TimeSync` for
+#: any type not listed.
+_RANDOM_FRAME: dict[str, Callable[[random.Random, int, str], Frame]] = {
+    "HELLO": _hello,
+    "HB": _heartbeat,
+    "BTN": _button,
+    "READ": _reading,
+    "FAULT": _fault,
+    "ACK": _ack,
+    "NAK": _nak,
+    "WELCOME": _welcome,
+    "REFUSE": _refuse,
+    "LAMP": _lamp,
+    "TEST": _self_test,
+}
+
+
 def random_frame(rng: random.Random) -> Frame:
     """One frame of a random type with random valid fields."""
     seq = rng.randint(0, MAX_SEQ)
     kind = rng.choice(list(FRAME_TYPES))
     ident = _word(rng, IDENT, 1, 16)
-    if kind == "HELLO":
-        caps = {CAP_FIRST[rng.randrange(26)] + _word(rng, CAP_REST, 0, 11)
-                for _ in range(rng.randint(1, 8))}
-        return Hello(seq=seq, device_id=_word(rng, IDENT, 1, 32),
-                     firmware=_word(rng, IDENT + "+", 1, 32), protocol=rng.randint(1, 3),
-                     capabilities=tuple(sorted(caps)))
-    if kind == "HB":
-        return Heartbeat(seq=seq, uptime_s=rng.randint(0, 2**32 - 1))
-    if kind == "BTN":
-        return Button(seq=seq, button=ident, event=rng.choice(get_args(ButtonEvent)))
-    if kind == "READ":
-        unit: Unit = rng.choice(get_args(Unit))
-        return Reading(seq=seq, sensor=ident, value=_number(rng, unit), unit=unit)
-    if kind == "FAULT":
-        code: FaultCode = rng.choice(get_args(FaultCode))
-        detail = "" if rng.random() < 0.5 else _word(rng, TEXT, 1, 100)
-        return Fault(seq=seq, code=code, source=ident, state=rng.choice(FAULT_STATES[code]),
-                     detail=detail)
-    if kind == "ACK":
-        return Ack(seq=seq, ref=rng.randint(0, MAX_SEQ))
-    if kind == "NAK":
-        detail = "" if rng.random() < 0.5 else _word(rng, TEXT, 1, 100)
-        nak: NakCode = rng.choice(get_args(NakCode))
-        return Nak(seq=seq, ref=rng.randint(0, MAX_SEQ), code=nak, detail=detail)
-    if kind == "WELCOME":
-        return Welcome(seq=seq, protocol=1)
-    if kind == "REFUSE":
-        return Refuse(seq=seq, protocol=1, reason=_word(rng, TEXT, 1, 160))
-    if kind == "LAMP":
-        state: LampState = rng.choice(get_args(LampState))
-        return Lamp(seq=seq, lamp=ident, state=state)
-    if kind == "TEST":
-        target: TestTarget = rng.choice(get_args(TestTarget))
-        return SelfTest(seq=seq, target=target)
-    return TimeSync(seq=seq, unix_s=rng.randint(0, 2**32 - 1))
+    return _RANDOM_FRAME.get(kind, _time_sync)(rng, seq, ident)
 
 
 def direction_of(frame: Frame) -> Direction:

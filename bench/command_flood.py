@@ -120,6 +120,39 @@ def one_round(config_path: Path, station: str, root: str, sender: paho.Client,
     return gateway_ms, raw_ms
 
 
+def write_config(folder: Path, station: str, broker_url: str) -> Path:
+    """The daemon's station.toml in `folder`: mock pins, help point hp-1, the bench broker."""
+    config_path = folder / "station.toml"
+    config_path.write_text(
+        f'station_id = "{station}"\ngpio_pin_factory = "mock"\n'
+        f'[[brokers]]\nurl = "{broker_url}"\n[store]\npath = "{folder / "outbox.db"}"\n'
+        '[[help_points]]\nid = "hp-1"\npin = 17\nlamp_pin = 27\nhold_time_s = 0.5\n'
+    )
+    return config_path
+
+
+def wait_for_daemon(proc: subprocess.Popen[bytes], config_path: Path) -> None:
+    """Until the daemon's simulate socket exists, and a second more (connected, settled)."""
+    deadline = time.monotonic() + WAIT
+    while not socket_path(load_config(config_path)).exists():
+        assert proc.poll() is None, "the daemon exited"
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.05)
+    time.sleep(1.0)  # connected and settled
+
+
+def round_trip_figures(results: dict[str, list[tuple[float, float]]],
+                       rounds: int) -> list[Figure]:
+    """The median ack round trip and raw hop of each phase."""
+    figures = []
+    for phase in ("idle", "flood"):
+        gateway_ms = median([g for g, _ in results[phase]])
+        raw_ms = median([r for _, r in results[phase]])
+        figures.append(Figure(f"ack -> applied reply, {phase} (median of {rounds})", gateway_ms,
+                              "ms", raw_ms, "raw paho hop"))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -133,12 +166,7 @@ def main() -> None:
     with workdir("cmdflood") as folder, Mosquitto() as broker:
         station = f"bench-{uuid.uuid4().hex[:8]}"
         root = f"stationgw/v1/{station}"
-        config_path = folder / "station.toml"
-        config_path.write_text(
-            f'station_id = "{station}"\ngpio_pin_factory = "mock"\n'
-            f'[[brokers]]\nurl = "{broker.url}"\n[store]\npath = "{folder / "outbox.db"}"\n'
-            '[[help_points]]\nid = "hp-1"\npin = 17\nlamp_pin = 27\nhold_time_s = 0.5\n'
-        )
+        config_path = write_config(folder, station, broker.url)
         log = (folder / "daemon.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
@@ -150,12 +178,7 @@ def main() -> None:
         sender.connect("127.0.0.1", broker.port)
         sender.loop_start()
         try:
-            deadline = time.monotonic() + WAIT
-            while not socket_path(load_config(config_path)).exists():
-                assert proc.poll() is None, "the daemon exited"
-                assert time.monotonic() < deadline, "the daemon did not start"
-                time.sleep(0.05)
-            time.sleep(1.0)  # connected and settled
+            wait_for_daemon(proc, config_path)
             results: dict[str, list[tuple[float, float]]] = {"idle": [], "flood": []}
             for _ in range(rounds):
                 results["idle"].append(one_round(config_path, station, root, sender, listener))
@@ -181,12 +204,7 @@ def main() -> None:
                 proc.wait(timeout=20)
             log.close()
     sent = flood0.sent + flood1.sent
-    figures = []
-    for phase in ("idle", "flood"):
-        gateway_ms = median([g for g, _ in results[phase]])
-        raw_ms = median([r for _, r in results[phase]])
-        figures.append(Figure(f"ack -> applied reply, {phase} (median of {rounds})", gateway_ms,
-                              "ms", raw_ms, "raw paho hop"))
+    figures = round_trip_figures(results, rounds)
     figures.append(Figure("RSS idle -> peak under the flood", memory["VmHWM"] / 1024, "MiB",
                           idle_kib / 1024, "idle", target="<= 40 MiB + small margin",
                           met=memory["VmHWM"] <= 48 * 1024))

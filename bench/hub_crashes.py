@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from bench.common import Figure, median, print_machine, print_table, workdir, write_json
 from bench.hubkit import (
     Flood,
@@ -46,6 +48,26 @@ from bench.hubkit import (
 )
 from gateway.broker import Mosquitto
 from gateway.testing.postgres import PostgreSQL
+
+
+def restart_postgres(pg: PostgreSQL, engine: Engine, *, flood: Flood, hub: HubProcess,
+                     rng: random.Random, down_s: float, pg_events: dict[str, float]) -> None:
+    """Stop PostgreSQL under the running hub for `down_s` seconds and start it again; when
+    it stopped and started, the hub's first commit after it, and the rows it held then, into
+    `pg_events`."""
+    time.sleep(rng.uniform(0.3, 0.8))
+    engine.dispose()  # our own pooled connections die with the server
+    pg_events["stopped"] = time.monotonic()
+    pg.stop()
+    time.sleep(down_s)
+    pg.start()
+    pg_events["started"] = time.monotonic()
+    before = stored_count(engine)  # as it was at the stop
+    if flood.sent > before:  # something left to commit (not when it is late)
+        _, seen = wait_stored(engine, before + 1, 120)
+        pg_events["resumed"] = seen
+    pg_events["stored_before"] = before
+    assert hub.alive(), hub.tail()
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -81,19 +103,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 starts.append(hub.start())
                 last_start = time.monotonic()
                 if k == pg_after:
-                    time.sleep(rng.uniform(0.3, 0.8))
-                    engine.dispose()  # our own pooled connections die with the server
-                    pg_events["stopped"] = time.monotonic()
-                    pg.stop()
-                    time.sleep(args.pg_down_s)
-                    pg.start()
-                    pg_events["started"] = time.monotonic()
-                    before = stored_count(engine)  # as it was at the stop
-                    if flood.sent > before:  # something left to commit (not when it is late)
-                        _, seen = wait_stored(engine, before + 1, 120)
-                        pg_events["resumed"] = seen
-                    pg_events["stored_before"] = before
-                    assert hub.alive(), hub.tail()
+                    restart_postgres(pg, engine, flood=flood, hub=hub, rng=rng,
+                                     down_s=args.pg_down_s, pg_events=pg_events)
                     last_start = time.monotonic()
             result = flood.join()
             backlog = len(messages) - stored_count(engine)

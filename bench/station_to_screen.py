@@ -36,9 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, select
 
 from bench.common import (
@@ -56,7 +53,7 @@ from dispatch.hub.schema import events
 from dispatch.hub.store import HubStore
 from gateway.broker import Mosquitto, free_port
 from gateway.model import Event, Priority
-from gateway.testing.browser import chromium
+from gateway.testing.browser import chromium, log_in
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
 
@@ -128,12 +125,7 @@ def browser_logged_in(port: int) -> Iterator[webdriver.Chrome]:
     browser = chromium()
     try:
         browser.set_script_timeout(WAIT)
-        browser.get(f"http://127.0.0.1:{port}/")
-        browser.find_element(By.ID, "username").send_keys("bench")
-        browser.find_element(By.ID, "password").send_keys(PASSWORD)
-        browser.find_element(By.ID, "login").click()
-        WebDriverWait(browser, WAIT).until(
-            ec.text_to_be_present_in_element((By.ID, "status"), "live"))
+        log_in(browser, port, "bench", PASSWORD, WAIT)
         browser.execute_script(OBSERVE)
         yield browser
     finally:

@@ -28,6 +28,7 @@ import gateway.daemon
 from gateway.broker import Mosquitto
 from gateway.daemon import Gateway
 from gateway.health import Health
+from gateway.helppoints import HelpPointUnit
 from gateway.model import Event, Priority
 from gateway.outbox import Outbox, Row
 from gateway.status import INTERVAL_S as STATUS_INTERVAL_S
@@ -109,6 +110,25 @@ async def submit_until_held(gw: Gateway, limit: int = 500) -> tuple[list[Row], l
     raise AssertionError(f"{limit} events on a full disk were all committed")
 
 
+async def submit_during_outage(gw: Gateway) -> tuple[list[Row], list[Row]]:
+    """With the broker away: (rows that refill the disk, every row submitted)."""
+    # Rows confirmed in phase 1 were deleted, and the write-ahead log restarts over
+    # their space: fill it again, so that what follows is held in memory.
+    refill, outage = await submit_until_held(gw)
+    outage = [*refill, *outage]
+    outage += [await gw.submit("sensor.reading", f"o-{n}", Priority.P3)
+               for n in range(20)]
+    return refill, outage
+
+
+async def press_until_accepted(gw: Gateway, hp: HelpPointUnit) -> None:
+    """Hold the help point's button down until the daemon accepts a P1 call; release it."""
+    pressed = gw.health.counters["accepted_P1"]
+    hp.button.pin.drive_low()
+    await until(lambda: gw.health.counters["accepted_P1"] > pressed, what="press")
+    hp.button.pin.drive_high()
+
+
 # ---------------------------------------------------------------------------- disk full
 
 
@@ -149,18 +169,10 @@ async def test_full_disk_keeps_taking_calls_and_loses_nothing_when_space_returns
             # means "on disk".
             own_broker.stop()
             await until(lambda: not gw.publisher.connected.is_set(), what="disconnect")
-            # Rows confirmed in phase 1 were deleted, and the write-ahead log restarts over
-            # their space: fill it again, so that what follows is held in memory.
-            refill, outage = await submit_until_held(gw)
-            outage = [*refill, *outage]
-            outage += [await gw.submit("sensor.reading", f"o-{n}", Priority.P3)
-                       for n in range(20)]
+            refill, outage = await submit_during_outage(gw)
             assert gw.help_points is not None
             hp = gw.help_points.units["hp-1"]
-            pressed = gw.health.counters["accepted_P1"]
-            hp.button.pin.drive_low()
-            await until(lambda: gw.health.counters["accepted_P1"] > pressed, what="press")
-            hp.button.pin.drive_high()
+            await press_until_accepted(gw, hp)
             in_memory = {r.event_id: r for r in gw.outbox.outbox.memory_only()}
             press_rows = [r for r in in_memory.values() if r.kind == "help_point.press"]
             assert len(press_rows) == 1, "the press was not held in memory"

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 
 from dispatch.hub.commands import Commander
 from dispatch.hub.schema import stations
@@ -29,7 +30,7 @@ from dispatch.web.app import ProxyLogin, create_app, hash_password
 from gateway.broker import Mosquitto, free_port
 from gateway.daemon import Gateway
 from gateway.model import Event, Priority
-from gateway.testing.browser import chromium
+from gateway.testing.browser import chromium, log_in
 from gateway.testing.postgres import PostgreSQL
 from gateway.topics import Topics
 from tests.helpers import (
@@ -141,13 +142,80 @@ async def until_stored(store: HubStore, count: int) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_follows(
-    broker: Mosquitto, tmp_path: Path, postgres: PostgreSQL
-) -> None:
+def hub_store(postgres: PostgreSQL) -> tuple[Engine, HubStore]:
+    """A new hub database on `postgres`, migrated, with operator desk-1."""
     engine = open_engine(postgres.new_database("web"))
     migrate(engine)
     store = HubStore(engine)
     store.add_operator("desk-1", hash_password(PASSWORD))
+    return engine, store
+
+
+def timeline(browser: Chrome, alert_id: str) -> tuple[str, list[str], list[str]]:
+    """The alert's details: (summary, event rows, command rows), once acknowledged."""
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+    row.find_element(By.CSS_SELECTOR, "button.details").click()
+    WebDriverWait(browser, WAIT).until(
+        ec.text_to_be_present_in_element((By.ID, "detail-events"),
+                                         "acknowledged"))
+    # Read at once in the page: the view is redrawn on every change.
+    return tuple(browser.execute_script(
+        "const rows = s => [...document.querySelectorAll(s)].map(r => r.innerText);"
+        "return [document.getElementById('detail-summary').innerText,"
+        " rows('#detail-events tr'), rows('#detail-commands tr')];"))
+
+
+def type_eta(browser: Chrome, alert_id: str) -> None:
+    """Type 12 into the alert's ETA box."""
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+    row.find_element(By.CSS_SELECTOR, 'input[aria-label="ETA minutes"]').send_keys(
+        "12")
+
+
+def eta_after_another_alert(browser: Chrome, alert_id: str) -> str:
+    """The alert's ETA box, once a second alert is in the queue."""
+    WebDriverWait(browser, WAIT).until(
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, "#alerts tr")) == 2)
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
+    return str(row.find_element(
+        By.CSS_SELECTOR, 'input[aria-label="ETA minutes"]').get_attribute("value"))
+
+
+#: The page's fetches of /api/alerts answered 300 ms late, counting how many are in flight
+#: at once (`window.mostInFlight`).
+SLOW_ALERTS_FETCH = """
+                window.inFlight = 0; window.mostInFlight = 0; window.fetches = 0;
+                const real = window.fetch;
+                window.fetch = async (...args) => {
+                  if (String(args[0]) !== "/api/alerts") return real(...args);
+                  window.fetches++; window.inFlight++;
+                  window.mostInFlight = Math.max(window.mostInFlight, window.inFlight);
+                  try {  // a loaded hub: each answer takes a while
+                    await new Promise(done => setTimeout(done, 300));
+                    return await real(...args);
+                  } finally { window.inFlight--; }
+                };"""
+
+
+async def telemetry_burst(broker: Mosquitto, store: HubStore, station_id: str) -> None:
+    """40 readings of the station published one every 50 ms, until the hub has stored them
+    all, and a second more."""
+    topics = Topics("stationgw/v1", station_id)
+    burst = [topics.render(Event("sensor.reading", "s-1", Priority.P3, {"value": n}),
+                           10_000 + n, time.time()) for n in range(40)]
+    before = await asyncio.to_thread(store.event_count)
+    with publisher(broker.port) as raw:
+        for message in burst:  # a commit, and a "changed", every 50 ms
+            publish_all(raw, [message])
+            await asyncio.sleep(0.05)
+    await until_stored(store, before + len(burst))
+    await asyncio.sleep(1.0)
+
+
+async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_follows(
+    broker: Mosquitto, tmp_path: Path, postgres: PostgreSQL
+) -> None:
+    engine, store = hub_store(postgres)
     commander, changed = Commander("stationgw/v1"), asyncio.Event()
     app = create_app(store, commander, changed, secret=SECRET)
     port = free_port()
@@ -164,16 +232,7 @@ async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_fol
             running(Gateway(config)) as gw,
         ):
             await asyncio.wait_for(gw.publisher.connected.wait(), WAIT)
-
-            def log_in() -> None:
-                browser.get(f"http://127.0.0.1:{port}/")
-                browser.find_element(By.ID, "username").send_keys("desk-1")
-                browser.find_element(By.ID, "password").send_keys(PASSWORD)
-                browser.find_element(By.ID, "login").click()
-                WebDriverWait(browser, WAIT).until(
-                    ec.text_to_be_present_in_element((By.ID, "status"), "live"))
-
-            await asyncio.to_thread(log_in)
+            await asyncio.to_thread(log_in, browser, port, "desk-1", PASSWORD, WAIT)
             alert_id = await raise_alert(gw, sub)
 
             def acknowledge() -> str:
@@ -190,64 +249,20 @@ async def test_a_dispatcher_acknowledges_a_press_in_the_browser_and_the_lamp_fol
             await lamp_becomes(gw, "hp-1", "acknowledged")
             assert "applied" in result
 
-            def timeline() -> tuple[str, list[str], list[str]]:
-                row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
-                row.find_element(By.CSS_SELECTOR, "button.details").click()
-                WebDriverWait(browser, WAIT).until(
-                    ec.text_to_be_present_in_element((By.ID, "detail-events"),
-                                                     "acknowledged"))
-                # Read at once in the page: the view is redrawn on every change.
-                return tuple(browser.execute_script(
-                    "const rows = s => [...document.querySelectorAll(s)].map(r => r.innerText);"
-                    "return [document.getElementById('detail-summary').innerText,"
-                    " rows('#detail-events tr'), rows('#detail-commands tr')];"))
-
-            def type_eta() -> None:
-                row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
-                row.find_element(By.CSS_SELECTOR, 'input[aria-label="ETA minutes"]').send_keys(
-                    "12")
-
-            def eta_after_another_alert() -> str:
-                WebDriverWait(browser, WAIT).until(
-                    lambda b: len(b.find_elements(By.CSS_SELECTOR, "#alerts tr")) == 2)
-                row = browser.find_element(By.CSS_SELECTOR, f'tr[data-alert="{alert_id}"]')
-                return str(row.find_element(
-                    By.CSS_SELECTOR, 'input[aria-label="ETA minutes"]').get_attribute("value"))
-
             # A dispatcher typing an ETA keeps it while the queue changes under them.
-            await asyncio.to_thread(type_eta)
+            await asyncio.to_thread(type_eta, browser, alert_id)
             await raise_alert(gw, sub, "hp-2")
-            assert await asyncio.to_thread(eta_after_another_alert) == "12"
+            assert await asyncio.to_thread(eta_after_another_alert, browser, alert_id) == "12"
 
             # A burst of telemetry while the hub answers slowly: the page never has more
             # than one refresh of its own in flight (the stream brings the queue).
-            await asyncio.to_thread(browser.execute_script, """
-                window.inFlight = 0; window.mostInFlight = 0; window.fetches = 0;
-                const real = window.fetch;
-                window.fetch = async (...args) => {
-                  if (String(args[0]) !== "/api/alerts") return real(...args);
-                  window.fetches++; window.inFlight++;
-                  window.mostInFlight = Math.max(window.mostInFlight, window.inFlight);
-                  try {  // a loaded hub: each answer takes a while
-                    await new Promise(done => setTimeout(done, 300));
-                    return await real(...args);
-                  } finally { window.inFlight--; }
-                };""")
-            topics = Topics("stationgw/v1", config.station_id)
-            burst = [topics.render(Event("sensor.reading", "s-1", Priority.P3, {"value": n}),
-                                   10_000 + n, time.time()) for n in range(40)]
-            before = await asyncio.to_thread(store.event_count)
-            with publisher(broker.port) as raw:
-                for message in burst:  # a commit, and a "changed", every 50 ms
-                    publish_all(raw, [message])
-                    await asyncio.sleep(0.05)
-            await until_stored(store, before + len(burst))
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(browser.execute_script, SLOW_ALERTS_FETCH)
+            await telemetry_burst(broker, store, config.station_id)
             most = await asyncio.to_thread(
                 browser.execute_script, "return window.mostInFlight;")
             assert most <= 1
 
-            summary, events, commands = await asyncio.to_thread(timeline)
+            summary, events, commands = await asyncio.to_thread(timeline, browser, alert_id)
             assert "1 press(es)" in summary and "acknowledged" in summary
             assert "help_point.press" in events[0] and "open" in events[0]
             assert "alert.acknowledged" in events[-1] and "web:desk-1" in events[-1]

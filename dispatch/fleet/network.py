@@ -122,17 +122,9 @@ def _write_districts(count: int, folder: Path) -> None:
             row, col = divmod(k, side)
             for name in _GTFS_FILES:
                 table = pd.read_csv(source / name, dtype=str, keep_default_na=False)
-                if k and name in _ID_COLUMNS:
-                    for column in _ID_COLUMNS[name]:
-                        table[column] = [f"D{k}-{v}" if v else v for v in table[column]]
-                if k and name == "stops.txt":
-                    table["stop_name"] = table["stop_name"] + f" (D{k})"
-                    table["stop_lat"] = (table["stop_lat"].astype(float)
-                                         - row * DISTRICT_SPACING_KM / 110.57).round(6)
-                    table["stop_lon"] = (table["stop_lon"].astype(float)
-                                         + col * DISTRICT_SPACING_KM / km_lon).round(6)
-                if k and name == "routes.txt":
-                    table["route_short_name"] = [f"D{k}-{v}" for v in table["route_short_name"]]
+                if k:
+                    _place_district(table, name, k, row * DISTRICT_SPACING_KM / 110.57,
+                                    col * DISTRICT_SPACING_KM / km_lon)
                 if k == 0 or name not in ("agency.txt", "calendar.txt"):
                     tables[name].append(table)
             mapping = pd.read_csv(source / "stations.csv", dtype=str, comment="#")
@@ -152,6 +144,20 @@ def _write_districts(count: int, folder: Path) -> None:
     _write_mapping(folder / "stations.csv", pd.concat(mappings, ignore_index=True))
     pd.concat(riders, ignore_index=True).to_csv(folder / "ridership.csv", index=False,
                                                 lineterminator="\n")
+
+
+def _place_district(table: pd.DataFrame, name: str, k: int, south: float,
+                    east: float) -> None:
+    """Make GTFS file `name` of district `k` its own, in place: its ids prefixed `Dk-`, and
+    (stops) its stations named for it and moved `south` and `east` degrees."""
+    for column in _ID_COLUMNS.get(name, ()):
+        table[column] = [f"D{k}-{v}" if v else v for v in table[column]]
+    if name == "stops.txt":
+        table["stop_name"] = table["stop_name"] + f" (D{k})"
+        table["stop_lat"] = (table["stop_lat"].astype(float) - south).round(6)
+        table["stop_lon"] = (table["stop_lon"].astype(float) + east).round(6)
+    if name == "routes.txt":
+        table["route_short_name"] = [f"D{k}-{v}" for v in table["route_short_name"]]
 
 
 def _district_links(stops: pd.DataFrame, count: int, side: int) -> pd.DataFrame:
