@@ -766,9 +766,32 @@ async def hold(demo: Demo) -> None:
             loop.remove_signal_handler(sig)
 
 
-async def run_demo(interactive_mode: bool, hold_up: bool = False) -> int:
+#: The fleet twin's short run for `demo --fleet` (as tests/test_fleet.py runs it).
+METRO_STATIONS, METRO_DAEMONS, METRO_S = 20, 3, 20.0
+
+
+async def metro(folder: Path) -> bool:
+    """A short run of the fleet twin: a simulated metro's week in `METRO_S` seconds, into its
+    own Mosquitto and hub; True when the hub holds every request, resolved, none lost."""
+    from dispatch.fleet.cli import print_result  # noqa: PLC0415 (the dispatch side's)
+    from dispatch.fleet.run import FleetOptions, run_fleet  # noqa: PLC0415
+
+    say(f"The fleet twin: a simulated metro of {METRO_STATIONS} stations ({METRO_DAEMONS} of "
+        f"them real gateway daemons), a week of requests in {METRO_S:g} s")
+    print("   with planted hotspots; every request is acknowledged, assigned and resolved by "
+          "a simulated dispatcher (stationgw hub fleet runs it at any size)")
+    options = FleetOptions(stations=METRO_STATIONS, daemons=METRO_DAEMONS, duration_s=METRO_S,
+                           speed=7 * 86400 / METRO_S, health_interval_s=5.0)
+    db_url = f"sqlite:///{folder / 'fleet-hub.db'}"
+    result = await run_fleet(options, folder / "fleet", db_url, show_progress=False)
+    print_result(result, db_url)
+    return not result.problems
+
+
+async def run_demo(interactive_mode: bool, hold_up: bool = False, fleet: bool = False) -> int:
     """Run the demo; exit code 0 when the scene completed as expected and the hub's database
-    holds it. `hold_up` keeps everything up after the scene, until Ctrl-C."""
+    holds it (and, with `fleet`, the fleet twin's short run lost nothing). `hold_up` keeps
+    everything up after the scene, until Ctrl-C."""
     async with demo_station(interactive_mode) as demo:
         if interactive_mode:
             await interactive(demo)
@@ -781,5 +804,17 @@ async def run_demo(interactive_mode: bool, hold_up: bool = False) -> int:
             ok = False
         if hold_up:
             await hold(demo)
+        missing = demo.hub_missing
     say("Everything stopped: broker, daemon, hub and dispatch view")
+    if fleet and missing is not None:
+        say(f"No fleet twin: it needs the dispatch side ({missing})")
+        ok = False
+    elif fleet:
+        folder = Path(tempfile.mkdtemp(prefix="stationgw-demo-fleet-"))
+        try:
+            if not await metro(folder):
+                say("FAILED: the fleet twin's hub does not hold every request (see PROBLEM)")
+                ok = False
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0 if ok else 1

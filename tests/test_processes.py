@@ -190,6 +190,26 @@ def test_demo_runs_its_scene_unattended_and_leaves_nothing_behind() -> None:
     assert set(_processes_mentioning("stationgw-demo-")) <= before
 
 
+@pytest.mark.slow
+def test_demo_with_the_fleet_twin_runs_a_simulated_metro_into_a_hub_and_loses_nothing() -> None:
+    before = set(_processes_mentioning("stationgw-demo-"))
+    done = stationgw("demo", "--fleet", timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "Done: dispatch received" in out and "MISSING" not in out
+    # After the station's scene: the metro's week, every request in the hub, resolved.
+    assert out.index("Everything stopped") < out.index("The fleet twin")
+    made = re.search(r"20 stations \(3 real daemons\), seed \d+, x\S+: (\d+) of (\d+) "
+                     r"requests made", out)
+    hub = re.search(r"hub \(sqlite:///\S+\): (\d+) alerts, (\d+) resolved, \d+ events; "
+                    r"seq audit: 0 lost, 0 missing at the end; 20 stations offline", out)
+    assert made is not None and hub is not None, out
+    assert made.group(1) == made.group(2) == hub.group(1) == hub.group(2)
+    assert int(hub.group(1)) > 100
+    assert out.count("planted: ") >= 1 and "PROBLEM" not in out
+    assert set(_processes_mentioning("stationgw-demo-")) <= before
+
+
 async def test_killed_daemon_leaves_retained_offline_will(
     broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:

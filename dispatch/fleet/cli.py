@@ -15,8 +15,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dispatch.fleet import FleetError
+
+if TYPE_CHECKING:
+    from dispatch.fleet.run import FleetResult
 
 DEFAULT_DB = "sqlite:///stationgw-fleet.db"
 HELP = "run the simulated metro live: real daemons and simulated stations into the hub"
@@ -92,12 +96,19 @@ def run(args: argparse.Namespace) -> int:
     except FleetError as exc:
         print(f"stationgw hub fleet: {exc}", file=sys.stderr)
         return 2
+    print_result(result, args.db)
+    return 1 if result.problems else 0
+
+
+def print_result(result: FleetResult, db_url: str) -> None:
+    """What the run made and what the hub's database holds: requests, the seq audit, the
+    planted hotspots, and any problem."""
     schedule, hub = result.schedule, result.hub
     counts = schedule.counts()
     print(f"{len(schedule.stations)} stations ({len(schedule.daemons)} real daemons), seed "
           f"{schedule.seed}, x{schedule.speed:g}: {len(result.sent)} of "
           f"{len(schedule.requests)} requests made in {result.elapsed_s:.0f} s")
-    print(f"hub ({args.db}): {sum(hub.alerts.values())} alerts, {hub.resolved} resolved, "
+    print(f"hub ({db_url}): {sum(hub.alerts.values())} alerts, {hub.resolved} resolved, "
           f"{hub.events} events; seq audit: {hub.lost} lost, {hub.lost_tail} missing at the "
           f"end; {hub.offline} stations offline after the stop")
     for spot in schedule.planted:
@@ -109,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"requests per station: median {ordered[len(ordered) // 2]}, max {ordered[-1]}")
     for problem in result.problems:
         print(f"PROBLEM: {problem}")
-    return 1 if result.problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
