@@ -26,8 +26,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import get_args
 
+from bench.common import Figure, write_json
 from firmware_bridge import (
     FRAME_TYPES,
     MAX_SEQ,
@@ -265,6 +267,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50_000, help="frames per rate run")
     parser.add_argument("--flips", type=int, default=1_000_000, help="bit-flip cases")
     parser.add_argument("--seed", type=int, default=1, help="random seed")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write results as JSON")
     args = parser.parse_args()
     n, flips, reps = (5_000, 20_000, 2) if args.quick else (args.frames, args.flips, 5)
     print(f"machine: {platform.machine()}; {platform.platform()}; "
@@ -278,10 +281,14 @@ def main() -> None:
           f"{len(stream) / len(uplink):.0f} bytes each on average)\n")
     print("| figure | frames/s |")
     print("|---|---|")
+    figures = []
     for read_size in (4096, 32):
         rate = decode_rate(stream, len(uplink), read_size, reps)
         print(f"| decode, {read_size}-byte reads | {rate:,.0f} |")
-    print(f"| encode | {encode_rate(uplink, reps):,.0f} |")
+        figures.append(Figure(f"decode, {read_size}-byte reads", rate, "frames/s"))
+    encoded = encode_rate(uplink, reps)
+    print(f"| encode | {encoded:,.0f} |")
+    figures.append(Figure("encode", encoded, "frames/s"))
     sys.stdout.flush()
 
     result = bit_flip_trials(flips, seed=args.seed)
@@ -293,6 +300,13 @@ def main() -> None:
           f"{result.crc_matched}")
     print("- decoder counters: " + ", ".join(f"{k} {v}" for k, v in
                                              sorted(result.counters.items())))
+    figures += [
+        Figure("bit flips: corrupted frames accepted", result.accepted_corrupted, "frames",
+               target="0", met=result.accepted_corrupted == 0),
+        Figure("bit flips: sentinel frames lost", result.sentinel_lost, "frames",
+               target="0", met=result.sentinel_lost == 0),
+    ]
+    write_json(args.json, "codec", figures, {"cases": result.cases, "seed": args.seed})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Run every benchmark, one process each, and print one summary table.
 
-    python -m bench.run_all            # the full run (about 8 minutes on 2 cores)
-    python -m bench.run_all --quick    # a smoke test (about 1.5 minutes)
-    python -m bench.run_all --only latency drain
-    python -m bench.run_all --only pin_latency   # any bench module with --quick and --json
+    python -m bench.run_all                  # every benchmark (fleet_scale alone takes 14 min)
+    python -m bench.run_all --quick          # every one, short (a smoke test)
+    python -m bench.run_all --only station   # a group: station, hub or analysis
+    python -m bench.run_all --only latency drain   # or benchmarks by name
 
 Each benchmark also prints its own table and details as it goes. Results are written as
 JSON to --out (default bench/results/, which git ignores).
@@ -22,7 +22,16 @@ from pathlib import Path
 
 from bench.common import REPO, Figure, fmt, machine_info, print_table
 
-BENCHES = ("latency", "throughput", "drain", "resources")
+#: Every benchmark, by what it measures. tests/test_layers.py checks that every module in
+#: bench/ that takes --quick and --json is here.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "station": ("latency", "throughput", "drain", "resources", "pin_latency",
+                "sensor_latency", "ack_roundtrip", "dead_link", "command_flood", "codec"),
+    "hub": ("console_intake", "hub_intake", "hub_crashes", "hub_replicas", "hub_memory",
+            "station_to_screen"),
+    "analysis": ("report_speed", "fleet_scale"),
+}
+BENCHES = tuple(name for names in GROUPS.values() for name in names)
 
 
 def run(name: str, quick: bool, out: Path) -> tuple[list[Figure], float, int]:
@@ -59,13 +68,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     parser.add_argument(
         "--only", nargs="+", metavar="NAME",
-        help=f"run only these: any bench module that takes --quick and --json (default: "
-        f"{' '.join(BENCHES)})",
+        help=f"run only these: a group ({', '.join(GROUPS)}) or any bench module that takes "
+        "--quick and --json (default: all of them)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(BENCHES)
+    names = [n for one in args.only or BENCHES for n in GROUPS.get(one, (one,))]
     unknown = [n for n in names if importlib.util.find_spec(f"bench.{n}") is None]
     if unknown:
         parser.error(f"no such benchmark: {', '.join(unknown)}")

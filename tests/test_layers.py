@@ -9,7 +9,7 @@
 - Nothing the daemon imports, however indirectly, is the dispatch side, test support, the
   contract generator or the demo.
 - Tests share code through conftest.py, tests/helpers.py and gateway/testing, never by
-  importing another test module.
+  importing another test module; and bench.run_all runs every benchmark.
 
 The issue 13 layout (inputs never import the station or the outbox) does not hold yet:
 helppoints.py and boards.py still reach the outbox and the lifecycle.
@@ -21,6 +21,8 @@ import ast
 from pathlib import Path
 
 import pytest
+
+from bench.run_all import BENCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 IO_MODULES = {"asyncio", "socket", "selectors", "ssl", "paho", "aiomqtt", "serial",
@@ -110,3 +112,14 @@ def test_tests_share_code_without_importing_each_other() -> None:
         others = sorted(n for n in imports(path)
                         if n.startswith(("tests.test_", "tests.conftest")))
         assert not others, f"{path.relative_to(ROOT)} imports {others}"
+
+
+def test_run_all_runs_every_benchmark() -> None:
+    """Each bench module that takes --quick and --json is in one of run_all's groups."""
+    benches = {path.stem for path in (ROOT / "bench").glob("*.py")
+               if path.stem != "run_all" and '"--quick"' in path.read_text(encoding="utf-8")
+               and '"--json"' in path.read_text(encoding="utf-8")}
+    assert len(benches) > 10  # the scan found them
+    assert sorted(benches - set(BENCHES)) == [], "add them to bench.run_all.GROUPS"
+    assert sorted(set(BENCHES) - benches) == [], "in GROUPS without --quick and --json"
+    assert len(BENCHES) == len(set(BENCHES)), "a benchmark in two groups"
