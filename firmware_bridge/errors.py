@@ -34,3 +34,32 @@ class ProtocolVersionError(BridgeError, ValueError):
     def __init__(self, message: str, version: int) -> None:
         self.version = version
         super().__init__(message)
+
+
+class CommandError(BridgeError):
+    """A command could not be carried out over the link (see the subclasses)."""
+
+
+class DeviceOfflineError(CommandError):
+    """No board is online on the link, or it went away before it answered."""
+
+
+class CommandUnsupportedError(CommandError, ValueError):
+    """The board did not list the capability the command needs in its HELLO (not sent)."""
+
+
+class CommandTimeoutError(CommandError, TimeoutError):
+    """The board answered none of the attempts of a command (no ACK, no NAK)."""
+
+
+class PortError(BridgeError, OSError):
+    """A serial port cannot be used; the message names the port and what to check."""
+
+
+class PortUnavailableError(PortError):
+    """A serial port cannot be opened: it is missing (unplugged), busy, or not permitted."""
+
+
+class PortLostError(PortError):
+    """An open serial port failed or was closed under us (the device was unplugged)."""
+

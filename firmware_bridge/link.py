@@ -26,7 +26,14 @@ from typing import Literal, NoReturn
 
 from firmware_bridge.backoff import backoff_delay
 from firmware_bridge.codec import REJECT_REASONS, Decoder, encode
-from firmware_bridge.errors import BridgeError
+from firmware_bridge.errors import (
+    CommandError,
+    CommandTimeoutError,
+    CommandUnsupportedError,
+    DeviceOfflineError,
+    PortLostError,
+    PortUnavailableError,
+)
 from firmware_bridge.frames import (
     Ack,
     Button,
@@ -51,13 +58,7 @@ from firmware_bridge.protocol import (
     negotiate,
 )
 from firmware_bridge.sequence import SequenceTracker, next_seq
-from firmware_bridge.transport import (
-    Port,
-    PortLostError,
-    PortOpener,
-    PortUnavailableError,
-    open_serial,
-)
+from firmware_bridge.transport import Port, PortOpener, open_serial
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +88,6 @@ REOPEN_MAX_S = 10.0
 ECHO_WINDOW_S = 0.5
 #: The echo is over after this long without one.
 ECHO_QUIET_S = 10.0
-
-
-class CommandError(BridgeError):
-    """A command could not be carried out over the link (see the subclasses)."""
-
-
-class DeviceOfflineError(CommandError):
-    """No board is online on the link, or it went away before it answered."""
-
-
-class CommandUnsupportedError(CommandError, ValueError):
-    """The board did not list the capability the command needs in its HELLO (not sent)."""
-
-
-class CommandTimeoutError(CommandError, TimeoutError):
-    """The board answered none of the attempts of a command (no ACK, no NAK)."""
 
 
 class LinkEvents:

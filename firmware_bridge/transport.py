@@ -22,7 +22,7 @@ from typing import Protocol
 import serial
 import serial_asyncio_fast
 
-from firmware_bridge.errors import BridgeError
+from firmware_bridge.errors import PortLostError, PortUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +30,6 @@ log = logging.getLogger(__name__)
 READ_SIZE = 4096
 #: How long closing a port may take before it is given up on (a wedged driver).
 CLOSE_TIMEOUT_S = 2.0
-
-
-class PortError(BridgeError, OSError):
-    """A serial port cannot be used; the message names the port and what to check."""
-
-
-class PortUnavailableError(PortError):
-    """A serial port cannot be opened: it is missing (unplugged), busy, or not permitted."""
-
-
-class PortLostError(PortError):
-    """An open serial port failed or was closed under us (the device was unplugged)."""
 
 
 class Port(Protocol):

@@ -23,12 +23,14 @@ from typing import Any, Literal, NoReturn
 
 from firmware_bridge import Button, ButtonEvent, Fault, Hello, Nak, Reading
 from firmware_bridge.backoff import backoff_delay
-from firmware_bridge.link import (
-    BoardEvent,
-    BoardLink,
+from firmware_bridge.errors import (
     CommandTimeoutError,
     CommandUnsupportedError,
     DeviceOfflineError,
+)
+from firmware_bridge.link import (
+    BoardEvent,
+    BoardLink,
     LinkEvents,
     LinkState,
 )

@@ -14,11 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway.errors import GatewayError
-
-
-class BrokerError(GatewayError):
-    """Mosquitto could not be found or started."""
+from gateway.errors import BrokerError
 
 
 def free_port() -> int:

@@ -158,7 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Drive a mock-mode daemon's help-point pins, or read its lamps."""
-    from gateway.simulate import SimulateError, send  # noqa: PLC0415
+    from gateway.errors import SimulateError  # noqa: PLC0415
+    from gateway.simulate import send  # noqa: PLC0415
 
     try:
         config = load_with_overrides(args.config, store=args.store)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from gateway.clock import DispatchClock
+from gateway.errors import NotStrictJsonError
 
 if TYPE_CHECKING:  # the spec's markers; gateway.spec gives them to pydantic (not the daemon)
     from pydantic import Field
@@ -202,9 +203,6 @@ class Rejection:
     command_id: str | None = None
     alert_id: str | None = None
 
-
-class NotStrictJsonError(ValueError):
-    """The payload is JSON only in Python's lenient sense, or not at all."""
 
 
 def _int(text: str) -> int:

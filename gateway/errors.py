@@ -34,3 +34,37 @@ class StoreDamagedError(StoreError):
 class StoreUnavailableError(StoreError):
     """The outbox database cannot be opened for a reason outside it (disk full, permissions,
     I/O errors): the files are left alone, and the gateway runs in memory."""
+
+
+class CommandRefusedError(GatewayError, ValueError):
+    """A command from the commands topic is refused before it is read (the commands edge)."""
+
+
+class NotStrictJsonError(CommandRefusedError):
+    """The payload is JSON only in Python's lenient sense, or not at all."""
+
+
+class LinkError(GatewayError):
+    """The MQTT uplink: a broker session cannot go on. The session ends, and the publisher
+    reconnects (to the next broker, if there is one); aiomqtt's own `MqttError`s end it the
+    same way."""
+
+
+class BrokerStalledError(LinkError):
+    """The broker confirmed nothing within `mqtt.puback_deadline_s`: the socket was dropped."""
+
+
+class PinFactoryError(GatewayError):
+    """No GPIO pin factory could be loaded (the inputs)."""
+
+
+class SimulateError(GatewayError):
+    """The simulate socket is missing or refused the command."""
+
+
+class BrokerError(GatewayError):
+    """Mosquitto could not be found or started (the broker runner of the demo and tests)."""
+
+
+class InstallError(GatewayError):
+    """A step of the install failed."""

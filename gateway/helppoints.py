@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from gateway.config import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
-from gateway.errors import GatewayError
+from gateway.errors import PinFactoryError
 from gateway.lamp import Cue, Lamp, LampState, Pattern, PatternOutput
 from gateway.lifecycle import Lifecycle, alert_body
 from gateway.model import AlertRecord, Event, Priority
@@ -36,9 +36,6 @@ FaultHook = Callable[[str, str | None], None]  # (code, message or None to clear
 # Active sensor correlations at a help point: (class to raise its request to, evidence).
 Correlate = Callable[[str], list[tuple[Priority, str]]]
 
-
-class PinFactoryError(GatewayError):
-    """No GPIO pin factory could be loaded."""
 
 
 def make_pin_factory(config: StationConfig) -> Any:

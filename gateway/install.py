@@ -23,16 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.errors import GatewayError
+from gateway.errors import InstallError
 
 USER = "stationgw"
 GROUPS = ("gpio", "dialout")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 Runner = Callable[[list[str]], None]
 
-
-class InstallError(GatewayError):
-    """A step of the install failed."""
 
 
 def run_command(argv: list[str]) -> None:

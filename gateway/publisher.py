@@ -34,6 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from firmware_bridge.backoff import backoff_delay
 from gateway import __version__
 from gateway.config import BrokerEndpoint, StationConfig
+from gateway.errors import BrokerStalledError, LinkError
 from gateway.health import Health
 from gateway.model import CLASS_NAMES, AlertRecord, Priority, PriorityName
 from gateway.mqtt import (
@@ -70,9 +71,6 @@ TWIN_WINDOW_S = 60.0
 ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayClient]
 Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
-
-class BrokerStalledError(aiomqtt.MqttError):
-    """The broker confirmed nothing within `mqtt.puback_deadline_s`: the socket was dropped."""
 
 
 def _tls_failure(exc: BaseException) -> bool:
@@ -199,7 +197,7 @@ class Publisher:
             self._ended_by = None
             try:
                 await self._session(endpoint)
-            except* (aiomqtt.MqttError, OSError) as group:
+            except* (aiomqtt.MqttError, LinkError, OSError) as group:
                 reason = "; ".join(str(e) for e in group.exceptions)
                 self.health.link(f"broker:{endpoint.url}", f"down ({reason})")
                 self.health.count("broker_disconnects")

@@ -34,7 +34,8 @@ import aiomqtt
 from cryptography import x509
 
 from firmware_bridge import Button, Fault, Hello, Nak
-from firmware_bridge.link import BoardEvent, BoardLink, CommandError, LinkEvents
+from firmware_bridge.errors import CommandError
+from firmware_bridge.link import BoardEvent, BoardLink, LinkEvents
 from firmware_bridge.protocol import HEARTBEAT_INTERVAL_S
 from gateway.config import HelpPoint, Sensor, StationConfig
 from gateway.errors import StoreDamagedError, StoreError

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import HelpPoint, StationConfig
-from gateway.errors import GatewayError
+from gateway.errors import SimulateError
 from gateway.helppoints import HelpPoints
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,6 @@ COMMANDS = ("press", "hold", "release", "stuck", "chatter", "lamp", "status")
 MAX_REQUEST = 4096
 MAX_SOCKET_PATH = 107  # sun_path of a Unix socket address
 
-
-class SimulateError(GatewayError):
-    """The simulate socket is missing or refused the command."""
 
 
 def socket_path(config: StationConfig) -> Path:

@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, select
 
-from dispatch.analysis import InputError, NetworkError
 from dispatch.analysis.cli import main
 from dispatch.analysis.hotspots import DEFAULTS, band_values, find_hotspots, flag
 from dispatch.analysis.metro import SHIPPED, write_metro
@@ -36,6 +35,7 @@ from dispatch.analysis.simulate import (
     hourly_rhythm,
     simulate_history,
 )
+from dispatch.errors import InputError, NetworkError
 from dispatch.hub.schema import alerts, events
 from dispatch.hub.store import HubStore, open_engine
 from gateway.testing.postgres import PostgreSQL

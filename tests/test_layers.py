@@ -123,3 +123,23 @@ def test_run_all_runs_every_benchmark() -> None:
     assert sorted(benches - set(BENCHES)) == [], "add them to bench.run_all.GROUPS"
     assert sorted(set(BENCHES) - benches) == [], "in GROUPS without --quick and --json"
     assert len(BENCHES) == len(set(BENCHES)), "a benchmark in two groups"
+
+
+@pytest.mark.parametrize("package", ["gateway", "dispatch", "firmware_bridge"])
+def test_each_package_has_one_error_hierarchy_in_its_errors_module(package: str) -> None:
+    """Public exception classes live in `{package}/errors.py`, under the package's root."""
+    errors = ROOT / package / "errors.py"
+    tree = ast.parse(errors.read_text(encoding="utf-8"))
+    defined = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    roots = [c.name for c in defined
+             if any(isinstance(b, ast.Name) and b.id == "Exception" for b in c.bases)]
+    assert len(roots) == 1, f"{errors.relative_to(ROOT)}: roots {roots}"
+    elsewhere = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if path == errors or "testing" in path.relative_to(ROOT).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.ClassDef) and not node.name.startswith("_")
+                    and node.name.endswith(("Error", "Exception"))):
+                elsewhere.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert not elsewhere, f"define these in {errors.relative_to(ROOT)}: {elsewhere}"

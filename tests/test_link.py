@@ -34,17 +34,20 @@ from firmware_bridge import (
     Welcome,
     encode,
 )
-from firmware_bridge.link import (
-    BoardEvent,
-    BoardLink,
+from firmware_bridge.errors import (
     CommandTimeoutError,
     CommandUnsupportedError,
     DeviceOfflineError,
+    PortUnavailableError,
+)
+from firmware_bridge.link import (
+    BoardEvent,
+    BoardLink,
     LinkEvents,
     LinkState,
 )
 from firmware_bridge.simulator import BoardSimulator
-from firmware_bridge.transport import PortUnavailableError, open_serial
+from firmware_bridge.transport import open_serial
 
 HB = 0.2  # heartbeat interval, both sides
 WAIT = 10.0  # for anything that should happen; only a broken link takes this long

@@ -27,15 +27,3 @@ from __future__ import annotations
 
 #: The small-cell rule's default k (`privacy`): exports show no figure of 1..k-1 requests.
 DEFAULT_MIN_CELL = 5
-
-
-class AnalysisError(Exception):
-    """Root of every error the analysis raises."""
-
-
-class InputError(AnalysisError, ValueError):
-    """A file or option the planner supplied is unusable (the message names it and the fix)."""
-
-
-class NetworkError(InputError):
-    """The GTFS feed or the station mapping does not describe a usable network."""

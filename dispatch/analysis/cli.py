@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dispatch.analysis import AnalysisError
+from dispatch.errors import AnalysisError
 
 if TYPE_CHECKING:
     import pandas as pd

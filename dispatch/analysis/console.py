@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dispatch.analysis import DEFAULT_MIN_CELL, AnalysisError, InputError
+from dispatch.analysis import DEFAULT_MIN_CELL
 from dispatch.analysis.period import parse_since
+from dispatch.errors import AnalysisError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd

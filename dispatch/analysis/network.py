@@ -23,7 +23,7 @@ import networkx as nx
 import pandas as pd
 from libpysal.weights import W
 
-from dispatch.analysis import NetworkError
+from dispatch.errors import NetworkError
 
 #: Mapping file columns: the gateway's station id (its MQTT topic) and the GTFS stop id.
 MAPPING_COLUMNS = ("station", "gtfs_stop_id")

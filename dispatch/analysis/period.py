@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from dispatch.analysis import InputError
+from dispatch.errors import InputError
 
 WEEK_S = 7 * 24 * 3600
 

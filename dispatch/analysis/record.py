@@ -26,8 +26,8 @@ import pandas as pd
 from sqlalchemy import Engine, Select, case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatch.analysis import AnalysisError, InputError
 from dispatch.analysis import period as _period
+from dispatch.errors import AnalysisError, InputError
 from dispatch.hub.schema import alerts
 
 # At home in `period` (light to import); here too, where the rest of the analysis looks.

@@ -24,7 +24,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
-from dispatch.analysis import DEFAULT_MIN_CELL, AnalysisError
+from dispatch.analysis import DEFAULT_MIN_CELL
 from dispatch.analysis.grids import (
     SERVICE_FIGURES,
     concentration,
@@ -51,6 +51,7 @@ from dispatch.analysis.record import (
     band_of_hour,
     load_requests,
 )
+from dispatch.errors import AnalysisError
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, func, select
 
-from dispatch.analysis import InputError
 from dispatch.analysis.network import Network
 from dispatch.analysis.progress import progress
 from dispatch.analysis.record import BAND_NAMES, BANDS, WEEK_S, band_of_hour
+from dispatch.errors import InputError
 from dispatch.hub.schema import alerts, events, stations, transitions
 from dispatch.hub.store import migrate
 

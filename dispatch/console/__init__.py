@@ -23,7 +23,6 @@ are large: acknowledging on receipt instead cost 210 rather than 116 CPU us/msg.
 
 from __future__ import annotations
 
-from dispatch.console.errors import ConsoleConnectionError, ConsoleError, ConsoleUsageError
 from dispatch.console.events import (
     DEDUP_WINDOW,
     Dedup,
@@ -52,6 +51,7 @@ from dispatch.console.options import (
 from dispatch.console.queue import CLOSED_MEMORY, AlertQueue, AlertRow, Change, Fault
 from dispatch.console.screen import ANSI_CLEAR, Mode, Screen, Send, age
 from dispatch.console.watch import watch_json
+from dispatch.errors import ConsoleConnectionError, ConsoleError, ConsoleUsageError
 
 __all__ = [
     "ACTIONS",

@@ -32,8 +32,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.options import Security
+from dispatch.errors import ConsoleConnectionError
 from gateway.mqtt import json_properties
 
 MAX_BATCH = 500  # messages handed over (and committed by the hub) at once

@@ -21,7 +21,6 @@ from typing import IO, NoReturn
 
 import paho.mqtt.client as paho
 
-from dispatch.console.errors import ConsoleConnectionError, ConsoleUsageError
 from dispatch.console.events import as_text, parse_reply
 from dispatch.console.intake import Intake
 from dispatch.console.keys import KeyReader
@@ -30,6 +29,7 @@ from dispatch.console.options import PREFIX, Security, events_filter
 from dispatch.console.queue import AlertQueue
 from dispatch.console.running import run, say
 from dispatch.console.screen import Screen, Send
+from dispatch.errors import ConsoleConnectionError, ConsoleUsageError
 from dispatch.inbound import Dropped, read
 from gateway.dispatch import make_command
 from gateway.topics import Topics

@@ -11,9 +11,9 @@ from typing import NoReturn
 
 import paho.mqtt.client as paho
 
-from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.intake import EPHEMERAL_SESSION_S, Intake
 from dispatch.console.options import Security
+from dispatch.errors import ConsoleConnectionError
 from firmware_bridge.backoff import backoff_delay
 
 PERSISTENT_SESSION_S = 24 * 3600  # a named console's session outlives a day's absence

@@ -15,11 +15,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.events import as_number, as_text, parse_reply
 from dispatch.console.intake import Intake
 from dispatch.console.options import ACTIONS, PREFIX, TEAMS, Security
 from dispatch.console.running import say
+from dispatch.errors import ConsoleConnectionError
 from dispatch.inbound import Dropped, printable, read
 from gateway.commands import Action, Command, Reply
 from gateway.dispatch import make_command

@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from pydantic import ValidationError
 
-from dispatch.console.errors import ConsoleUsageError
+from dispatch.errors import ConsoleUsageError
 from gateway.commands import Action, Team
 from gateway.config import BrokerEndpoint
 from gateway.spec import adapter

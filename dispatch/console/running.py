@@ -13,7 +13,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from dispatch.console.errors import ConsoleError
+from dispatch.errors import ConsoleError
 
 
 def say(text: str) -> None:

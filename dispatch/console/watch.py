@@ -10,12 +10,12 @@ import sys
 
 import paho.mqtt.client as paho
 
-from dispatch.console.errors import ConsoleUsageError
 from dispatch.console.events import Dedup
 from dispatch.console.intake import Intake
 from dispatch.console.link import Link
 from dispatch.console.options import PREFIX, Security, events_filter
 from dispatch.console.running import run, say
+from dispatch.errors import ConsoleUsageError
 from dispatch.inbound import Dropped, printable, read
 
 

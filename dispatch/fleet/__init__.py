@@ -21,7 +21,3 @@ Nothing here is imported by the station daemon (gateway/ never imports dispatch/
 """
 
 from __future__ import annotations
-
-
-class FleetError(Exception):
-    """Root of every error of the fleet twin (the message names the problem and the fix)."""

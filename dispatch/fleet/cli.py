@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dispatch.fleet import FleetError
+from dispatch.errors import FleetError
 
 if TYPE_CHECKING:
     from dispatch.fleet.run import FleetResult

@@ -32,7 +32,7 @@ from typing import Any
 import aiomqtt
 
 from dispatch.analysis.simulate import LOCATIONS
-from dispatch.fleet import FleetError
+from dispatch.errors import FleetError
 from dispatch.fleet.schedule import Request
 from dispatch.fleet.stations import HOLD_S, Sent, help_point, platform
 from gateway.config import StationConfig, load_config

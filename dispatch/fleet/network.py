@@ -29,7 +29,7 @@ import pandas as pd
 from dispatch.analysis.metro import CENTRE, METRO_SEED, SHIPPED, write_metro
 from dispatch.analysis.network import Line, Network, read_mapping, read_network
 from dispatch.analysis.record import read_ridership
-from dispatch.fleet import FleetError
+from dispatch.errors import FleetError
 
 #: Stations in one district (the generator's metro).
 DISTRICT_STATIONS = 116

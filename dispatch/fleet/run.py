@@ -32,7 +32,7 @@ from sqlalchemy import Engine, func, select
 
 from dispatch.analysis.progress import progress
 from dispatch.analysis.simulate import DEFAULT_RATE, DEFAULT_SEED
-from dispatch.fleet import FleetError
+from dispatch.errors import FleetError
 from dispatch.fleet.daemons import Dispatcher, RealStation
 from dispatch.fleet.network import FleetMetro, fleet_metro
 from dispatch.fleet.schedule import DEFAULT_SPEED, Schedule, make_schedule

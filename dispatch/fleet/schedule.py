@@ -41,7 +41,7 @@ from dispatch.analysis.simulate import (
     plant,
     request_frame,
 )
-from dispatch.fleet import FleetError
+from dispatch.errors import FleetError
 
 #: A simulated week in 10 minutes.
 DEFAULT_SPEED = WEEK_S / 600

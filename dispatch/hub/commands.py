@@ -6,16 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-from dispatch.console.errors import ConsoleConnectionError
 from dispatch.console.events import parse_reply
 from dispatch.console.link import Link
+from dispatch.errors import CommandError, ConsoleConnectionError
 from dispatch.inbound import Inbound
 from gateway.commands import Command, Reply
 from gateway.topics import Topics
-
-
-class CommandError(Exception):
-    """A command could not be sent, or no reply came in time (the message says which)."""
 
 
 class Commander:

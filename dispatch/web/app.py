@@ -55,7 +55,6 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from dispatch.analysis import AnalysisError, InputError
 from dispatch.analysis.console import (
     DEFAULT_PERIOD,
     PERIODS,
@@ -65,8 +64,9 @@ from dispatch.analysis.console import (
     period,
 )
 from dispatch.console.options import TEAMS
+from dispatch.errors import AnalysisError, CommandError, InputError
 from dispatch.hub.capfeed import CAP_TYPE, atom_feed
-from dispatch.hub.commands import Commander, CommandError
+from dispatch.hub.commands import Commander
 from dispatch.hub.store import HubStore
 from dispatch.inbound import printable
 from gateway.commands import Command
