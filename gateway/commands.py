@@ -204,7 +204,6 @@ class Rejection:
     alert_id: str | None = None
 
 
-
 def _int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
         raise NotStrictJsonError(f"an integer of {len(text)} digits")

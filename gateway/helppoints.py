@@ -37,7 +37,6 @@ FaultHook = Callable[[str, str | None], None]  # (code, message or None to clear
 Correlate = Callable[[str], list[tuple[Priority, str]]]
 
 
-
 def make_pin_factory(config: StationConfig) -> Any:
     """The gpiozero pin factory the config asks for (None: gpiozero's default)."""
     name: str = config.gpio_pin_factory

@@ -31,7 +31,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 Runner = Callable[[list[str]], None]
 
 
-
 def run_command(argv: list[str]) -> None:
     """Run a system command; raise InstallError with its output when it fails."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False)

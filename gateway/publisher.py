@@ -72,7 +72,6 @@ ClientFactory = Callable[[StationConfig, BrokerEndpoint, aiomqtt.Will], GatewayC
 Handler = Callable[[GatewayClient, aiomqtt.Message], Coroutine[Any, Any, None]]
 
 
-
 def _tls_failure(exc: BaseException) -> bool:
     """Whether an ended session failed in TLS: an `ssl.SSLError` (a handshake refused, a
     certificate not verified, the broker's alert) anywhere in the exception's chain."""

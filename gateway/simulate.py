@@ -26,7 +26,6 @@ MAX_REQUEST = 4096
 MAX_SOCKET_PATH = 107  # sun_path of a Unix socket address
 
 
-
 def socket_path(config: StationConfig) -> Path:
     """Where a mock-mode daemon for this config listens."""
     return config.store.path.parent / f"stationgw-{config.station_id}.sim.sock"
