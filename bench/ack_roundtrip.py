@@ -6,7 +6,7 @@ a new request and acknowledges it:
 1. Press a help point (`pin.drive_low()`, released once its row is committed) and wait for
    its `help_point.press` event at the dispatch subscriber (`bench.subscriber`, its own
    process) and for the lamp to show "sent" (the gateway has its PUBACK).
-2. Timed: from `time.monotonic_ns()` just before `gateway.dispatch.send_command(acknowledge)`
+2. Timed: from `time.monotonic_ns()` just before `dispatch.outbound.send_command(acknowledge)`
    to the moment the lamp shows "acknowledged" (solid). The dispatcher is an aiomqtt client
    on a thread and event loop of its own, so that, as in a station, its work is not on the
    gateway's loop. The end is taken by a listener appended to the gateway's alert book
@@ -76,15 +76,15 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
-from gateway.commands import Action, Command
-from gateway.config import StationConfig
+from dispatch.outbound import make_command, send_command
+from gateway.config.models import StationConfig
+from gateway.core.commands import Action, Command
+from gateway.core.model import AlertRecord
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
-from gateway.helppoints import HelpPointUnit
-from gateway.model import AlertRecord
-from gateway.outbox import Row
-from gateway.topics import Topics
+from gateway.outbox.sqlite import Row
+from gateway.station.helppoints import HelpPointUnit
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 T = TypeVar("T")
 

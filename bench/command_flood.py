@@ -41,11 +41,11 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
-from gateway.config import load_config
-from gateway.dispatch import make_command
-from gateway.simulate import send, socket_path
+from dispatch.outbound import make_command
+from gateway.config.loading import load_config
+from gateway.inputs.simulate import send, socket_path
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.mosquitto import Mosquitto
 
 WAIT = 30.0
 
@@ -169,7 +169,7 @@ def main() -> None:
         config_path = write_config(folder, station, broker.url)
         log = (folder / "daemon.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
+            [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         listener = Listener(broker.port, [f"{root}/events/#", f"{root}/replies",

@@ -30,11 +30,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.cli import setup_logging
-from gateway.config import StationConfig, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.models import StationConfig
+from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
-from gateway.model import Event, Priority
-from gateway.topics import Topics
+from gateway.ops.cli import setup_logging
+from gateway.uplink.topics import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "stationgw/v1"

@@ -58,10 +58,10 @@ from bench.common import (
     proc_memory_kib,
     write_json,
 )
-from gateway.broker import Mosquitto
-from gateway.contract import EventMessage
-from gateway.model import REQUESTED_RESPONSE, Priority
-from gateway.mqtt import json_properties
+from gateway.contract.asyncapi import EventMessage
+from gateway.core.model import REQUESTED_RESPONSE, Priority
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.client import json_properties
 
 FILTER = f"{PREFIX}/+/events/#"
 KINDS = ("console", "paho", "aiomqtt")

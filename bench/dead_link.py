@@ -35,10 +35,10 @@ from bench.common import (
     print_table,
     write_json,
 )
-from gateway.broker import Mosquitto
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
 from gateway.testing.faultproxy import FaultProxy, Mode
+from gateway.testing.mosquitto import Mosquitto
 
 DEFAULT_KEEPALIVE = 30
 SHORT_KEEPALIVE = 5

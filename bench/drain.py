@@ -1,6 +1,6 @@
 """Drain of a backlog after an outage, and P1 latency while it drains.
 
-The outbox is pre-filled while the broker is down: `gateway.outbox.Outbox.accept` with large
+The outbox is pre-filled while the broker is down: `gateway.outbox.sqlite.Outbox.accept` with large
 batches straight on the database file (90% P3 telemetry, 10% P2, as after a long outage).
 Then the broker, two subscribers (own processes: a sink for all events, and a timed one
 for P1 only) and the gateway start; the drain rate is
@@ -45,12 +45,12 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
-from gateway.config import StationConfig
+from gateway.config.models import StationConfig
+from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
-from gateway.model import Event, Priority
-from gateway.outbox import Outbox
-from gateway.topics import Topics
+from gateway.outbox.sqlite import Outbox
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 FILL_BATCH = 5000
 

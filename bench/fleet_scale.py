@@ -47,7 +47,7 @@ from bench.common import (
 )
 from dispatch.fleet.run import Fleet, FleetOptions, latencies
 from dispatch.fleet.schedule import DEFAULT_SPEED
-from gateway.broker import Mosquitto
+from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 
 

@@ -14,7 +14,7 @@ checked), (station, seq) pairs, the hub's own seq audit (`HubStore.gaps()`), and
 their "open" transitions (each recorded once). Baseline in the same run: a raw paho
 subscriber process (QoS 1, never killed) on the same broker, taking the same flood.
 
-The broker is `gateway.broker.Mosquitto`, whose `max_queued_messages` is 1,000,000: a hub
+The broker is `gateway.testing.mosquitto.Mosquitto`, whose `max_queued_messages` is 1,000,000: a hub
 away for a few seconds has thousands of messages queued in its session, and Mosquitto's
 default of 1000 would silently drop the rest (`--max-queued 1000` shows it).
 
@@ -46,7 +46,7 @@ from bench.hubkit import (
     stored_count,
     wait_stored,
 )
-from gateway.broker import Mosquitto
+from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 
 

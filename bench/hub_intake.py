@@ -27,10 +27,10 @@ from bench.common import Figure, median, print_machine, print_table, workdir, wr
 from bench.hubkit import HubProcess
 from dispatch.hub.schema import events
 from dispatch.hub.store import migrate, open_engine
-from gateway.broker import Mosquitto
-from gateway.model import Event, Priority
+from gateway.core.model import Event, Priority
+from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
-from gateway.topics import Topics
+from gateway.uplink.topics import Topics
 
 WAIT_S = 600.0
 

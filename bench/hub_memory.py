@@ -52,7 +52,7 @@ from bench.hubkit import HubProcess, RawCounter, migrated
 from dispatch.hub.schema import stations
 from dispatch.hub.store import HubStore
 from dispatch.inbound import Inbound, read
-from gateway.broker import Mosquitto, free_port
+from gateway.testing.mosquitto import Mosquitto, free_port
 from gateway.testing.postgres import PostgreSQL
 
 PASSWORD = "bench operator password"  # noqa: S105 - a throwaway operator
@@ -270,7 +270,7 @@ FLOOR = """
 import sys
 from dispatch.hub.service import run_hub
 from dispatch.hub.store import HubStore, migrate, open_engine
-import gateway.cli
+import gateway.ops.cli
 engine = open_engine(sys.argv[1])
 migrate(engine)
 HubStore(engine).station_rows()

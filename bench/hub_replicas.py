@@ -42,7 +42,7 @@ from bench.hubkit import (
     stored_count,
     wait_stored,
 )
-from gateway.broker import Mosquitto
+from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 
 

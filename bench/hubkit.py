@@ -32,8 +32,8 @@ from sqlalchemy import Engine, func, select
 from bench.common import REPO
 from dispatch.hub.schema import alerts, events, transitions
 from dispatch.hub.store import HubStore, migrate, open_engine
-from gateway.model import Event, Priority
-from gateway.topics import Topics
+from gateway.core.model import Event, Priority
+from gateway.uplink.topics import Topics
 
 CONNECTED = b"hub: connected to "
 
@@ -65,7 +65,7 @@ class HubProcess:
     def __init__(self, db_url: str, port: int, prefix: str, client_id: str, log_path: Path,
                  *, share: str | None = None, extra: Sequence[str] = (),
                  log_level: str = "INFO") -> None:
-        self.args = [sys.executable, "-m", "gateway.cli", "hub", "run", "--db", db_url,
+        self.args = [sys.executable, "-m", "gateway.ops.cli", "hub", "run", "--db", db_url,
                      "--broker", f"mqtt://127.0.0.1:{port}", "--prefix", prefix,
                      "--client-id", client_id, "--log-level", log_level, *extra]
         if share is not None:

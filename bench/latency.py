@@ -37,10 +37,10 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
-from gateway.topics import Topics
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 
 async def gateway_latency(gw: Gateway, sub: Subscriber, n: int, gap_s: float) -> Samples:

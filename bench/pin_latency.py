@@ -13,7 +13,7 @@ paho-mqtt QoS 1 publish on the same station's topic. Both sides use the same sub
 process (`bench.subscriber`; CLOCK_MONOTONIC is shared by all processes) and the same broker,
 in alternating rounds, so machine noise falls on both.
 
-Bounce: the issue asks for the figure minus the configured bounce time. `gateway.presses`
+Bounce: the issue asks for the figure minus the configured bounce time. `gateway.core.presses`
 counts a press on its leading edge and debounces only the release (the press ends once the
 line has stayed high for bounce_time_s), and gpiozero's MockPin does not implement bounce, so
 no bounce time lies on this path: the raw figure is the one to compare with the baseline, and
@@ -52,11 +52,11 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
-from gateway.config import StationConfig
+from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
-from gateway.outbox import Row
-from gateway.topics import Topics
+from gateway.outbox.sqlite import Row
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 HELP_POINTS = 8
 REPEAT_WINDOW_S = 0.05  # short, so a help point pressed again soon raises a new request

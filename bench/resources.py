@@ -1,6 +1,6 @@
 """The daemon's memory (RSS) in steady state and its idle CPU, beside a minimal paho process.
 
-`python -m gateway.cli run --config FILE` runs as a subprocess against a real Mosquitto, with
+`python -m gateway.ops.cli run --config FILE` runs as a subprocess against a real Mosquitto, with
 the config's defaults (health every 30 s, keepalive 30 s) and logging to a file, as journald
 would take it. The load is fed two ways. First as an outage feeds it: rows are put in its
 outbox before it starts (`Outbox.accept`), and it publishes them all to a subscriber on
@@ -39,12 +39,12 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
-from gateway.config import parse_config
-from gateway.model import Event, Priority
-from gateway.outbox import Outbox
-from gateway.simulate import send
-from gateway.topics import Topics
+from gateway.config.loading import parse_config
+from gateway.core.model import Event, Priority
+from gateway.inputs.simulate import send
+from gateway.outbox.sqlite import Outbox
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 BASELINE = """
 import sys
@@ -133,11 +133,11 @@ class Proc:
 
 
 def daemon(folder: Path, raw: dict[str, Any], log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """Start `python -m gateway.cli run --config FILE` for this config."""
+    """Start `python -m gateway.ops.cli run --config FILE` for this config."""
     conf = folder / f"{raw['station_id']}.toml"
     conf.write_text(toml_config(raw))
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(conf)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )
 
@@ -240,7 +240,7 @@ def main() -> None:
     rows, presses, idle = (1000, 2, 10.0) if args.quick else (args.rows, args.presses, args.idle)
     print_machine()
     figures, extra = measure(rows, presses, idle, min(args.window, idle))
-    print_table("Daemon resources (python -m gateway.cli run)", figures)
+    print_table("Daemon resources (python -m gateway.ops.cli run)", figures)
     write_json(args.json, "resources", figures, extra)
 
 

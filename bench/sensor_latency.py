@@ -21,7 +21,7 @@ Baseline (as in `bench.pin_latency`): one SQLite commit (WAL, synchronous=FULL) 
 paho-mqtt QoS 1 publish of a P0 event on the same station's topic, to the same subscriber
 process and broker, in rounds alternating with the two boards.
 
-CPU: `python -m gateway.cli run --config FILE` runs as a subprocess (config defaults, logging
+CPU: `python -m gateway.ops.cli run --config FILE` runs as a subprocess (config defaults, logging
 to a file) with one `[[sensors]]` board; the simulator runs in this process. First the board
 only sends its heartbeats (one a second, the protocol's rate): the idle baseline. Then it
 sends 50 frames/s: 10 heartbeats and 40 READ frames a second over four channels (sound level
@@ -75,13 +75,13 @@ from bench.resources import stop
 from firmware_bridge.codec import REJECT_REASONS, encode
 from firmware_bridge.frames import Reading, Unit
 from firmware_bridge.simulator import BoardSimulator
-from gateway.broker import Mosquitto
-from gateway.config import load_config
+from gateway.config.loading import load_config
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
-from gateway.outbox import Row
-from gateway.status import status_path
-from gateway.topics import Topics
+from gateway.outbox.sqlite import Row
+from gateway.station.status import status_path
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 BAUDS = (115200, 921600)
 SPEED_NAMES = {termios.B115200: 115200, termios.B921600: 921600}
@@ -430,9 +430,9 @@ async def board_counters(path: Path, newer_than: float) -> tuple[dict[str, int],
 
 
 def start_daemon(conf: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """`python -m gateway.cli run --config FILE`, logging to `log`."""
+    """`python -m gateway.ops.cli run --config FILE`, logging to `log`."""
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(conf)],
+        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(conf)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )
 
@@ -561,7 +561,7 @@ def main() -> None:
     )
     cpu = asyncio.run(measure_cpu(span, min(args.window, span), 2.0))
     figures = cpu_figures(cpu, min(args.window, span))
-    print_table("Daemon CPU with a sensor board (python -m gateway.cli run)", figures)
+    print_table("Daemon CPU with a sensor board (python -m gateway.ops.cli run)", figures)
     print(f"\ndaemon exit code {cpu.exit_code}; load avg after: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     all_figures = lat_figures + figures

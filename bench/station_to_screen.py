@@ -51,11 +51,11 @@ from bench.common import (
 from bench.hubkit import Flood, HubProcess, alert_body, fleet_events, migrated
 from dispatch.hub.schema import events
 from dispatch.hub.store import HubStore
-from gateway.broker import Mosquitto, free_port
-from gateway.model import Event, Priority
+from gateway.core.model import Event, Priority
 from gateway.testing.browser import chromium, log_in
+from gateway.testing.mosquitto import Mosquitto, free_port
 from gateway.testing.postgres import PostgreSQL
-from gateway.topics import Topics
+from gateway.uplink.topics import Topics
 
 PASSWORD = "bench operator password"  # noqa: S105 - a throwaway operator
 WAIT = 30.0

@@ -39,10 +39,10 @@ from bench.common import (
     workdir,
     write_json,
 )
-from gateway.broker import Mosquitto
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
-from gateway.topics import Topics
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 
 A = TypeVar("A")
 R = TypeVar("R")

@@ -4,5 +4,5 @@
 (identity from the topic, strict JSON, the contract's schema). `dispatch.console` is the
 dispatcher's terminal console (`stationgw dispatch ...`). It shares
 only the contract with the station gateway: docs/asyncapi.yaml and the models in
-`gateway.contract` and `gateway.commands` it is generated from.
+`gateway.contract.asyncapi` and `gateway.core.commands` it is generated from.
 """

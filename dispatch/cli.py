@@ -1,6 +1,6 @@
 """The dispatch side's commands: `stationgw dispatch` (the console) and `stationgw hub`.
 
-gateway/cli.py adds them to its parser (`add_dispatch`, `add_hub`). Building the parser
+gateway/ops/cli.py adds them to its parser (`add_dispatch`, `add_hub`). Building the parser
 imports only argparse; the console, SQLAlchemy and the web stack load when a command runs,
 so `stationgw run` on a station never loads them.
 """
@@ -177,7 +177,7 @@ def hub_run(args: argparse.Namespace) -> int:
     if args.min_cell < 1:
         print(f"stationgw hub: --min-cell {args.min_cell}: give 1 or more", file=sys.stderr)
         return 2
-    from gateway.cli import setup_logging  # noqa: PLC0415
+    from gateway.ops.cli import setup_logging  # noqa: PLC0415
 
     setup_logging(args.log_level)
     with contextlib.suppress(asyncio.CancelledError):

@@ -10,7 +10,7 @@ so a payload can be anything. `read`:
   so this is what stops station "evil" from closing, forging or hiding station "victim"'s
   alerts;
 - parses strict JSON only (no NaN or Infinity, bounded nesting and numbers, valid Unicode:
-  `gateway.commands.decode_strict`, the gateway's own reader), so nothing downstream meets a
+  `gateway.core.commands.decode_strict`, the gateway's own reader), so nothing downstream meets a
   value it cannot print, compare or write back as JSON;
 - validates the message against the contract's model for its topic (the models
   docs/asyncapi.yaml is generated from);
@@ -31,11 +31,11 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.commands import Reply, decode_strict
-from gateway.contract import EventMessage
-from gateway.model import CLASS_NAMES
-from gateway.reports import HealthReport, OpenAlertsMessage, StatusMessage
-from gateway.spec import adapter
+from gateway.contract.asyncapi import EventMessage
+from gateway.contract.spec import adapter
+from gateway.core.commands import Reply, decode_strict
+from gateway.core.model import CLASS_NAMES
+from gateway.uplink.reports import HealthReport, OpenAlertsMessage, StatusMessage
 
 Channel = Literal["event", "status", "health", "alerts", "reply"]
 DropReason = Literal["topic", "oversized", "malformed", "schema", "wrong_station"]

@@ -8,24 +8,25 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from gateway.clock import SYSTEM, Clock
-from gateway.config import StationConfig
+from gateway.config.models import StationConfig
+from gateway.core.clock import SYSTEM, Clock
+from gateway.core.model import Event, Priority
 from gateway.health import Health
-from gateway.helppoints import HelpPoints, is_mock, make_pin_factory
-from gateway.lifecycle import Lifecycle
-from gateway.model import Event, Priority
-from gateway.mqtt import make_client
-from gateway.outbox import Outbox, Row
-from gateway.publisher import ClientFactory, Publisher
+from gateway.inputs.gpio import is_mock, make_pin_factory
+from gateway.outbox.files import kept_files
+from gateway.outbox.sqlite import Outbox, Row
+from gateway.outbox.store import AsyncOutbox
 from gateway.sdnotify import Notifier
-from gateway.status import INTERVAL_S as STATUS_INTERVAL_S
-from gateway.status import status_path, write_status
-from gateway.store import AsyncOutbox
-from gateway.storefile import kept_files
-from gateway.topics import Topics
+from gateway.station.helppoints import HelpPoints
+from gateway.station.lifecycle import Lifecycle
+from gateway.station.status import INTERVAL_S as STATUS_INTERVAL_S
+from gateway.station.status import status_path, write_status
+from gateway.uplink.client import make_client
+from gateway.uplink.publisher import ClientFactory, Publisher
+from gateway.uplink.topics import Topics
 
 if TYPE_CHECKING:
-    from gateway.boards import Boards
+    from gateway.inputs.boards import Boards
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Gateway:
             )
             open_alerts = await self.lifecycle.restore()
             if self.config.sensors:
-                from gateway.boards import Boards  # noqa: PLC0415 (serial stack: only if used)
+                from gateway.inputs.boards import Boards  # noqa: PLC0415 (serial stack: only if used)
 
                 self.boards = Boards(self.config, self.accept, self.health)
             if self.config.help_points:
@@ -105,9 +106,11 @@ class Gateway:
                 for record, all_sent in open_alerts:
                     self.help_points.restore(record, all_sent)
                 if on_gpio and is_mock(factory):
-                    from gateway.simulate import SimulateServer  # noqa: PLC0415
+                    from gateway.inputs.simulate import SimulateServer  # noqa: PLC0415
 
-                    await stack.enter_async_context(SimulateServer(self.config, self.help_points))
+                    await stack.enter_async_context(
+                        SimulateServer(self.config, self.help_points.units)
+                    )
             self._stack = stack.pop_all()
         self.notifier.notify(READY="1", STATUS=f"station {self.config.station_id} running")
         return self

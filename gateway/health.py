@@ -31,7 +31,7 @@ class Health:
         self.faults: dict[str, Fault] = {}
         self.counters: Counter[str] = Counter()
         self.links: dict[str, str] = {}
-        # Link quality counters of each serial board, by board id (set by gateway.boards).
+        # Link quality counters of each serial board, by board id (set by gateway.inputs.boards).
         self.board_counters: Callable[[], dict[str, dict[str, int]]] = dict
         self.listeners: list[FaultListener] = []
         self.changed = asyncio.Event()  # set on every fault or link change

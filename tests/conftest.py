@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.broker import Mosquitto
+from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 
 

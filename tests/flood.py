@@ -22,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import load_config
+from gateway.config.loading import load_config
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
 
 log = logging.getLogger("tests.flood")
 
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stdout, level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("gateway.mqtt.paho").setLevel(logging.WARNING)
+    logging.getLogger("gateway.uplink.client.paho").setLevel(logging.WARNING)
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(flood(args.config, args.accepted, args.rate, args.submitters))
     log.info("stopped")

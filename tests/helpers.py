@@ -21,9 +21,10 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import StationConfig, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
-from gateway.helppoints import HelpPointUnit
+from gateway.station.helppoints import HelpPointUnit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,11 +276,12 @@ def publish_all(client: paho.Client, messages: list[tuple[str, bytes]]) -> None:
 # ------------------------------------------------------------------------- the daemon's modules
 
 
-#: What `stationgw run` imports (gateway.cli and gateway.daemon bring in the rest).
+#: What `stationgw run` imports (gateway.ops.cli and gateway.daemon bring in the rest).
 DAEMON_MODULES = (
-    "gateway.cli", "gateway.daemon", "gateway.publisher", "gateway.lifecycle",
-    "gateway.helppoints", "gateway.boards", "gateway.sensors", "gateway.topics",
-    "gateway.reports", "gateway.status",
+    "gateway.ops.cli", "gateway.daemon", "gateway.uplink.publisher", "gateway.station.lifecycle",
+    "gateway.station.helppoints", "gateway.inputs.boards", "gateway.core.sensors",
+    "gateway.uplink.topics",
+    "gateway.uplink.reports", "gateway.station.status",
 )
 
 

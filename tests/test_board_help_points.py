@@ -14,12 +14,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from dispatch.outbound import make_command, send_command
 from firmware_bridge import Lamp
 from firmware_bridge.simulator import BoardSimulator
-from gateway.broker import Mosquitto
+from gateway.core.presses import HelpPointLogic, PressRules
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
-from gateway.presses import HelpPointLogic, PressRules
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import Subscriber, running, station_config, subscribe
 
 Station = tuple[Gateway, Subscriber, BoardSimulator, aiomqtt.Client]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from firmware_bridge.simulator import BoardSimulator
-from gateway.broker import Mosquitto
 from gateway.daemon import Gateway
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import Subscriber, running, station_config, subscribe
 
 Station = tuple[Gateway, Subscriber, BoardSimulator]

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from dispatch.hub.cap import lifecycle
 from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.inbound import read
-from gateway.lifecycle import alert_body
-from gateway.model import AlertRecord, Event, Priority
-from gateway.topics import Topics
+from gateway.core.model import AlertRecord, Event, Priority
+from gateway.station.lifecycle import alert_body
+from gateway.uplink.topics import Topics
 from tests.helpers import CAP_NS_MAP, valid_cap
 
 NS = CAP_NS_MAP
@@ -102,7 +102,7 @@ def test_an_alert_recorded_by_the_hub_becomes_a_valid_cap_chain(tmp_path: Path) 
     engine.dispose()
     # The same from the command line: one file per message.
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "hub", "cap", "--db",
+        [sys.executable, "-m", "gateway.ops.cli", "hub", "cap", "--db",
          f"sqlite:///{tmp_path / 'hub.db'}", "--out", str(tmp_path / "cap"), "--test"],
         capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr

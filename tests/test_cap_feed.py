@@ -22,9 +22,9 @@ from dispatch.hub.commands import Commander
 from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.inbound import read
 from dispatch.web.app import create_app
-from gateway.lifecycle import alert_body
-from gateway.model import AlertRecord, AlertState, Event, Priority
-from gateway.topics import Topics
+from gateway.core.model import AlertRecord, AlertState, Event, Priority
+from gateway.station.lifecycle import alert_body
+from gateway.uplink.topics import Topics
 from tests.helpers import CAP_NS_MAP as NS
 from tests.helpers import valid_cap
 

@@ -20,15 +20,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.broker import Mosquitto
-from gateway.clock import DispatchClock
-from gateway.commands import Command, Rejection, parse_command
+from dispatch.outbound import make_command
+from gateway.core.clock import DispatchClock
+from gateway.core.commands import Command, Rejection, parse_command
+from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command
-from gateway.model import Event, Priority
-from gateway.outbox import Outbox
+from gateway.outbox.sqlite import Outbox
 from gateway.testing.clock import SteppedClock
-from gateway.topics import Topics
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
 
 YEAR = 365 * 86400.0

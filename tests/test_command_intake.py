@@ -31,14 +31,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.broker import Mosquitto
-from gateway.commands import RejectReason
-from gateway.config import load_config
+from dispatch.outbound import make_command, send_command
+from gateway.config.loading import load_config
+from gateway.core.commands import RejectReason
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
-from gateway.mqtt import IntakeQueue
-from gateway.simulate import socket_path
+from gateway.inputs.simulate import socket_path
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.client import IntakeQueue
 from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def start_daemon(tmp: Path, broker: Mosquitto, extra: str = "") -> Iterator[Daem
     root = f"stationgw/v1/{config.station_id}"
     log = (tmp / "daemon.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config_path)],
+        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config_path)],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )
     replies_q: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -337,7 +337,7 @@ async def test_a_flood_of_junk_is_absorbed_and_a_real_acknowledge_gets_through(
         ):
             await asyncio.sleep(1.0)  # well into it
             press = await asyncio.to_thread(subprocess.run, [
-                sys.executable, "-m", "gateway.cli", "simulate", "press", "hp-1",
+                sys.executable, "-m", "gateway.ops.cli", "simulate", "press", "hp-1",
                 "--config", str(config_path)], capture_output=True, text=True, cwd=ROOT,
                 timeout=WAIT, check=False)
             assert press.returncode == 0, press.stderr

@@ -1,7 +1,7 @@
 """The daemon's command checks accept and refuse exactly what the contract's schema does.
 
-The daemon checks dispatch commands without pydantic (`gateway.commands.schema_problems`, see
-gateway/spec.py); the contract's schema is the pydantic view of `Command`. If the two ever
+The daemon checks dispatch commands without pydantic (`gateway.core.commands.schema_problems`, see
+gateway/contract/spec.py); the contract's schema is the pydantic view of `Command`. If the two ever
 disagree, a command the contract allows could be refused, or one it forbids applied.
 """
 
@@ -17,8 +17,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gateway.commands import Command, Rejection, parse_command, schema_problems
-from gateway.spec import adapter
+from gateway.contract.spec import adapter
+from gateway.core.commands import Command, Rejection, parse_command, schema_problems
 
 GOOD: dict[str, Any] = {
     "schema": "stationgw/command/1",

@@ -24,10 +24,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import cli
-from gateway.config import INPUT_KINDS, StationConfig, load_config, parse_config
+from gateway.config.loading import load_config, parse_config
+from gateway.config.models import INPUT_KINDS, StationConfig
 from gateway.errors import ConfigError
-from gateway.install import permission_problems
+from gateway.ops import cli
+from gateway.ops.install import permission_problems
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "station.example.toml"
@@ -112,7 +113,7 @@ def write_config(folder: Path, raw: dict[str, Any]) -> Path:
 def stationgw(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a fresh interpreter."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *map(str, args)],
+        [sys.executable, "-m", "gateway.ops.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -38,11 +38,11 @@ from dispatch.console import (
     parse_broker_url,
     parse_event,
 )
-from gateway.broker import Mosquitto
+from gateway.core.model import AlertRecord, AlertState, Event, Priority
 from gateway.daemon import Gateway
-from gateway.model import AlertRecord, AlertState, Event, Priority
-from gateway.reports import open_alerts_message
-from gateway.topics import Topics, json_payload
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.reports import open_alerts_message
+from gateway.uplink.topics import Topics, json_payload
 from tests.helpers import (
     HELP_POINTS,
     Subscriber,

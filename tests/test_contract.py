@@ -29,22 +29,22 @@ import pytest
 import pytest_asyncio
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.broker import Mosquitto
-from gateway.commands import Command, Reply
-from gateway.config import BrokerEndpoint, StationConfig
-from gateway.contract import (
+from dispatch.outbound import make_command, send_command
+from gateway.config.models import BrokerEndpoint, StationConfig
+from gateway.contract.asyncapi import (
     EventMessage,
     asyncapi_document,
     check_draft_07,
     render,
     schemas_for_validation,
 )
+from gateway.contract.spec import adapter
+from gateway.core.commands import Command, Reply
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
-from gateway.mqtt import GatewayClient, make_client
-from gateway.reports import HealthReport, OpenAlertsMessage, StatusMessage
-from gateway.spec import adapter
-from gateway.topics import Topics
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.client import GatewayClient, make_client
+from gateway.uplink.reports import HealthReport, OpenAlertsMessage, StatusMessage
+from gateway.uplink.topics import Topics
 from tests.helpers import HELP_POINTS, running, station_config, tap, unit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import Mosquitto
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import Subscriber, subscribe
 
 REPO = Path(__file__).resolve().parent.parent

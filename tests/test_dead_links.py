@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import Mosquitto
-from gateway.config import StationConfig
+from gateway.config.models import StationConfig
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
-from gateway.status import EXIT_FAULTS, render, status_path
+from gateway.station.status import EXIT_FAULTS, render, status_path
 from gateway.testing.faultproxy import FaultProxy, split_packets
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import running, station_config, subscribe
 
 DEADLINE = 1.0

@@ -6,10 +6,10 @@ import asyncio
 import random
 from pathlib import Path
 
-from gateway.broker import Mosquitto, free_port
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.model import Priority
-from gateway.outbox import Row
+from gateway.outbox.sqlite import Row
+from gateway.testing.mosquitto import Mosquitto, free_port
 from tests.helpers import running, station_config, subscribe
 
 

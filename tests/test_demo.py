@@ -13,9 +13,9 @@ import pytest
 from argon2 import PasswordHasher
 
 from dispatch.inbound import read
-from gateway.demo import OPERATOR, STATION, DemoHub, DispatchView
-from gateway.model import Event, Priority
-from gateway.topics import Topics
+from gateway.core.model import Event, Priority
+from gateway.ops.demo import OPERATOR, STATION, DemoHub, DispatchView
+from gateway.uplink.topics import Topics
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import config_schema
-from gateway.configdoc import render_reference
+from gateway.config.loading import config_schema
+from gateway.contract.configdoc import render_reference
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 
@@ -16,7 +16,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 def test_checked_in_reference_matches_the_models() -> None:
     assert REFERENCE.read_text(encoding="utf-8") == render_reference(), (
         "docs/config-reference.md is stale; regenerate it with "
-        "`python -m gateway.configdoc > docs/config-reference.md`"
+        "`python -m gateway.contract.configdoc > docs/config-reference.md`"
     )
 
 
@@ -46,7 +46,7 @@ def test_reference_shows_types_defaults_and_descriptions() -> None:
 
 def test_module_prints_the_reference() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.configdoc"],
+        [sys.executable, "-m", "gateway.contract.configdoc"],
         capture_output=True, text=True, timeout=30, check=False,
     )
     assert result.returncode == 0, result.stderr

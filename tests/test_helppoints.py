@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import Mosquitto
-from gateway.config import StationConfig
+from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import (
     HELP_POINTS,
     Subscriber,

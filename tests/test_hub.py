@@ -17,12 +17,12 @@ import pytest
 
 from dispatch.hub.service import run_hub
 from dispatch.hub.store import HubStore, migrate, open_engine
-from gateway.broker import Mosquitto
+from dispatch.outbound import make_command, send_command
+from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
-from gateway.model import Event, Priority
+from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
-from gateway.topics import Topics
+from gateway.uplink.topics import Topics
 from tests.helpers import (
     lifecycle_config,
     publish_all,
@@ -281,8 +281,8 @@ async def test_the_broker_holds_a_long_database_outage_only_with_the_template_qu
 def lifecycle_events(station: str, alert_id: str, first_seq: int) -> list[Any]:
     """One alert's events, as its gateway sends them: open, acknowledged, assigned, resolved."""
     from dispatch.inbound import read
-    from gateway.lifecycle import alert_body
-    from gateway.model import AlertRecord
+    from gateway.core.model import AlertRecord
+    from gateway.station.lifecycle import alert_body
 
     topics, out = Topics("stationgw/v1", station), []
     for n, state in enumerate(("open", "acknowledged", "assigned", "resolved")):

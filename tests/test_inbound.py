@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from dispatch.console import AlertQueue, Screen
 from dispatch.inbound import DROP_REASONS, Dropped, Inbound, printable, read
-from gateway.broker import Mosquitto
-from gateway.model import AlertRecord, Event, Priority
-from gateway.reports import open_alerts_message
-from gateway.topics import Topics, json_payload
+from gateway.core.model import AlertRecord, Event, Priority
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.reports import open_alerts_message
+from gateway.uplink.topics import Topics, json_payload
 from tests.helpers import publish_all, publisher, unique_prefix, watching
 
 PREFIX = "stationgw/v1"

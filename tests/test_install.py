@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.install import Installer
+from gateway.ops.install import Installer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def fake_root(tmp_path: Path) -> Path:
 
 
 def stationgw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gateway.ops.cli", *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, check=False)
 
 

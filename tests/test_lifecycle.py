@@ -12,9 +12,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.broker import Mosquitto
+from dispatch.outbound import make_command, send_command
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import (
     Subscriber,
     lamp_becomes,

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.broker import Mosquitto
+from dispatch.outbound import make_command, send_command
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import (
     Subscriber,
     lamp_becomes,

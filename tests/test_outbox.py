@@ -12,10 +12,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.contract import EventMessage
-from gateway.model import REQUESTED_RESPONSE, Event, Priority
-from gateway.outbox import MIGRATIONS, Outbox, connect
-from gateway.topics import Topics
+from gateway.contract.asyncapi import EventMessage
+from gateway.core.model import REQUESTED_RESPONSE, Event, Priority
+from gateway.outbox.sqlite import MIGRATIONS, Outbox, connect
+from gateway.uplink.topics import Topics
 
 TOPICS = Topics("stationgw/v1", "t-outbox")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.alerts import AlertBook
-from gateway.model import MAX_EVIDENCE, Priority, cite
-from gateway.presses import Happening, HelpPointLogic, PressRules
+from gateway.core.alerts import AlertBook
+from gateway.core.model import MAX_EVIDENCE, Priority, cite
+from gateway.core.presses import Happening, HelpPointLogic, PressRules
 
 RULES = PressRules(bounce_time_s=0.05, hold_time_s=2.0, repeat_window_s=60,
                    escalate_after_presses=3, stuck_after_s=30)

@@ -15,10 +15,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.broker import Mosquitto
-from gateway.config import StationConfig, load_config
-from gateway.dispatch import make_command, send_command
-from gateway.simulate import socket_path
+from dispatch.outbound import make_command, send_command
+from gateway.config.loading import load_config
+from gateway.config.models import StationConfig
+from gateway.inputs.simulate import socket_path
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.ops.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
     )
 
@@ -55,7 +56,7 @@ def daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Path, subprocess
     config = write_config(tmp_path, broker.url)
     log = (tmp_path / "daemon.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config)],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )
     try:
@@ -108,7 +109,7 @@ async def test_simulate_drives_a_daemon_in_another_process(
 async def test_the_running_daemon_never_loads_pydantic(
     broker: Mosquitto, daemon: tuple[Path, subprocess.Popen[bytes]]
 ) -> None:
-    """pydantic would cost about 11 MiB of the daemon's 40 MB (gateway/spec.py).
+    """pydantic would cost about 11 MiB of the daemon's 40 MB (gateway/contract/spec.py).
 
     Through a press, its alert and a dispatch command (checked by the daemon's own code),
     the daemon's memory map never shows pydantic-core's library.
@@ -233,7 +234,7 @@ def test_outbox_command_reads_the_store_and_run_overrides(
     config = write_config(tmp_path, broker.url)
     scratch = tmp_path / "scratch" / "other.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(config),
+        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config),
          "--broker", "mqtt://127.0.0.1:1", "--store", str(scratch)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
     )
@@ -293,7 +294,7 @@ def test_status_shows_the_running_daemon_and_its_faults(
     other.mkdir()
     dead = write_config(other, "mqtt://127.0.0.1:1")
     lonely = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "run", "--config", str(dead)],
+        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(dead)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
     )
     try:

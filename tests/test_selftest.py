@@ -11,10 +11,10 @@ from pathlib import Path
 
 import trustme
 
-from gateway.broker import Mosquitto
-from gateway.helppoints import HelpPoints
-from gateway.selftest import certificates, run_selftest, storage
-from gateway.status import status_path
+from gateway.ops.selftest import certificates, run_selftest, storage
+from gateway.station.helppoints import HelpPoints
+from gateway.station.status import status_path
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import HELP_POINTS, station_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_selftest_without_presses_fails_and_writes_a_report(
     )
     report = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "selftest", "--config", str(config),
+        [sys.executable, "-m", "gateway.ops.cli", "selftest", "--config", str(config),
          "--press-timeout", "0.3", "--lamp-step", "0.01", "--report", str(report)],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
     )

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Sensor, parse_config
+from gateway.config.loading import parse_config
+from gateway.config.models import Sensor
+from gateway.contract.spec import adapter
+from gateway.core.model import Priority
+from gateway.core.sensors import SensorHappening, SensorRules
 from gateway.errors import ConfigError
-from gateway.model import Priority
-from gateway.sensors import SensorHappening, SensorRules
-from gateway.spec import adapter
 
 
 def sensor(**kw: Any) -> Sensor:

@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from firmware_bridge import Button, Fault, Reading
 from firmware_bridge.simulator import BoardSimulator
-from gateway.boardfaults import FaultDebounce
-from gateway.boards import BOARD_QUEUE_LIMIT, Boards
-from gateway.broker import Mosquitto
+from gateway.core.boardfaults import FaultDebounce
+from gateway.core.model import Event
 from gateway.daemon import Gateway
 from gateway.health import Health
-from gateway.model import Event
-from gateway.outbox import Row
+from gateway.inputs.boards import BOARD_QUEUE_LIMIT, Boards
+from gateway.outbox.sqlite import Row
+from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import Subscriber, running, station_config, subscribe, unit
 
 Station = tuple[Gateway, Subscriber, BoardSimulator]

@@ -25,16 +25,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gateway.daemon
-from gateway.broker import Mosquitto
+from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
 from gateway.health import Health
-from gateway.helppoints import HelpPointUnit
-from gateway.model import Event, Priority
-from gateway.outbox import Outbox, Row
-from gateway.status import INTERVAL_S as STATUS_INTERVAL_S
-from gateway.store import AsyncOutbox
+from gateway.outbox.sqlite import Outbox, Row
+from gateway.outbox.store import AsyncOutbox
+from gateway.station.helppoints import HelpPointUnit
+from gateway.station.status import INTERVAL_S as STATUS_INTERVAL_S
 from gateway.testing.disk import SmallDisk, can_mount
-from gateway.topics import Topics
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 from tests.helpers import running, station_config, subscribe
 
 needs_root = pytest.mark.skipif(
@@ -483,7 +483,7 @@ async def test_damage_clears_when_the_file_checks_sound_again(tmp_path: Path) ->
 
 def stationgw(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.ops.cli", *args],
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
     )
 

@@ -30,12 +30,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import daemon
-from gateway.broker import Mosquitto
+from gateway.core.model import AlertRecord, Event, Priority
 from gateway.daemon import Gateway
-from gateway.model import AlertRecord, Event, Priority
-from gateway.outbox import Outbox
-from gateway.storefile import APPLICATION_ID, check, move_aside, open_store, sidecar
-from gateway.topics import Topics
+from gateway.outbox.files import APPLICATION_ID, check, move_aside, open_store, sidecar
+from gateway.outbox.sqlite import Outbox
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.topics import Topics
 from tests.helpers import running, station_config, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -553,7 +553,7 @@ async def test_disk_full_at_start_runs_in_memory_and_takes_calls(
 
 def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "gateway.ops.cli", *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
     )
 
@@ -578,7 +578,7 @@ def at_least(n: int, messages: list[tuple[str, dict[str, Any]]]) -> bool:
 def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config)],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )
 
@@ -652,8 +652,8 @@ def test_selftest_and_outbox_name_a_damaged_store(broker: Mosquitto, tmp_path: P
     assert shown.returncode == 1
     assert "Traceback" not in shown.stderr + shown.stdout
     assert "does not belong to it" in shown.stderr and "moves it aside" in shown.stderr
-    from gateway.config import load_config
-    from gateway.selftest import storage
+    from gateway.config.loading import load_config
+    from gateway.ops.selftest import storage
 
     (database,) = [c for c in storage(load_config(config)) if c.name == "database"]
     assert database.outcome == "fail" and "does not belong to it" in database.detail

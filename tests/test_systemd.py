@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import Mosquitto
 from gateway.sdnotify import Notifier
+from gateway.testing.mosquitto import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "stationgw.service"
@@ -81,7 +81,7 @@ def test_daemon_sends_ready_watchdog_and_stopping(broker: Mosquitto, tmp_path: P
         env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
         env.pop("WATCHDOG_PID", None)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
         )
         try:

@@ -17,11 +17,11 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.broker import Mosquitto
 from gateway.daemon import Gateway
-from gateway.mqtt import GatewayClient
 from gateway.sdnotify import Notifier
-from gateway.status import status_path
+from gateway.station.status import status_path
+from gateway.testing.mosquitto import Mosquitto
+from gateway.uplink.client import GatewayClient
 from tests.helpers import running, station_config, subscribe
 
 WAIT = 20.0

@@ -26,11 +26,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from dispatch.console import ConsoleUsageError, broker_security
-from gateway.broker import Mosquitto, free_port
-from gateway.config import StationConfig, parse_config
+from dispatch.outbound import make_command, send_command
+from gateway.config.loading import parse_config
+from gateway.config.models import StationConfig
+from gateway.core.model import Priority
 from gateway.daemon import Gateway
-from gateway.dispatch import make_command, send_command
-from gateway.model import Priority
+from gateway.testing.mosquitto import Mosquitto, free_port
 from tests.helpers import running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,14 +305,14 @@ def tls_args(pki: Pki, port: int, cert: str = "dispatch") -> list[str]:
 
 
 def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gateway.ops.cli", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=timeout, check=False)
 
 
 async def console_process(*args: str) -> asyncio.subprocess.Process:
     """`stationgw dispatch ARGS...` with pipes (stdin kept open: EOF would stop it)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "dispatch", *args, cwd=ROOT,
+        sys.executable, "-m", "gateway.ops.cli", "dispatch", *args, cwd=ROOT,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
 

@@ -27,12 +27,12 @@ from dispatch.hub.service import run_hub
 from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.inbound import printable, read
 from dispatch.web.app import ProxyLogin, create_app, hash_password
-from gateway.broker import Mosquitto, free_port
+from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
-from gateway.model import Event, Priority
 from gateway.testing.browser import chromium, log_in
+from gateway.testing.mosquitto import Mosquitto, free_port
 from gateway.testing.postgres import PostgreSQL
-from gateway.topics import Topics
+from gateway.uplink.topics import Topics
 from tests.helpers import (
     lamp_becomes,
     lifecycle_config,

@@ -29,8 +29,8 @@ from dispatch.hub.commands import Commander
 from dispatch.hub.schema import alerts
 from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.web.app import create_app, hash_password
-from gateway.broker import free_port
 from gateway.testing.browser import chromium
+from gateway.testing.mosquitto import free_port
 from tests.webhelpers import PASSWORD, SECRET, logged_in, serving
 
 UNTIL = 1_796_000_400.0  # a Monday 00:00 UTC: whole weeks

@@ -1,6 +1,6 @@
 """`stationgw hub report` and `stationgw hub simulate-history`.
 
-gateway/cli.py wires them in with `add_hub_actions(actions)` from `_add_hub`. Building the
+gateway/ops/cli.py wires them in with `add_hub_actions(actions)` from `_add_hub`. Building the
 parser imports only this module and the package's errors: SQLAlchemy, pandas and the rest
 load when a command runs, so `stationgw run` on a station never loads them (and a station
 need not have them). `python -m dispatch.analysis` runs the same two commands on their own.

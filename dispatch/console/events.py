@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.commands import Reply
-from gateway.spec import adapter
+from gateway.contract.spec import adapter
+from gateway.core.commands import Reply
 
 DEDUP_WINDOW = 100_000  # event ids remembered; a re-send comes within one station's backlog
 

@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from dispatch.console.options import Security
 from dispatch.errors import ConsoleConnectionError
-from gateway.mqtt import json_properties
+from gateway.uplink.client import json_properties
 
 MAX_BATCH = 500  # messages handed over (and committed by the hub) at once
 RECEIVE_MAXIMUM = 1000  # unacknowledged messages in flight to us: bounds memory when behind

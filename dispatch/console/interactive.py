@@ -31,8 +31,8 @@ from dispatch.console.running import run, say
 from dispatch.console.screen import Screen, Send
 from dispatch.errors import ConsoleConnectionError, ConsoleUsageError
 from dispatch.inbound import Dropped, read
-from gateway.dispatch import make_command
-from gateway.topics import Topics
+from dispatch.outbound import make_command
+from gateway.uplink.topics import Topics
 
 
 def interactive(

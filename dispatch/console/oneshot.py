@@ -21,9 +21,9 @@ from dispatch.console.options import ACTIONS, PREFIX, TEAMS, Security
 from dispatch.console.running import say
 from dispatch.errors import ConsoleConnectionError
 from dispatch.inbound import Dropped, printable, read
-from gateway.commands import Action, Command, Reply
-from gateway.dispatch import make_command
-from gateway.topics import Topics
+from dispatch.outbound import make_command
+from gateway.core.commands import Action, Command, Reply
+from gateway.uplink.topics import Topics
 
 
 def one_shot(

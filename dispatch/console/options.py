@@ -13,9 +13,9 @@ import paho.mqtt.client as paho
 from pydantic import ValidationError
 
 from dispatch.errors import ConsoleUsageError
-from gateway.commands import Action, Team
-from gateway.config import BrokerEndpoint
-from gateway.spec import adapter
+from gateway.config.models import BrokerEndpoint
+from gateway.contract.spec import adapter
+from gateway.core.commands import Action, Team
 
 PREFIX = "stationgw/v1"
 TEAMS: tuple[Team, ...] = ("crisis_team", "co_response", "ambassador", "emergency_services")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from dispatch.console.events import DEDUP_WINDOW, Dedup, as_number, as_text
 from dispatch.console.options import PREFIX
 from dispatch.inbound import Dropped, DropReason, read
-from gateway.model import AlertState, Priority
+from gateway.core.model import AlertState, Priority
 
 CLOSED_MEMORY = 10_000  # closed alerts remembered, so a late event does not reopen one
 

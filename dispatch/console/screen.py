@@ -11,8 +11,8 @@ from typing import Literal
 from dispatch.console.options import TEAMS
 from dispatch.console.queue import AlertQueue, AlertRow, Fault
 from dispatch.inbound import printable
-from gateway.commands import Action, Team
-from gateway.model import Priority
+from gateway.core.commands import Action, Team
+from gateway.core.model import Priority
 
 
 @dataclass(frozen=True)

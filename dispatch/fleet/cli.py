@@ -1,6 +1,6 @@
 """`stationgw hub fleet`: run the simulated metro live into a broker and the hub.
 
-gateway/cli.py wires it in with `add_hub_actions(actions)` from `_add_hub`, as it does
+gateway/ops/cli.py wires it in with `add_hub_actions(actions)` from `_add_hub`, as it does
 `dispatch.analysis.cli`. Building the parser imports only this module and the package's
 errors: the metro, paho, SQLAlchemy and pandas load when the command runs.
 `python -m dispatch.fleet` runs the same command on its own.

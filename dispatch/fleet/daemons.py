@@ -5,12 +5,12 @@ Ctrl-C in the terminal reaches only the fleet, which stops it), configured as th
 station is: `gpio_pin_factory = "mock"`, eight help points (`hp-1`..`hp-4`, one per
 location, and the assistance points `info-1`..`info-4`, whose press a rule makes P2, as
 an ambassador request), its outbox in its own folder. A request is pressed through the
-daemon's simulate socket (`gateway.simulate`, as `stationgw simulate press` does): `press`,
+daemon's simulate socket (`gateway.inputs.simulate`, as `stationgw simulate press` does): `press`,
 or `hold` for an emergency (held past `hold_time_s`).
 
 A press while its help point's request waits for acknowledgement joins that request (the
 press logic), so the `Dispatcher` plays dispatch for the real daemons: it sees each opening
-event on MQTT, and sends `acknowledge`, `assign` and `resolve` (`gateway.dispatch`) after the
+event on MQTT, and sends `acknowledge`, `assign` and `resolve` (`dispatch.outbound`) after the
 request's compressed timings; the next request at the same help point waits until the
 daemon has announced the acknowledgement (counted as lateness if it had to wait).
 """
@@ -35,9 +35,10 @@ from dispatch.analysis.simulate import LOCATIONS
 from dispatch.errors import FleetError
 from dispatch.fleet.schedule import Request
 from dispatch.fleet.stations import HOLD_S, Sent, help_point, platform
-from gateway.config import StationConfig, load_config
-from gateway.dispatch import make_command, send_command
-from gateway.simulate import socket_path
+from dispatch.outbound import make_command, send_command
+from gateway.config.loading import load_config
+from gateway.config.models import StationConfig
+from gateway.inputs.simulate import socket_path
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class RealStation:
         """Start the daemon, logging to its folder."""
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -140,7 +141,7 @@ class RealStation:
         self.process = None
 
     async def simulate(self, cmd: str, hp: str) -> dict[str, Any]:
-        """One command on the daemon's simulate socket (gateway.simulate's protocol)."""
+        """One command on the daemon's simulate socket (gateway.inputs.simulate's protocol)."""
         reader, writer = await asyncio.open_unix_connection(str(socket_path(self.config)))
         try:
             writer.write(json.dumps({"cmd": cmd, "help_point": hp}).encode() + b"\n")

@@ -39,7 +39,7 @@ from dispatch.fleet.schedule import DEFAULT_SPEED, Schedule, make_schedule
 from dispatch.fleet.stations import Sent, SimStation
 from dispatch.hub.schema import alerts, events, stations
 from dispatch.hub.store import HubStore, migrate, open_engine
-from gateway.broker import Mosquitto
+from gateway.testing.mosquitto import Mosquitto
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Fleet:
     def _start_hub(self) -> None:
         with self.hub_log.open("ab") as out:
             self.hub = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "hub", "run", "--db", self.db_url,
+                [sys.executable, "-m", "gateway.ops.cli", "hub", "run", "--db", self.db_url,
                  "--broker", self.broker_url, "--prefix", self.options.prefix,
                  "--client-id", HUB_CLIENT_ID, "--log-level", "WARNING"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -6,7 +6,7 @@ Each `SimStation` is one MQTT 5 client under the station's own client id
 - a Last Will, the retained `offline` status, and a retained `online` at connect; a clean
   stop publishes `offline` before it disconnects (so the Will is not needed then);
 - its own outbox seq (1, 2, ... over every event it publishes), events rendered by
-  `gateway.topics.Topics.render` exactly as a gateway renders them, published at QoS 1 one
+  `gateway.uplink.topics.Topics.render` exactly as a gateway renders them, published at QoS 1 one
   after the other, each after the PUBACK of the one before (the gateway's order);
 - a retained health report every `health_interval_s` (a valid `HealthReport`).
 
@@ -33,8 +33,8 @@ import aiomqtt
 from dispatch.analysis.simulate import LOCATIONS
 from dispatch.fleet.schedule import Request
 from gateway import __version__
-from gateway.model import CLASS_NAMES, Event, Priority
-from gateway.topics import Topics
+from gateway.core.model import CLASS_NAMES, Event, Priority
+from gateway.uplink.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dispatch.console.events import parse_reply
 from dispatch.console.link import Link
 from dispatch.errors import CommandError, ConsoleConnectionError
 from dispatch.inbound import Inbound
-from gateway.commands import Command, Reply
-from gateway.topics import Topics
+from gateway.core.commands import Command, Reply
+from gateway.uplink.topics import Topics
 
 
 class Commander:

@@ -69,8 +69,8 @@ from dispatch.hub.capfeed import CAP_TYPE, atom_feed
 from dispatch.hub.commands import Commander
 from dispatch.hub.store import HubStore
 from dispatch.inbound import printable
-from gateway.commands import Command
-from gateway.dispatch import make_command
+from dispatch.outbound import make_command
+from gateway.core.commands import Command
 
 HASHER = PasswordHasher()
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")

@@ -22,7 +22,7 @@ from types import TracebackType
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.topics import Topics
+from gateway.uplink.topics import Topics
 
 JUNK: tuple[bytes, ...] = (
     b"[" * 4000,

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from gateway.broker import free_port
+from gateway.testing.mosquitto import free_port
 
 
 class PostgreSQLError(RuntimeError):

@@ -1,0 +1,2 @@
+"""The station's services: help points, the alert lifecycle with dispatch, the status file.
+"""

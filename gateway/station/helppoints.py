@@ -1,0 +1,277 @@
+"""The station's help points: press logic, alerts and lamps, on GPIO or on serial boards.
+
+The pins are `gateway.inputs.gpio`'s and the boards `gateway.inputs.boards`'s; both hand
+button events to an `EdgeBridge`. Everything after that runs on the loop and is the same for
+both: the press logic (`gateway.core.presses`), the outbox, and the lamp (`gateway.core.lamp`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from gateway.config.models import HelpPoint, StationConfig
+from gateway.core.lamp import Lamp
+from gateway.core.model import AlertRecord, Event, Priority
+from gateway.core.presses import Alert, Happening, HelpPointLogic, PressRules
+from gateway.errors import PinFactoryError
+from gateway.inputs.gpio import EdgeBridge, open_pins
+from gateway.outbox.sqlite import Row
+from gateway.station.lifecycle import Lifecycle, alert_body
+
+if TYPE_CHECKING:  # the serial stack is imported only where boards are configured
+    from gateway.inputs.boards import Boards
+
+log = logging.getLogger(__name__)
+
+Accept = Callable[[Event], Awaitable[Row]]
+FaultHook = Callable[[str, str | None], None]  # (code, message or None to clear)
+# Active sensor correlations at a help point: (class to raise its request to, evidence).
+Correlate = Callable[[str], list[tuple[Priority, str]]]
+
+
+def press_rules(config: StationConfig, hp: HelpPoint) -> PressRules:
+    """The press rules of one help point, classes taken from the config's rules.
+
+    A board debounces its buttons itself, so its releases count at once.
+    """
+    return PressRules(
+        bounce_time_s=0.0 if hp.on_board else hp.bounce_time_s,
+        hold_time_s=hp.hold_time_s,
+        repeat_window_s=config.press.repeat_window_s,
+        escalate_after_presses=config.press.escalate_after_presses,
+        stuck_after_s=config.press.stuck_after_s,
+        press_class=config.priority_for("help_point.press", hp.id, Priority.P1),
+        hold_class=config.priority_for("help_point.hold", hp.id, Priority.P0),
+        repeat_class=config.priority_for("help_point.repeat", hp.id, Priority.P0),
+        stuck_class=config.priority_for("help_point.stuck", hp.id, Priority.P2),
+    )
+
+
+def _place(hp: HelpPoint) -> dict[str, Any]:
+    return {"help_point": hp.id, "location": hp.location, "platform": hp.platform}
+
+
+@dataclass
+class HelpPointUnit:
+    """One help point: its gpiozero devices, press logic and lamp."""
+
+    config: HelpPoint
+    logic: HelpPointLogic
+    lamp: Lamp
+    bridge: EdgeBridge
+    devices: list[Any] = field(default_factory=list)
+    button: Any = None
+
+
+class HelpPoints:
+    """All help points of the station. Use as an async context manager, then `run()`."""
+
+    def __init__(
+        self,
+        config: StationConfig,
+        accept: Accept,
+        lifecycle: Lifecycle,
+        fault: FaultHook,
+        *,
+        pin_factory: Any,
+        correlate: Correlate | None = None,
+        boards: Boards | None = None,
+    ) -> None:
+        self.config = config
+        self._correlate = correlate
+        self._boards = boards
+        self._accept_event = accept
+        self._lifecycle = lifecycle
+        self._fault = fault
+        self.pin_factory = pin_factory
+        self.units: dict[str, HelpPointUnit] = {}
+
+    async def __aenter__(self) -> HelpPoints:
+        loop = asyncio.get_running_loop()
+        try:
+            for hp in self.config.help_points:
+                if hp.on_board:
+                    self.units[hp.id] = self._board_unit(hp, loop)
+            self._gpio_units([hp for hp in self.config.help_points if not hp.on_board], loop)
+        except BaseException:
+            self._close()
+            raise
+        log.info("help points ready: %s", ", ".join(self.units) or "none")
+        return self
+
+    def _board_unit(self, hp: HelpPoint, loop: asyncio.AbstractEventLoop) -> HelpPointUnit:
+        boards = self._boards
+        if boards is None or hp.board not in boards.boards or hp.button is None:
+            raise PinFactoryError(f"help point {hp.id}: board {hp.board!r} is not running")
+        bridge = EdgeBridge(loop)
+        output = boards.help_point(hp.id, hp.board, hp.button, hp.board_lamp, bridge.put)
+        logic = HelpPointLogic(press_rules(self.config, hp))
+        lamp = Lamp(hp.id, output)
+        lamp.set_fault(True, "board_offline")  # until the board says HELLO
+        return HelpPointUnit(hp, logic, lamp, bridge)
+
+    def _gpio_units(self, help_points: list[HelpPoint], loop: asyncio.AbstractEventLoop) -> None:
+        for hp in help_points:
+            bridge = EdgeBridge(loop)
+            pins = open_pins(hp, self.config.lamp, self.config.sounder, self.pin_factory, bridge)
+            self.units[hp.id] = HelpPointUnit(
+                hp, HelpPointLogic(press_rules(self.config, hp)), Lamp(hp.id, pins.output),
+                bridge, pins.devices, pins.button,
+            )
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for unit in self.units.values():
+            for device in unit.devices:
+                device.close()
+
+    async def run(self) -> NoReturn:
+        """Drive every help point until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for unit in self.units.values():
+                tg.create_task(self._drive(unit), name=f"helppoint.{unit.config.id}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _drive(self, unit: HelpPointUnit) -> NoReturn:
+        while True:
+            deadline = unit.logic.deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                async with asyncio.timeout(timeout):
+                    event, at = await unit.bridge.queue.get()
+            except TimeoutError:
+                happenings = unit.logic.tick(time.monotonic())
+            else:
+                if event == "correlated":
+                    await self._corroborated(unit)
+                    continue
+                happenings = unit.logic.button(event, at, debounced=unit.config.on_board)
+            for happening in happenings:
+                await self._raise(unit, happening)
+
+    def on_board_offline(self, hp_id: str, offline: bool) -> None:
+        """Boards listener: while its board is offline a help point cannot take calls."""
+        unit = self.units.get(hp_id)
+        if unit is not None:
+            unit.lamp.set_fault(offline, "board_offline")
+
+    def on_correlation(self, help_points: list[str]) -> None:
+        """Boards listener: a sensor at these help points started to corroborate requests."""
+        for hp_id in help_points:
+            unit = self.units.get(hp_id)
+            if unit is not None:
+                unit.bridge.put("correlated", time.monotonic())
+
+    async def _raise(self, unit: HelpPointUnit, happening: Happening) -> None:
+        hp = unit.config
+        rules = unit.logic.rules
+        place = _place(hp)
+        if happening.kind == "help_point.stuck":
+            self._fault(
+                f"help_point_stuck:{hp.id}",
+                f"help point {hp.id} ({hp.location or 'no location'}) held for over "
+                f"{rules.stuck_after_s:g}s: button stuck?",
+            )
+            unit.lamp.set_fault(True)
+            await self._accept_event(Event(happening.kind, hp.id, rules.stuck_class, place))
+            return
+        if happening.kind == "help_point.unstuck":
+            self._fault(f"help_point_stuck:{hp.id}", None)
+            unit.lamp.set_fault(False)
+            await self._accept_event(Event(happening.kind, hp.id, Priority.P3, place))
+            return
+        alert = happening.alert
+        assert alert is not None
+        await self._announce(unit, happening.kind, self._with_correlations(unit, alert))
+
+    def _with_correlations(self, unit: HelpPointUnit, alert: Alert) -> Alert:
+        """The alert raised by the sensors' active correlation rules at its help point."""
+        for priority, evidence in self._correlate(unit.config.id) if self._correlate else []:
+            alert = unit.logic.corroborate(priority, evidence) or alert
+        return alert
+
+    async def _corroborated(self, unit: HelpPointUnit) -> None:
+        """A correlation started while a request is open: re-announce it, raised."""
+        alert = unit.logic.alert
+        if alert is None:
+            return  # no open request: the next press picks the correlation up
+        raised = self._with_correlations(unit, alert)
+        if raised != alert:
+            log.info("help point %s: request alert_id=%s corroborated: %s", unit.config.id,
+                     alert.alert_id, "; ".join(raised.evidence[len(alert.evidence):]))
+            await self._announce(unit, "alert.correlated", raised)
+
+    async def _announce(self, unit: HelpPointUnit, kind: str, alert: Alert) -> None:
+        hp = unit.config
+        now_wall, now_mono = time.time(), time.monotonic()
+        details = _place(hp) | {
+            "press_count": alert.press_count,
+            "first_press": round(now_wall - (now_mono - alert.first_press), 3),
+            "last_press": round(now_wall - (now_mono - alert.last_press), 3),
+            "held": alert.held,
+            "escalated": alert.escalated,
+            "evidence": list(alert.evidence),
+        }
+        record = self._lifecycle.raised(alert.alert_id, hp.id, alert.priority, details)
+        event = Event(kind, hp.id, record.priority, alert_body(record), alert=record)
+        row = await self._accept_event(event)
+        if row.durable:
+            unit.lamp.advance(alert.alert_id, "accepted")
+
+    def on_alert_change(self, record: AlertRecord) -> None:
+        """Lifecycle listener: dispatch acted on an alert, or it was escalated."""
+        unit = self.units.get(record.source)
+        if unit is None:
+            return
+        if record.closed:
+            unit.lamp.close(record.alert_id)
+            unit.logic.close(record.alert_id)
+        elif record.state in ("acknowledged", "assigned"):
+            unit.lamp.advance(record.alert_id, "acknowledged")
+            unit.logic.acknowledged(record.alert_id)
+        else:
+            unit.logic.escalated(record.alert_id, record.priority)
+
+    def restore(self, record: AlertRecord, all_sent: bool) -> None:
+        """After a restart: reopen a help point's alert and show its lamp state again."""
+        unit = self.units.get(record.source)
+        if unit is None:
+            return
+        details = record.details
+        now_wall, now_mono = time.time(), time.monotonic()
+
+        def mono(key: str) -> float:
+            return now_mono - (now_wall - float(details.get(key, now_wall)))
+
+        unit.logic.restore(Alert(
+            alert_id=record.alert_id,
+            priority=record.priority,
+            press_count=int(details.get("press_count", 1)),
+            first_press=mono("first_press"),
+            last_press=mono("last_press"),
+            held=bool(details.get("held", False)),
+            escalated=bool(details.get("escalated", False)),
+            evidence=tuple(details.get("evidence", ())),
+        ), awaiting_ack=record.state == "open")
+        if record.state == "open":
+            unit.lamp.advance(record.alert_id, "sent" if all_sent else "accepted")
+        else:
+            unit.lamp.advance(record.alert_id, "acknowledged")
+
+    def on_delivered(self, row: Row) -> None:
+        """Publisher listener: a PUBACK arrived; the lamp may now say "sent". The row names
+        its alert (accepted in this run or read back after a restart); the lifecycle's book
+        says whose it is."""
+        alert_id = row.alert_id
+        record = None if alert_id is None else self._lifecycle.book.open.get(alert_id)
+        unit = None if record is None else self.units.get(record.source)
+        if unit is None or unit.logic.alert is None or unit.logic.alert.alert_id != alert_id:
+            return  # closed, not a help point's, or an older request: the lamp shows the newer
+        unit.lamp.advance(alert_id, "sent")
