@@ -189,7 +189,7 @@ class Gateway:
 
     async def status_report(self) -> dict[str, Any]:
         """The health report plus what only the station can see (lamps)."""
-        report = await self.publisher.health_report()
+        report = await self.publisher.retained.health_report()
         report["state"] = "running"
         if self.help_points is not None:
             report["lamps"] = {hp: u.lamp.state for hp, u in self.help_points.units.items()}

@@ -177,7 +177,7 @@ async def test_status_shows_stuck_alerts_as_a_fault_until_they_are_confirmed(
         # The path heals: the row is confirmed, and the fault clears.
         proxy.mode = "pass"
         await until(lambda: "broker_stalled" not in gw.health.faults)
-        await until(lambda: not gw.publisher._inflight and gw.health.counters["delivered_P1"])
+        await until(lambda: not gw.publisher.drain.in_flight and gw.health.counters["delivered_P1"])
         assert any(e["event_id"] == row.event_id for e in sub.events())
 
 

@@ -158,7 +158,7 @@ async def test_acl_refusal_keeps_row_and_raises_fault(tmp_path: Path) -> None:
                 async with asyncio.timeout(10):  # no alerts topic in this ACL: counted only
                     while not gw.health.counters["alerts_snapshot_refused"]:
                         await asyncio.sleep(0.02)
-                report = await gw.publisher.health_report()
+                report = await gw.publisher.retained.health_report()
                 async with asyncio.timeout(10):  # the delivered P3 row leaves after its PUBACK
                     while (depth := await gw.outbox.depth()).by_class["P3"]:
                         await asyncio.sleep(0.02)
@@ -184,7 +184,7 @@ async def test_disk_full_alert_still_goes_out_from_memory(
             assert not row.durable
             await sub.wait_for(lambda m: any(p.get("event_id") == row.event_id for _, p in m))
             assert "store_unwritable" in gw.health.faults
-            report = await gw.publisher.health_report()
+            report = await gw.publisher.retained.health_report()
             assert "store_unwritable" in [f["code"] for f in report["faults"]]
             # The daemon keeps running and keeps accepting once the disk has room again.
             await gw.outbox.call(lambda box: box.conn.execute("PRAGMA max_page_count = 1000000"))

@@ -406,7 +406,7 @@ async def test_a_damaged_or_foreign_store_is_moved_aside_and_the_station_takes_c
             row = await gw.accept(press())
             assert row.durable  # on the fresh store: committed, the lamp may say so
             await sub.wait_for(lambda m: any(p["event_id"] == row.event_id for _, p in m))
-            report = await gw.publisher.health_report()
+            report = await gw.publisher.retained.health_report()
     (kept,) = kept_copies(path)
     assert files_of(kept) == before  # every byte kept, the -wal beside its database
     if listing is not None:
@@ -532,7 +532,7 @@ async def test_disk_full_at_start_runs_in_memory_and_takes_calls(
             row = await gw.accept(press())
             assert not row.durable  # honest: the lamp never says "accepted" for it
             await sub.wait_for(lambda m: any(p["event_id"] == row.event_id for _, p in m))
-            report = await gw.publisher.health_report()
+            report = await gw.publisher.retained.health_report()
             assert [n for n in os.listdir(small_disk) if n.startswith(DB)] == []  # no debris
             await asyncio.to_thread((small_disk / "filler").unlink)  # the disk has room again
             async with asyncio.timeout(20):

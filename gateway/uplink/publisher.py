@@ -18,26 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import json
 import logging
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
-from typing import Any, Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware_bridge.backoff import backoff_delay
-from gateway import __version__
 from gateway.config.models import BrokerEndpoint, StationConfig
-from gateway.core.model import CLASS_NAMES, AlertRecord, Priority, PriorityName
+from gateway.core.drain import PAGE_NEEDED, DrainQueue
+from gateway.core.model import CLASS_NAMES, AlertRecord, Priority
 from gateway.errors import BrokerStalledError, LinkError
 from gateway.health import Health
-from gateway.outbox.sqlite import Key, Row, State
+from gateway.outbox.sqlite import Row, State
 from gateway.outbox.store import AsyncOutbox
 from gateway.uplink.client import (
     NO_MATCHING_SUBSCRIBERS,
@@ -46,14 +44,8 @@ from gateway.uplink.client import (
     json_properties,
     make_client,
 )
-from gateway.uplink.reports import (
-    HealthReport,
-    OutboxReport,
-    OutboxState,
-    StatusMessage,
-    open_alerts_message,
-)
-from gateway.uplink.topics import Topics, json_payload
+from gateway.uplink.retained import Retained
+from gateway.uplink.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +54,6 @@ PAGE = 256  # rows loaded from the database at a time
 #: between only re-sends them with the same event_id (at least once, as the contract says).
 DELETE_BATCH_S = 0.05
 _DELIVERED = tuple(f"delivered_{name}" for name in CLASS_NAMES)  # health counters by class
-#: Open-alerts snapshots go out at most this often; the newest state always follows a burst.
-ALERTS_COALESCE_S = 0.2
 #: Twins: this many sessions closed by the broker without a reason within `TWIN_WINDOW_S`
 #: count as a client-id clash; a session up this long clears the fault.
 TWIN_CLOSES = 3
@@ -124,23 +114,17 @@ class Publisher:
         self.topics = Topics(config.mqtt.topic_prefix, config.station_id)
         self._client_factory = client_factory
         self._properties = json_properties(config.mqtt.protocol)
-        self._open_alerts = open_alerts  # the retained snapshot's source
-        self._alerts_changed = alerts_changed or asyncio.Event()  # set: publish a new one
         self.subscriptions: list[tuple[str, Handler]] = []  # (topic filter, handler), QoS 1
         self.delivered_listeners: list[Callable[[Row], None]] = []  # after a success PUBACK
         self.connected = asyncio.Event()
-        # Drain state of the current connection.
-        self._heap: list[tuple[Key, Row]] = []
-        self._known: set[int] = set()  # seqs queued, in flight, refused, or awaiting removal
-        self._cursor: Key | None = None
-        self._exhausted = False
-        self._wake = asyncio.Event()
+        # Which row goes next (sans-I/O); the events wake the drain task.
+        self.drain: DrainQueue[Row] = DrainQueue(config.mqtt.inflight_window)
+        self.retained = Retained(
+            config, outbox, health, self._properties, in_flight=lambda: self.drain.in_flight,
+            open_alerts=open_alerts, alerts_changed=alerts_changed,
+        )
+        self._wake = asyncio.Event()  # a row was accepted, or the drain starts over
         self._room = asyncio.Event()  # a window slot freed, or a new row arrived
-        self._inflight: dict[int, Row] = {}
-        self._low_inflight = 0  # P2/P3 rows among them
-        window = config.mqtt.inflight_window
-        self._window = window
-        self._low_window = window - window // 8  # the rest is kept for P0/P1
         # Work for the store, done in batches by `_flush_store`.
         self._acked: list[int] = []  # confirmed: to be removed
         self._marks: list[tuple[int, int, State, str | None]] = []  # attempts and state
@@ -148,7 +132,6 @@ class Publisher:
         self._confirmed: dict[int, tuple[str, list[str]]] = {}
         self._store_wake = asyncio.Event()
         self._refused: set[int] = set()  # last attempt refused: keeps the fault up
-        self._held: set[int] = set()  # refused rows kept out of the drain until the retry
         # The PUBACK deadline: send times (monotonic) of what is awaiting its PUBACK.
         self._urgent_sent: dict[int, float] = {}  # P0/P1 seq -> sent, oldest first
         self._own_sent: dict[int, tuple[str, float]] = {}  # packet id -> (what, sent)
@@ -162,18 +145,13 @@ class Publisher:
 
     def _on_accept(self, row: Row) -> None:
         """Outbox listener: a new row may overtake everything queued behind it."""
-        if self.connected.is_set() and row.seq not in self._known:
-            self._known.add(row.seq)
-            heapq.heappush(self._heap, (row.key, row))
+        if self.connected.is_set() and self.drain.offer(row):
             self._wake.set()
             self._room.set()
 
     def _reset_drain(self) -> None:
         """Forget queued rows (they are still in the outbox) and reload from the start."""
-        self._heap.clear()
-        self._known = set(self._inflight) | set(self._acked) | self._held
-        self._cursor = None
-        self._exhausted = False
+        self.drain.reset()
         self._wake.set()
 
     # ------------------------------------------------------------------ running
@@ -265,7 +243,7 @@ class Publisher:
 
     async def _session(self, endpoint: BrokerEndpoint) -> None:
         will = aiomqtt.Will(
-            self.topics.status, self._status("offline"), qos=1, retain=True,
+            self.topics.status, self.retained.status("offline"), qos=1, retain=True,
             properties=self._properties,
         )
         client = self._client_factory(self.config, endpoint, will)
@@ -300,8 +278,7 @@ class Publisher:
     def _ended(self, client: GatewayClient) -> None:
         was_up = self.connected.is_set()
         self.connected.clear()
-        self._inflight.clear()  # still pending in the outbox: re-sent on reconnect
-        self._low_inflight = 0
+        self.drain.session_ended()  # rows in flight are still pending: re-sent on reconnect
         self._urgent_sent.clear()
         self._own_sent.clear()
         reason = client.disconnect_reason
@@ -318,7 +295,7 @@ class Publisher:
         try:
             async with asyncio.timeout(self.config.mqtt.puback_deadline_s):
                 await client.publish_confirmed(
-                    self.topics.status, self._status("online"), retain=True,
+                    self.topics.status, self.retained.status("online"), retain=True,
                     properties=self._properties,
                 )
         except TimeoutError:
@@ -332,8 +309,10 @@ class Publisher:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(client), name="publisher.watch")
             tg.create_task(self._drain(client), name="publisher.drain")
-            tg.create_task(self._health_loop(client), name="publisher.health")
-            tg.create_task(self._alerts_loop(client), name="publisher.alerts")
+            tg.create_task(
+                self.retained.health_loop(client, self._publish_own), name="publisher.health"
+            )
+            tg.create_task(self.retained.alerts_loop(client), name="publisher.alerts")
             tg.create_task(self._deadline_loop(client, endpoint), name="publisher.deadline")
             tg.create_task(self._settle(), name="publisher.settle")
 
@@ -342,7 +321,7 @@ class Publisher:
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(min(2.0, self.config.mqtt.puback_deadline_s)):
                 await client.publish_confirmed(
-                    self.topics.status, self._status("offline"), retain=True,
+                    self.topics.status, self.retained.status("offline"), retain=True,
                     properties=self._properties,
                 )
                 return True
@@ -359,7 +338,7 @@ class Publisher:
     def _oldest_unconfirmed(self) -> tuple[str, float] | None:
         oldest: tuple[str, float] | None = None
         for seq, sent in self._urgent_sent.items():
-            row = self._inflight.get(seq)
+            row = self.drain.in_flight_row(seq)
             what = f"{row.priority.name} event {row.event_id}" if row else f"row {seq}"
             oldest = (what, sent)
             break
@@ -427,18 +406,12 @@ class Publisher:
                 with contextlib.suppress(ValueError, OSError):  # the link is already gone
                     client.ack(message)
 
-    def _may_send(self, row: Row) -> bool:
-        """Room in the window; P2/P3 leave its last eighth free for P0/P1 alerts."""
-        if len(self._inflight) >= self._window:
-            return False
-        return row.priority <= Priority.P1 or self._low_inflight < self._low_window
-
     async def _drain(self, client: GatewayClient) -> None:
         while True:
             row = await self._next_row()
-            while not self._may_send(row):
+            while not self.drain.may_send(row):
                 # Put it back and wait for a PUBACK or a new (perhaps more urgent) row.
-                heapq.heappush(self._heap, (row.key, row))
+                self.drain.put_back(row)
                 self._room.clear()
                 await self._room.wait()
                 row = await self._next_row()
@@ -446,29 +419,20 @@ class Publisher:
 
     async def _next_row(self) -> Row:
         while True:
-            # A queued row may go first only if no unloaded row can precede it.
-            if self._heap and (self._exhausted or self._heap[0][0] <= (self._cursor or (-1, -1))):
-                return heapq.heappop(self._heap)[1]
-            if not self._exhausted:
-                rows = await self.outbox.page(self._cursor, PAGE)
-                for row in rows:
-                    if row.seq not in self._known:
-                        self._known.add(row.seq)
-                        heapq.heappush(self._heap, (row.key, row))
-                if rows:
-                    self._cursor = max(self._cursor or (-1, -1), rows[-1].key)
-                self._exhausted = len(rows) < PAGE
-                continue
-            self._wake.clear()
-            await self._wake.wait()
+            row = self.drain.next_row()
+            if not isinstance(row, str):
+                return row
+            if row == PAGE_NEEDED:
+                self.drain.loaded(await self.outbox.page(self.drain.cursor, PAGE), PAGE)
+            else:  # EMPTY: every row is known; wait for the next accept
+                self._wake.clear()
+                await self._wake.wait()
 
     def _send(self, client: GatewayClient, row: Row) -> None:
         """Publish a row; `_on_puback` gets the outcome (no task per message)."""
         attempts = row.attempts + 1
-        self._inflight[row.seq] = row
-        if row.priority > Priority.P1:
-            self._low_inflight += 1
-        else:
+        self.drain.sent(row)
+        if row.priority <= Priority.P1:
             self._urgent_sent[row.seq] = time.monotonic()
             self._armed.set()
         try:
@@ -486,12 +450,8 @@ class Publisher:
         self, row: Row, attempts: int, rc: ReasonCode | None, error: aiomqtt.MqttError | None
     ) -> None:
         """The broker's answer to one publish (rc), or the connection's end (error)."""
-        if self._inflight.get(row.seq) is row:  # not an earlier session's
-            del self._inflight[row.seq]
-            if row.priority > Priority.P1:
-                self._low_inflight -= 1
-            else:
-                self._urgent_sent.pop(row.seq, None)
+        if self.drain.answered(row):  # not an earlier session's
+            self._urgent_sent.pop(row.seq, None)
             self._room.set()
         if rc is None:
             # The row is still pending in the outbox and goes out again after the reconnect.
@@ -528,6 +488,7 @@ class Publisher:
         if not self._refused:
             self.health.clear_fault("publish_refused")
         self._acked.append(row.seq)
+        self.drain.confirmed(row.seq)
         self._store_wake.set()
         for listener in self.delivered_listeners:
             listener(row)
@@ -535,7 +496,7 @@ class Publisher:
     def _on_refused(self, row: Row, attempts: int, reason: str, code: int) -> None:
         self.health.count("publish_refused")
         self._refused.add(row.seq)
-        self._held.add(row.seq)
+        self.drain.hold(row.seq)
         self.health.raise_fault(
             "publish_refused",
             f"broker refused {len(self._refused)} message(s), last on {row.topic}: {reason} "
@@ -576,103 +537,13 @@ class Publisher:
                     # Also when the gateway stops: confirmed rows are not sent again.
                     seqs, self._acked = self._acked, []
                     await self.outbox.delivered(seqs)
-                    self._known.difference_update(seqs)
+                    self.drain.removed(seqs)
 
     async def _retry_refused(self) -> NoReturn:
         while True:
             await asyncio.sleep(self.config.mqtt.refused_retry_s)
-            if self._held:
+            if self.drain.holding:
                 await self.outbox.requeue_refused()
-                self._held.clear()
+                self.drain.release_held()
                 if self.connected.is_set():
                     self._reset_drain()
-
-    # ------------------------------------------------------------------ status and health
-
-    def _status(self, state: Literal["online", "offline"]) -> bytes:
-        status: StatusMessage = {
-            "state": state, "station": self.config.station_id, "version": __version__,
-            "wall_time": round(time.time(), 3),
-        }
-        return json.dumps(status).encode()
-
-    async def _health_loop(self, client: GatewayClient) -> NoReturn:
-        """The retained health report, every `mqtt.health_interval_s`; never waits for its
-        PUBACK (the deadline watches it)."""
-        while True:
-            report = await self.health_report()
-            self._publish_own(
-                client, self.topics.health, json.dumps(report).encode(), "the health message"
-            )
-            await asyncio.sleep(self.config.mqtt.health_interval_s)
-
-    async def _alerts_loop(self, client: GatewayClient) -> NoReturn:
-        """The retained open-alerts snapshot: at connect, then after each change, coalesced.
-
-        Derived state, so not through the outbox: a lost one is repeated by the next change
-        or connect. Cleared before the snapshot is built, so a change during a publish is
-        never missed.
-        """
-        while True:
-            self._alerts_changed.clear()
-            await self._publish_alerts(client)
-            await self._alerts_changed.wait()
-            await asyncio.sleep(ALERTS_COALESCE_S)
-
-    async def _publish_alerts(self, client: GatewayClient) -> None:
-        snapshot = open_alerts_message(
-            self.config.station_id, round(time.time(), 3), self._open_alerts()
-        )
-
-        def answered(rc: ReasonCode) -> None:
-            if rc.is_failure:
-                self.health.count("alerts_snapshot_refused")
-                log.warning(
-                    "open-alerts snapshot (%d alert(s)) refused by broker on %s: %s",
-                    len(snapshot["alerts"]), self.topics.alerts, rc.getName(),
-                )
-
-        # Not awaited: a stalled broker never holds this loop (nor the deadline's count:
-        # a derived snapshot is repeated by the next change or connect).
-        client.publish_nowait(
-            self.topics.alerts, json_payload(snapshot),
-            lambda rc, _error: None if rc is None else answered(rc),
-            retain=True, properties=self._properties,
-        )
-
-    async def health_report(self) -> dict[str, Any]:
-        """The health message: depth by class, oldest unsent age, faults, links, counters.
-
-        A `gateway.uplink.reports.HealthReport` (tests check it against the contract), as a dict to
-        which the daemon adds its own keys for the status file.
-        """
-        depth = await self.outbox.depth()
-        now = time.time()
-        outbox: OutboxReport = {
-            # Class names, then outbox states and "memory", as gateway.outbox.sqlite.read_depth
-            # counts them (the tests check the report against the contract).
-            "by_class": cast("dict[PriorityName, dict[OutboxState, int]]", depth.by_class),
-            "rows": depth.rows,
-            "bytes": depth.bytes,
-            "memory_rows": depth.memory_rows,
-            "in_flight": len(self._inflight),
-            "oldest_unsent_age_s": (
-                None if depth.oldest_unsent_wall_time is None
-                else round(max(0.0, now - depth.oldest_unsent_wall_time), 3)
-            ),
-        }
-        report: HealthReport = {
-            "station": self.config.station_id,
-            "version": __version__,
-            "uptime_s": round(self.health.uptime_s, 1),
-            "wall_time": round(now, 3),
-            "outbox": outbox,
-            "faults": [
-                {"code": f.code, "message": f.message, "since": round(f.since, 3)}
-                for f in self.health.faults.values()
-            ],
-            "links": dict(self.health.links),
-            "counters": dict(self.health.counters),
-            "boards": self.health.board_counters(),
-        }
-        return dict(report)
