@@ -62,7 +62,9 @@ class Gateway:
         self.publisher = Publisher(
             config, self.outbox, self.health, client_factory=client_factory,
             open_alerts=self.lifecycle.open_alerts, alerts_changed=self.lifecycle.alerts_changed,
+            on_delivered=self._delivered,
         )
+        self.outbox.listeners.append(self.publisher.offer)
         self.publisher.subscriptions.append(
             (self.topics.commands, self.lifecycle.on_message)
         )
@@ -98,13 +100,12 @@ class Gateway:
                         boards=self.boards,
                     )
                 )
-                self.publisher.delivered_listeners.append(self.help_points.on_delivered)
                 self.lifecycle.book.listeners.append(self.help_points.on_alert_change)
                 if self.boards is not None:
                     self.boards.correlation_listeners.append(self.help_points.on_correlation)
                     self.boards.offline_listeners.append(self.help_points.on_board_offline)
-                for record, all_sent in open_alerts:
-                    self.help_points.restore(record, all_sent)
+                for record, _all_sent in open_alerts:
+                    self.help_points.restore(record)
                 if on_gpio and is_mock(factory):
                     from gateway.inputs.simulate import SimulateServer  # noqa: PLC0415
 
@@ -150,6 +151,16 @@ class Gateway:
             self.health.clear_fault(code)
         else:
             self.health.raise_fault(code, message)
+
+    def _delivered(self, row: Row) -> None:
+        """The broker confirmed a row. If it announced an alert, the alert book records
+        that, and the help point's lamp shows it (rows read back after a restart name their
+        alert too)."""
+        if row.alert_id is None:
+            return
+        record = self.lifecycle.book.announced(row.alert_id, "sent")
+        if record is not None and self.help_points is not None:
+            self.help_points.show(record)
 
     async def accept(self, event: Event) -> Row:
         """Accept an already classified event into the outbox."""

@@ -168,15 +168,15 @@ async def test_lamp_and_sounder_pins_follow_the_state(broker: Mosquitto, tmp_pat
         assert lamp_pin.state == 0
         lamp_pin.clear_states()
         sounder_pin.clear_states()
-        hp.lamp.advance("a-1", "accepted")
+        hp.lamp.follow("a-1", "accepted")
         await asyncio.sleep(2.2)  # slow blink: 0.5 s on, 1.5 s off
         ons = [s.state for s in lamp_pin.states].count(True)
         assert ons == 2, lamp_pin.states
         beeps = [s.state for s in sounder_pin.states].count(True)
         assert beeps == 1  # the "accepted" cue
-        hp.lamp.advance("a-1", "acknowledged")
+        hp.lamp.follow("a-1", "acknowledged")
         await asyncio.sleep(0.1)
         assert lamp_pin.state == 1  # solid
-        hp.lamp.close("a-1")
+        hp.lamp.follow(None, "idle")
         await asyncio.sleep(0.1)
         assert lamp_pin.state == 0

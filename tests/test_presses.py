@@ -6,7 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.alerts import AlertBook
-from gateway.core.model import MAX_EVIDENCE, Priority, cite
+from gateway.core.commands import Action, Command
+from gateway.core.lamp import LampState, projected
+from gateway.core.model import MAX_EVIDENCE, AlertRecord, Priority, cite
 from gateway.core.presses import Happening, HelpPointLogic, PressRules
 
 RULES = PressRules(bounce_time_s=0.05, hold_time_s=2.0, repeat_window_s=60,
@@ -168,3 +170,81 @@ def test_an_alert_escalated_all_night_keeps_a_short_evidence_list() -> None:
     assert record.details["evidence"] == ["button pressed", "not acknowledged within 120s"]
     assert record.priority == Priority.P0
 
+
+
+# ---------------------------------------------------------------- the lamp, from the book
+
+Step = tuple[str, str]  # (what happens, to which alert)
+STEPS = st.lists(st.tuples(
+    st.sampled_from(["accepted", "sent", "acknowledge", "assign", "resolve", "cancel",
+                     "escalate", "press_again"]),
+    st.sampled_from(["a-1", "a-2"]),
+), max_size=30)
+
+
+def _command(alert_id: str, action: Action, n: int) -> Command:
+    return Command(command_id=f"cmd-{n:08d}", station="st-1", alert_id=alert_id,
+                   action=action, dispatcher="d-1",
+                   team="crisis_team" if action == "assign" else None,
+                   eta_s=60 if action == "assign" else None, issued_at=0.0)
+
+
+COMMANDS: dict[str, Action] = {"acknowledge": "acknowledge", "assign": "assign",
+                              "resolve": "resolve", "cancel": "cancel"}
+RANK: dict[LampState, int] = {"idle": 0, "accepted": 1, "sent": 2, "acknowledged": 3}
+
+
+def _play(book: AlertBook, what: str, alert_id: str, n: int) -> None:
+    if what in ("accepted", "sent"):
+        book.announced(alert_id, "accepted" if what == "accepted" else "sent")
+    elif what == "escalate":
+        book.escalate_due(now=1000.0 * (n + 1))
+    elif what == "press_again" and alert_id in book.open:
+        book.raised(alert_id, "hp-1", Priority.P0, {"press_count": 2}, now=n)
+    elif what in COMMANDS:
+        decided = book.decide(_command(alert_id, COMMANDS[what], n), replay=False)
+        if isinstance(decided, AlertRecord):
+            book.apply(decided)
+
+
+def _claims_no_more(state: LampState, seen: set[str]) -> bool:
+    """`state` is backed by what happened to the alert."""
+    backing = {"idle": {""}, "accepted": {"accepted"}, "sent": {"sent"},
+               "acknowledged": {"acknowledge", "assign"}}[state]
+    return state == "idle" or bool(seen & backing)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_the_lamp_is_a_projection_of_the_book_and_never_claims_more(steps: list[Step]) -> None:
+    """Whatever order deliveries, commands and escalations arrive in, the lamp of an alert
+    says "sent" only after the broker confirmed one of its events, "acknowledged" only once
+    dispatch acknowledged or assigned it, goes idle when it closes, and never goes back."""
+    book = AlertBook(ack_timeout_s=120, escalate_to=Priority.P0)
+    for alert_id in ("a-1", "a-2"):
+        book.raised(alert_id, "hp-1", Priority.P1, {"evidence": ["button pressed"]}, now=0)
+    seen: dict[str, set[str]] = {"a-1": set(), "a-2": set()}
+    shown: dict[str, LampState] = {"a-1": "idle", "a-2": "idle"}
+    for n, (what, alert_id) in enumerate(steps):
+        was_open = alert_id in book.open
+        _play(book, what, alert_id, n)
+        if was_open:
+            seen[alert_id].add(what)
+        record = book.open.get(alert_id) or book.recently_closed.get(alert_id)
+        state = projected(record, book.delivery.get(alert_id))
+        assert _claims_no_more(state, seen[alert_id]), f"{alert_id}: {state} after {seen}"
+        if record is not None and record.closed:
+            assert state == "idle"
+        else:
+            assert RANK[state] >= RANK[shown[alert_id]], f"{alert_id} went back to {state}"
+        shown[alert_id] = state
+
+
+def test_an_alert_read_back_after_a_restart_is_shown_as_far_as_it_got() -> None:
+    book = AlertBook(ack_timeout_s=120, escalate_to=Priority.P0)
+    open_record = AlertRecord("a-1", "hp-1", "open", Priority.P1, {})
+    book.restore(open_record, now=0, sent=False)
+    assert projected(open_record, book.delivery["a-1"]) == "accepted"
+    assert book.announced("a-1", "sent") == open_record  # its row's PUBACK, after the restart
+    assert projected(open_record, book.delivery["a-1"]) == "sent"
+    assert book.announced("a-1", "accepted") is None  # never back

@@ -1,8 +1,11 @@
 """The alert lifecycle, with no I/O: open -> acknowledged/assigned -> resolved/cancelled.
 
-`AlertBook` holds every open alert, decides what a dispatch command does to one, and says
-which unacknowledged alerts are due to be re-announced and escalated. Its records travel
-with the events that announce them, so the database always agrees with what was published.
+`AlertBook` is the one owner of every open alert: its record (state, class, press count,
+evidence, dispatcher, team) and how far its announcement got (`Delivery`: raised, accepted
+into the outbox, confirmed by the broker). It decides what a dispatch command does to an
+alert, and says which unacknowledged alerts are due to be re-announced and escalated. Its
+records travel with the events that announce them, so the database always agrees with what
+was published; the rider's lamp is a projection of it (`gateway.core.lamp.projected`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from gateway.core.commands import Command, Rejection
 from gateway.core.model import AlertRecord, AlertState, Priority, cite
@@ -31,6 +34,10 @@ _ALLOWED_FROM: dict[str, tuple[AlertState, ...]] = {
 }
 
 Listener = Callable[[AlertRecord], None]
+#: How far an open alert's announcement got; it only moves forward. "accepted": an event
+#: about it is committed to the outbox; "sent": the broker confirmed one.
+Delivery = Literal["raised", "accepted", "sent"]
+_DELIVERY_RANK: dict[Delivery, int] = {"raised": 0, "accepted": 1, "sent": 2}
 
 
 class AlertBook:
@@ -42,6 +49,7 @@ class AlertBook:
         self.open: dict[str, AlertRecord] = {}
         self.recently_closed: OrderedDict[str, AlertRecord] = OrderedDict()
         self._announced: dict[str, float] = {}  # awaiting ack since (re-)announcement
+        self.delivery: dict[str, Delivery] = {}  # of every open alert
         self.listeners: list[Listener] = []  # told of every state change that was applied
 
     def raised(
@@ -52,6 +60,7 @@ class AlertBook:
         if known is None:
             record = AlertRecord(alert_id, source, "open", priority, dict(details))
             self._announced[alert_id] = now
+            self.delivery[alert_id] = "raised"
         else:
             record = replace(
                 known,
@@ -92,6 +101,7 @@ class AlertBook:
         if record.closed:
             self.open.pop(record.alert_id, None)
             self._announced.pop(record.alert_id, None)
+            self.delivery.pop(record.alert_id, None)
             self.recently_closed[record.alert_id] = record
             while len(self.recently_closed) > RECENTLY_CLOSED:
                 self.recently_closed.popitem(last=False)
@@ -102,11 +112,24 @@ class AlertBook:
         for listener in self.listeners:
             listener(record)
 
-    def restore(self, record: AlertRecord, now: float) -> None:
-        """Re-open an alert loaded from the database after a restart."""
+    def restore(self, record: AlertRecord, now: float, *, sent: bool) -> None:
+        """Re-open an alert loaded from the database after a restart (its events were
+        accepted; `sent`: the broker confirmed them all)."""
         self.open[record.alert_id] = record
+        self.delivery[record.alert_id] = "sent" if sent else "accepted"
         if record.state == "open":
             self._announced[record.alert_id] = now
+
+    def announced(self, alert_id: str, delivery: Delivery) -> AlertRecord | None:
+        """An event about this alert was committed ("accepted") or confirmed by the broker
+        ("sent"). Returns its record if that moved it on (a closed alert, or one that got
+        further already, is left as it is)."""
+        record = self.open.get(alert_id)
+        known = self.delivery.get(alert_id)
+        if record is None or known is None or _DELIVERY_RANK[delivery] <= _DELIVERY_RANK[known]:
+            return None
+        self.delivery[alert_id] = delivery
+        return record
 
     def deadline(self) -> float | None:
         """When the next unacknowledged alert is due to be re-announced."""

@@ -1,6 +1,7 @@
 """The rider's lamp and sounder: one state machine, shown as light and as sound.
 
-The lamp follows the alert and never claims more than has happened:
+The lamp is a projection of the help point's current alert (`projected`: its record and
+delivery, owned by `gateway.core.alerts.AlertBook`) and never claims more than has happened:
 
     idle ──accepted (row committed)──> accepted ──PUBACK──> sent ──dispatch ack──> acknowledged
       ^                                                                                  │
@@ -17,12 +18,28 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from gateway.core.alerts import Delivery
+    from gateway.core.model import AlertRecord
 
 log = logging.getLogger(__name__)
 
 LampState = Literal["idle", "accepted", "sent", "acknowledged", "fault"]
 _RANK: dict[LampState, int] = {"idle": 0, "accepted": 1, "sent": 2, "acknowledged": 3}
+
+
+def projected(record: AlertRecord | None, delivery: Delivery | None) -> LampState:
+    """What the lamp shows for an alert: its state as dispatch has it, else how far its
+    announcement got. No alert, or a closed one, is idle."""
+    if record is None or record.closed:
+        return "idle"
+    if record.state in ("acknowledged", "assigned"):
+        return "acknowledged"
+    if delivery == "sent":
+        return "sent"
+    return "accepted" if delivery == "accepted" else "idle"
 
 
 @dataclass(frozen=True)
@@ -108,21 +125,19 @@ class Lamp:
         """What the lamp shows now."""
         return "fault" if self.faults else self.alert_state
 
-    def advance(self, alert_id: str, state: LampState) -> None:
-        """The alert reached `state`; a new alert starts afresh, the same one only moves on."""
-        if alert_id != self.alert_id:
+    def follow(self, alert_id: str | None, state: LampState) -> None:
+        """Show the help point's current alert (None: there is none) in `state`, its
+        projection. For the same alert it only moves on, so that a late or reordered update
+        can never make the lamp go back; idle (the alert closed) always shows."""
+        if state == "idle":
+            self.alert_id = None
+            self.alert_state = "idle"
+        elif alert_id != self.alert_id:
             self.alert_id = alert_id
             self.alert_state = state
         elif _RANK[state] > _RANK[self.alert_state]:
             self.alert_state = state
         self._show()
-
-    def close(self, alert_id: str) -> None:
-        """The alert was resolved or cancelled: back to idle."""
-        if alert_id == self.alert_id:
-            self.alert_id = None
-            self.alert_state = "idle"
-            self._show()
 
     def set_fault(self, active: bool, reason: str = "stuck") -> None:
         """Overlay (or remove) the fault pattern for one reason (a stuck button, a board that

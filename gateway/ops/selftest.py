@@ -82,9 +82,9 @@ async def lamp_walk(help_points: HelpPoints, step_s: float, say: Say) -> list[Ch
                 unit.lamp.set_fault(True)
             elif state == "idle":
                 unit.lamp.set_fault(False)
-                unit.lamp.close("selftest")
+                unit.lamp.follow(None, "idle")
             else:
-                unit.lamp.advance("selftest", state)
+                unit.lamp.follow("selftest", state)
             shown.append(unit.lamp.state)
             say(f"  {hp_id}: {unit.lamp.state}")
             await asyncio.sleep(step_s)

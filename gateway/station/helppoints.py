@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.config.models import HelpPoint, StationConfig
-from gateway.core.lamp import Lamp
+from gateway.core.lamp import Lamp, projected
 from gateway.core.model import AlertRecord, Event, Priority
 from gateway.core.presses import Alert, Happening, HelpPointLogic, PressRules
 from gateway.errors import PinFactoryError
@@ -222,8 +222,25 @@ class HelpPoints:
         record = self._lifecycle.raised(alert.alert_id, hp.id, alert.priority, details)
         event = Event(kind, hp.id, record.priority, alert_body(record), alert=record)
         row = await self._accept_event(event)
-        if row.durable:
-            unit.lamp.advance(alert.alert_id, "accepted")
+        if row.durable:  # held in memory only, it is not accepted yet: the lamp waits
+            self._lifecycle.book.announced(alert.alert_id, "accepted")
+        self._project(unit)
+
+    def _project(self, unit: HelpPointUnit) -> None:
+        """Show the help point's current request on its lamp, as the alert book has it."""
+        alert = unit.logic.alert
+        if alert is None:
+            unit.lamp.follow(None, "idle")
+            return
+        book = self._lifecycle.book
+        record = book.open.get(alert.alert_id)
+        unit.lamp.follow(alert.alert_id, projected(record, book.delivery.get(alert.alert_id)))
+
+    def show(self, record: AlertRecord) -> None:
+        """The alert's delivery moved on (the broker confirmed an event about it)."""
+        unit = self.units.get(record.source)
+        if unit is not None:
+            self._project(unit)
 
     def on_alert_change(self, record: AlertRecord) -> None:
         """Lifecycle listener: dispatch acted on an alert, or it was escalated."""
@@ -231,16 +248,16 @@ class HelpPoints:
         if unit is None:
             return
         if record.closed:
-            unit.lamp.close(record.alert_id)
             unit.logic.close(record.alert_id)
         elif record.state in ("acknowledged", "assigned"):
-            unit.lamp.advance(record.alert_id, "acknowledged")
             unit.logic.acknowledged(record.alert_id)
         else:
             unit.logic.escalated(record.alert_id, record.priority)
+        self._project(unit)
 
-    def restore(self, record: AlertRecord, all_sent: bool) -> None:
-        """After a restart: reopen a help point's alert and show its lamp state again."""
+    def restore(self, record: AlertRecord) -> None:
+        """After a restart: reopen a help point's alert (the book has it again) and show its
+        lamp state again."""
         unit = self.units.get(record.source)
         if unit is None:
             return
@@ -260,18 +277,4 @@ class HelpPoints:
             escalated=bool(details.get("escalated", False)),
             evidence=tuple(details.get("evidence", ())),
         ), awaiting_ack=record.state == "open")
-        if record.state == "open":
-            unit.lamp.advance(record.alert_id, "sent" if all_sent else "accepted")
-        else:
-            unit.lamp.advance(record.alert_id, "acknowledged")
-
-    def on_delivered(self, row: Row) -> None:
-        """Publisher listener: a PUBACK arrived; the lamp may now say "sent". The row names
-        its alert (accepted in this run or read back after a restart); the lifecycle's book
-        says whose it is."""
-        alert_id = row.alert_id
-        record = None if alert_id is None else self._lifecycle.book.open.get(alert_id)
-        unit = None if record is None else self.units.get(record.source)
-        if unit is None or unit.logic.alert is None or unit.logic.alert.alert_id != alert_id:
-            return  # closed, not a help point's, or an older request: the lamp shows the newer
-        unit.lamp.advance(alert_id, "sent")
+        self._project(unit)

@@ -73,11 +73,11 @@ class Lifecycle:
         announced = await self.outbox.call(lambda box: box.announced_at())
         mono, wall = self.clock.monotonic(), self.clock.wall()
         timeout = self.config.dispatch.ack_timeout_s
-        for record, _sent in found:
+        for record, sent in found:
             # The timer runs from the stored last announcement, so restarts cannot hold off
             # an escalation; a clock that went back restarts it, one far ahead escalates now.
             waited = min(max(wall - announced.get(record.alert_id, wall), 0.0), timeout)
-            self.book.restore(record, mono - waited)
+            self.book.restore(record, mono - waited, sent=sent)
         if found:
             log.info("restored %d open alert(s) from the database", len(found))
         self._changed.set()

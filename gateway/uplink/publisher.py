@@ -107,6 +107,7 @@ class Publisher:
         client_factory: ClientFactory = make_client,
         open_alerts: Callable[[], Sequence[AlertRecord]] = tuple,
         alerts_changed: asyncio.Event | None = None,
+        on_delivered: Callable[[Row], None] = lambda _row: None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -115,7 +116,7 @@ class Publisher:
         self._client_factory = client_factory
         self._properties = json_properties(config.mqtt.protocol)
         self.subscriptions: list[tuple[str, Handler]] = []  # (topic filter, handler), QoS 1
-        self.delivered_listeners: list[Callable[[Row], None]] = []  # after a success PUBACK
+        self._on_delivered = on_delivered  # after a success PUBACK: the way back
         self.connected = asyncio.Event()
         # Which row goes next (sans-I/O); the events wake the drain task.
         self.drain: DrainQueue[Row] = DrainQueue(config.mqtt.inflight_window)
@@ -139,12 +140,11 @@ class Publisher:
         self._peer_closes: deque[float] = deque()  # 3.1.1 twins: when sessions were closed
         self._ended_by: Literal["taken_over", "peer"] | None = None  # the last session's end
         self._peer_close_pending = False  # the broker closed the last session (no reason)
-        outbox.listeners.append(self._on_accept)
 
     # ------------------------------------------------------------------ intake
 
-    def _on_accept(self, row: Row) -> None:
-        """Outbox listener: a new row may overtake everything queued behind it."""
+    def offer(self, row: Row) -> None:
+        """A row was accepted into the outbox: it may overtake everything queued behind it."""
         if self.connected.is_set() and self.drain.offer(row):
             self._wake.set()
             self._room.set()
@@ -490,8 +490,7 @@ class Publisher:
         self._acked.append(row.seq)
         self.drain.confirmed(row.seq)
         self._store_wake.set()
-        for listener in self.delivered_listeners:
-            listener(row)
+        self._on_delivered(row)
 
     def _on_refused(self, row: Row, attempts: int, reason: str, code: int) -> None:
         self.health.count("publish_refused")
