@@ -31,16 +31,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import (
-    REPO,
-    Figure,
-    median,
-    print_machine,
-    print_table,
-    proc_memory_kib,
-    workdir,
-    write_json,
-)
+from bench import REPO
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import proc_memory_kib
 from dispatch.outbound import make_command
 from gateway.config.loading import load_config
 from gateway.inputs.simulate import send, socket_path

@@ -21,29 +21,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.baselines import CommitBaseline, raw_latency, remove_db, rendered
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import CpuMeter
+from bench.station import (
     PREFIX,
-    CommitBaseline,
-    CpuMeter,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
     delivered,
     done,
     log_to_file,
     make_config,
-    median,
     outbox_empty,
-    print_machine,
-    print_table,
-    raw_latency,
-    remove_db,
-    rendered,
     running,
     wait_until,
-    workdir,
-    write_json,
 )
 from gateway.config.models import StationConfig
 from gateway.core.model import Event, Priority

@@ -19,24 +19,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from bench.common import (
-    PREFIX,
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    log_to_file,
-    make_config,
-    median,
-    percentile,
-    print_machine,
-    print_table,
-    raw_latency,
-    running,
-    workdir,
-    write_json,
-)
+from bench.baselines import CommitBaseline, raw_latency
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, percentile, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.station import PREFIX, log_to_file, make_config, running
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
 from gateway.testing.mosquitto import Mosquitto

@@ -34,24 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    log_to_file,
-    make_config,
-    median,
-    mock_help_points,
-    percentile,
-    print_machine,
-    print_table,
-    raw_latency,
-    running,
-    workdir,
-    write_json,
-)
+from bench.baselines import CommitBaseline, raw_latency
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, percentile, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.station import log_to_file, make_config, mock_help_points, running
 from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row

@@ -25,20 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from bench.common import (
-    PREFIX,
-    REPO,
-    Figure,
-    Subscriber,
-    median,
-    print_machine,
-    print_table,
-    proc_cpu_s,
-    proc_memory_kib,
-    raw_config,
-    workdir,
-    write_json,
-)
+from bench import REPO
+from bench.clients import Subscriber
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import proc_cpu_s, proc_memory_kib
+from bench.station import PREFIX, raw_config
 from gateway.config.loading import parse_config
 from gateway.core.model import Event, Priority
 from gateway.inputs.simulate import send

@@ -50,28 +50,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from bench.common import (
-    REPO,
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    done,
-    log_to_file,
-    make_config,
-    median,
-    print_machine,
-    print_table,
-    proc_cpu_s,
-    raw_config,
-    raw_latency,
-    running,
-    wait_until,
-    workdir,
-    write_json,
-)
+from bench import REPO
+from bench.baselines import CommitBaseline, raw_latency
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import proc_cpu_s
 from bench.resources import stop
+from bench.station import done, log_to_file, make_config, raw_config, running, wait_until
 from firmware_bridge.codec import REJECT_REASONS, encode
 from firmware_bridge.frames import Reading, Unit
 from firmware_bridge.simulator import BoardSimulator

@@ -18,26 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.common import (
+from bench.baselines import remove_db, rendered
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import CpuMeter
+from bench.station import (
     PREFIX,
-    CpuMeter,
-    Figure,
-    RawClient,
-    Subscriber,
     delivered,
     done,
     log_to_file,
     make_config,
-    median,
     outbox_empty,
-    print_machine,
-    print_table,
-    remove_db,
-    rendered,
     running,
     wait_until,
-    workdir,
-    write_json,
 )
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
