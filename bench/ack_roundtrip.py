@@ -62,7 +62,7 @@ from bench.baselines import CommitBaseline
 from bench.clients import RawClient, Subscriber, ThreadedPaho
 from bench.figures import Figure, Samples, median, print_table, write_json
 from bench.machine import print_machine, workdir
-from bench.station import PREFIX, log_to_file, make_config, mock_help_points, running
+from bench.station import PREFIX, log_to_file, make_config
 from dispatch.outbound import make_command, send_command
 from gateway.config.models import StationConfig
 from gateway.core.commands import Action, Command
@@ -70,6 +70,8 @@ from gateway.core.model import AlertRecord
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row
 from gateway.station.helppoints import HelpPointUnit
+from gateway.testing.config import mock_help_points
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -369,7 +371,7 @@ async def measure(
                     RawClient(broker.port) as raw, \
                     LoopbackSubscriber(broker.port, hop_topic, commit_topic, commit) as loop_sub:
                 async with Dispatcher(broker.port) as dispatcher, \
-                        running(Gateway(config)) as gw:
+                        running(Gateway(config), connected_within_s=30) as gw:
                     bench = AckRounds(gw, sub, dispatcher, gap_s)
                     station = config.station_id
 

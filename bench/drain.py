@@ -33,13 +33,13 @@ from bench.station import (
     log_to_file,
     make_config,
     outbox_empty,
-    running,
     wait_until,
 )
 from gateway.config.models import StationConfig
 from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -85,7 +85,7 @@ async def drain_once(
     accepts = Samples()  # submit until it returned (the commit)
     during = Samples()  # alerts submitted and received while the backlog was still draining
     assert broker.process is not None
-    async with running(Gateway(config)) as gw:
+    async with running(Gateway(config), connected_within_s=30) as gw:
         connected = time.perf_counter()
 
         async def alert(i: int) -> None:

@@ -35,6 +35,7 @@ from gateway.config.loading import parse_config
 from gateway.core.model import Event, Priority
 from gateway.inputs.simulate import send
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.config import write_config
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -57,20 +58,6 @@ def station(folder: Path, broker_url: str) -> dict[str, Any]:
         help_points=[{"id": hp, "pin": pin, "lamp_pin": lamp} for hp, pin, lamp in HELP_POINTS],
         mqtt={},  # the defaults: health every 30 s, keepalive 30 s
     )
-
-
-def toml_config(raw: dict[str, Any]) -> str:
-    """The keys the benchmark sets, as TOML."""
-    text = (
-        f'station_id = "{raw["station_id"]}"\n'
-        f'gpio_pin_factory = "{raw["gpio_pin_factory"]}"\n\n'
-        f'[[brokers]]\nurl = "{raw["brokers"][0]["url"]}"\n\n'
-        f'[store]\npath = "{raw["store"]["path"]}"\n'
-    )
-    for hp in raw["help_points"]:
-        text += f'\n[[help_points]]\nid = "{hp["id"]}"\npin = {hp["pin"]}\n'
-        text += f'lamp_pin = {hp["lamp_pin"]}\n'
-    return text
 
 
 def press_all(raw: dict[str, Any], presses: int) -> int:
@@ -127,7 +114,7 @@ class Proc:
 def daemon(folder: Path, raw: dict[str, Any], log: IO[bytes]) -> subprocess.Popen[bytes]:
     """Start `python -m gateway.ops.cli run --config FILE` for this config."""
     conf = folder / f"{raw['station_id']}.toml"
-    conf.write_text(toml_config(raw))
+    write_config(conf, raw)
     return subprocess.Popen(
         [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(conf)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

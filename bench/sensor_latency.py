@@ -57,7 +57,7 @@ from bench.figures import Figure, Samples, median, print_table, write_json
 from bench.machine import print_machine, workdir
 from bench.procs import proc_cpu_s
 from bench.resources import stop
-from bench.station import done, log_to_file, make_config, raw_config, running, wait_until
+from bench.station import done, log_to_file, make_config, raw_config, wait_until
 from firmware_bridge.codec import REJECT_REASONS, encode
 from firmware_bridge.frames import Reading, Unit
 from firmware_bridge.simulator import BoardSimulator
@@ -66,6 +66,8 @@ from gateway.core.model import Priority
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row
 from gateway.station.status import status_path
+from gateway.testing.config import write_config
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -207,7 +209,8 @@ async def measure_latency(n: int, rounds: int, warmup: int, gap_s: float) -> Lat
                 sub = stack.enter_context(
                     Subscriber(broker.port, [f"{topics.root}/events/#"], report="/events/"))
                 raw = stack.enter_context(RawClient(broker.port))
-                gw = await stack.enter_async_context(running(Gateway(config)))
+                gw = await stack.enter_async_context(
+                    running(Gateway(config), connected_within_s=30))
                 for sim in sims.values():
                     await sim.wait_until(welcomed(sim), timeout_s=30)
                 assert gw.boards is not None
@@ -298,31 +301,6 @@ def cpu_station(folder: Path, broker_url: str, port: Path) -> dict[str, Any]:
             {"channel": "crowd", "min_interval_s": 5.0, "deadband": 5},
         ],
     }])
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
-
-
-def toml_config(raw: dict[str, Any]) -> str:
-    """The keys the CPU phase sets, as TOML (everything else stays at its default)."""
-    lines = [
-        f"station_id = {_toml_value(raw['station_id'])}", "",
-        "[[brokers]]", f"url = {_toml_value(raw['brokers'][0]['url'])}", "",
-        "[store]", f"path = {_toml_value(raw['store']['path'])}",
-    ]
-    for sensor in raw["sensors"]:
-        lines += ["", "[[sensors]]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in sensor.items() if not isinstance(v, list)]
-        for table in ("thresholds", "telemetry"):
-            for rule in sensor.get(table, []):
-                lines += ["", f"[[sensors.{table}]]"]
-                lines += [f"{k} = {_toml_value(v)}" for k, v in rule.items()]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -445,7 +423,7 @@ async def measure_cpu(span_s: float, window_s: float, settle_s: float) -> CpuRes
         port = by_id / "usb-bench-platform-1-if00"
         raw = cpu_station(folder, broker.url, port)
         conf = folder / "station.toml"
-        conf.write_text(toml_config(raw))
+        write_config(conf, raw)
         config = load_config(conf)  # as the daemon will read it
         topics = Topics(config.mqtt.topic_prefix, config.station_id)
         status = status_path(config)

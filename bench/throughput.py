@@ -30,11 +30,11 @@ from bench.station import (
     log_to_file,
     make_config,
     outbox_empty,
-    running,
     wait_until,
 )
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -83,7 +83,7 @@ async def gateway_run(
     """Submit n events from `producers` tasks; time until all are confirmed and removed."""
     config = make_config(folder, broker.url)
     accepts, deletes = Calls(), Calls()
-    async with running(Gateway(config)) as gw:
+    async with running(Gateway(config), connected_within_s=30) as gw:
         store = gw.outbox.outbox
         # Instrumentation only: count the store thread's commits and their batch sizes.
         store.accept = accepts.wrap(store.accept)  # type: ignore[method-assign,assignment]

@@ -37,9 +37,10 @@ from gateway.core.commands import RejectReason
 from gateway.daemon import Gateway
 from gateway.inputs.simulate import socket_path
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.client import IntakeQueue
-from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
+from tests.helpers import lifecycle_config, raise_alert, replies, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 REASONS = set(typing.get_args(RejectReason))

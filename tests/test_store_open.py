@@ -34,9 +34,10 @@ from gateway.core.model import AlertRecord, Event, Priority
 from gateway.daemon import Gateway
 from gateway.outbox.files import APPLICATION_ID, check, move_aside, open_store, sidecar
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
-from tests.helpers import running, station_config, subscribe
+from tests.helpers import station_config, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = Topics("stationgw/v1", "t-store-open")
