@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench import REPO
 from bench.clients import Subscriber
@@ -36,6 +36,7 @@ from gateway.core.model import Event, Priority
 from gateway.inputs.simulate import send
 from gateway.outbox.sqlite import Outbox
 from gateway.testing.config import write_config
+from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -111,14 +112,10 @@ class Proc:
     memory: dict[str, int] = field(default_factory=dict)
 
 
-def daemon(folder: Path, raw: dict[str, Any], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def daemon(folder: Path, raw: dict[str, Any]) -> subprocess.Popen[bytes]:
     """Start `python -m gateway.ops.cli run --config FILE` for this config."""
-    conf = folder / f"{raw['station_id']}.toml"
-    write_config(conf, raw)
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(conf)],
-        cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
+    conf = write_config(folder / f"{raw['station_id']}.toml", raw)
+    return StationDaemon(conf, folder / "daemon.log", cwd=REPO).start()
 
 
 def sample_idle(procs: list[Proc], phase: str, span_s: float, window_s: float) -> float:
@@ -152,10 +149,9 @@ def measure(
         for config in (raw, bare):
             prefill(config, rows)
         try:
-            with Subscriber(broker.port, [f"{PREFIX}/+/events/#"], report="^$") as sub, \
-                    (folder / "daemon.log").open("wb") as log:
-                procs.append(Proc("gateway", daemon(folder, raw, log)))
-                procs.append(Proc("gateway without help points", daemon(folder, bare, log)))
+            with Subscriber(broker.port, [f"{PREFIX}/+/events/#"], report="^$") as sub:
+                procs.append(Proc("gateway", daemon(folder, raw)))
+                procs.append(Proc("gateway without help points", daemon(folder, bare)))
                 procs.append(Proc("python + paho, connected", subprocess.Popen(
                     [sys.executable, "-c", BASELINE, str(broker.port)], cwd=REPO,
                     stdin=subprocess.DEVNULL,
