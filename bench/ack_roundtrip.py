@@ -29,7 +29,7 @@ synchronous=FULL) before the lamp changes (the lamp never claims more than has h
 The reply to dispatch and the event's publish come after the lamp.
 
 Baseline, in rounds alternating with the gateway's: a raw paho-mqtt QoS 1 publish of the
-same command payload (`bench.common.RawClient`, its own network thread) to a topic that a
+same command payload (`bench.clients.RawClient`, its own network thread) to a topic that a
 paho client in this process subscribes to (its own network thread): one MQTT hop each way,
 dispatcher -> broker -> subscriber, timed from just before the publish to `monotonic_ns()`
 first thing in `on_message`. A context row does the same with one SQLite commit (WAL,
@@ -58,24 +58,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bench.common import (
-    PREFIX,
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    ThreadedPaho,
-    log_to_file,
-    make_config,
-    median,
-    mock_help_points,
-    print_machine,
-    print_table,
-    running,
-    workdir,
-    write_json,
-)
+from bench.baselines import CommitBaseline
+from bench.clients import RawClient, Subscriber, ThreadedPaho
+from bench.figures import Figure, Samples, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.station import PREFIX, log_to_file, make_config
 from dispatch.outbound import make_command, send_command
 from gateway.config.models import StationConfig
 from gateway.core.commands import Action, Command
@@ -83,6 +70,8 @@ from gateway.core.model import AlertRecord
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row
 from gateway.station.helppoints import HelpPointUnit
+from gateway.testing.config import mock_help_points
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -382,7 +371,7 @@ async def measure(
                     RawClient(broker.port) as raw, \
                     LoopbackSubscriber(broker.port, hop_topic, commit_topic, commit) as loop_sub:
                 async with Dispatcher(broker.port) as dispatcher, \
-                        running(Gateway(config)) as gw:
+                        running(Gateway(config), connected_within_s=30) as gw:
                     bench = AckRounds(gw, sub, dispatcher, gap_s)
                     station = config.station_id
 

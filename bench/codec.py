@@ -29,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import get_args
 
-from bench.common import Figure, write_json
+from bench.figures import Figure, write_json
 from firmware_bridge import (
     FRAME_TYPES,
     MAX_SEQ,

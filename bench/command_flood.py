@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,20 +28,15 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.common import (
-    REPO,
-    Figure,
-    median,
-    print_machine,
-    print_table,
-    proc_memory_kib,
-    workdir,
-    write_json,
-)
+from bench import REPO
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import proc_memory_kib
 from dispatch.outbound import make_command
 from gateway.config.loading import load_config
-from gateway.inputs.simulate import send, socket_path
+from gateway.inputs.simulate import send
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto
 
 WAIT = 30.0
@@ -131,16 +123,6 @@ def write_config(folder: Path, station: str, broker_url: str) -> Path:
     return config_path
 
 
-def wait_for_daemon(proc: subprocess.Popen[bytes], config_path: Path) -> None:
-    """Until the daemon's simulate socket exists, and a second more (connected, settled)."""
-    deadline = time.monotonic() + WAIT
-    while not socket_path(load_config(config_path)).exists():
-        assert proc.poll() is None, "the daemon exited"
-        assert time.monotonic() < deadline, "the daemon did not start"
-        time.sleep(0.05)
-    time.sleep(1.0)  # connected and settled
-
-
 def round_trip_figures(results: dict[str, list[tuple[float, float]]],
                        rounds: int) -> list[Figure]:
     """The median ack round trip and raw hop of each phase."""
@@ -167,18 +149,16 @@ def main() -> None:
         station = f"bench-{uuid.uuid4().hex[:8]}"
         root = f"stationgw/v1/{station}"
         config_path = write_config(folder, station, broker.url)
-        log = (folder / "daemon.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )
+        daemon = StationDaemon(config_path, folder / "daemon.log", cwd=REPO)
+        proc = daemon.start()
         listener = Listener(broker.port, [f"{root}/events/#", f"{root}/replies",
                                           f"bench/{station}/probe"])
         sender = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         sender.connect("127.0.0.1", broker.port)
         sender.loop_start()
         try:
-            wait_for_daemon(proc, config_path)
+            daemon.wait_up_blocking(WAIT)
+            time.sleep(1.0)  # connected and settled
             results: dict[str, list[tuple[float, float]]] = {"idle": [], "flood": []}
             for _ in range(rounds):
                 results["idle"].append(one_round(config_path, station, root, sender, listener))
@@ -199,10 +179,7 @@ def main() -> None:
             sender.loop_stop()
             sender.disconnect()
             listener.close()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=20)
-            log.close()
+            daemon.stop(timeout_s=20)
     sent = flood0.sent + flood1.sent
     figures = round_trip_figures(results, rounds)
     figures.append(Figure("RSS idle -> peak under the flood", memory["VmHWM"] / 1024, "MiB",

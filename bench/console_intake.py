@@ -47,17 +47,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bench.common import (
-    PREFIX,
-    REPO,
-    Figure,
-    fmt,
-    median,
-    print_machine,
-    proc_cpu_s,
-    proc_memory_kib,
-    write_json,
-)
+from bench import REPO
+from bench.figures import Figure, fmt, median, write_json
+from bench.machine import print_machine
+from bench.procs import proc_cpu_s, proc_memory_kib
+from bench.station import PREFIX
 from gateway.contract.asyncapi import EventMessage
 from gateway.core.model import REQUESTED_RESPONSE, Priority
 from gateway.testing.mosquitto import Mosquitto

@@ -26,15 +26,9 @@ from typing import Any
 
 import aiomqtt
 
-from bench.common import (
-    Figure,
-    log_to_file,
-    make_config,
-    median,
-    print_machine,
-    print_table,
-    write_json,
-)
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine
+from bench.station import log_to_file, make_config
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
 from gateway.testing.faultproxy import FaultProxy, Mode

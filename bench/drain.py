@@ -21,34 +21,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.baselines import CommitBaseline, raw_latency, remove_db, rendered
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import CpuMeter
+from bench.station import (
     PREFIX,
-    CommitBaseline,
-    CpuMeter,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
     delivered,
     done,
     log_to_file,
     make_config,
-    median,
     outbox_empty,
-    print_machine,
-    print_table,
-    raw_latency,
-    remove_db,
-    rendered,
-    running,
     wait_until,
-    workdir,
-    write_json,
 )
 from gateway.config.models import StationConfig
 from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -94,7 +85,7 @@ async def drain_once(
     accepts = Samples()  # submit until it returned (the commit)
     during = Samples()  # alerts submitted and received while the backlog was still draining
     assert broker.process is not None
-    async with running(Gateway(config)) as gw:
+    async with running(Gateway(config), connected_within_s=30) as gw:
         connected = time.perf_counter()
 
         async def alert(i: int) -> None:

@@ -32,19 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    Figure,
-    Subscriber,
-    machine_info,
-    median,
-    percentile,
-    print_machine,
-    print_table,
-    proc_cpu_s,
-    proc_memory_kib,
-    workdir,
-    write_json,
-)
+from bench.clients import Subscriber
+from bench.figures import Figure, median, percentile, print_table, write_json
+from bench.machine import machine_info, print_machine, workdir
+from bench.procs import proc_cpu_s, proc_memory_kib
 from dispatch.fleet.run import Fleet, FleetOptions, latencies
 from dispatch.fleet.schedule import DEFAULT_SPEED
 from gateway.testing.mosquitto import Mosquitto

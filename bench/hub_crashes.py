@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from bench.common import Figure, median, print_machine, print_table, workdir, write_json
+from bench.figures import Figure, median, print_table, write_json
 from bench.hubkit import (
     Flood,
     HubProcess,
@@ -46,6 +46,7 @@ from bench.hubkit import (
     stored_count,
     wait_stored,
 )
+from bench.machine import print_machine, workdir
 from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 

@@ -23,8 +23,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import create_engine, func, select, text
 
-from bench.common import Figure, median, print_machine, print_table, workdir, write_json
+from bench.figures import Figure, median, print_table, write_json
 from bench.hubkit import HubProcess
+from bench.machine import print_machine, workdir
 from dispatch.hub.schema import events
 from dispatch.hub.store import migrate, open_engine
 from gateway.core.model import Event, Priority

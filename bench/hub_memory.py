@@ -39,16 +39,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import Engine, func, inspect, select, text
 
-from bench.common import (
-    REPO,
-    Figure,
-    print_machine,
-    print_table,
-    proc_memory_kib,
-    workdir,
-    write_json,
-)
+from bench import REPO
+from bench.figures import Figure, print_table, write_json
 from bench.hubkit import HubProcess, RawCounter, migrated
+from bench.machine import print_machine, workdir
+from bench.procs import proc_memory_kib
 from dispatch.hub.schema import stations
 from dispatch.hub.store import HubStore
 from dispatch.inbound import Inbound, read

@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import Figure, print_machine, print_table, workdir, write_json
+from bench.figures import Figure, print_table, write_json
 from bench.hubkit import (
     Flood,
     HubProcess,
@@ -42,6 +42,7 @@ from bench.hubkit import (
     stored_count,
     wait_stored,
 )
+from bench.machine import print_machine, workdir
 from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 

@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine, func, select
 
-from bench.common import REPO
+from bench import REPO
 from dispatch.hub.schema import alerts, events, transitions
 from dispatch.hub.store import HubStore, migrate, open_engine
 from gateway.core.model import Event, Priority

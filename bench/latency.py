@@ -19,26 +19,14 @@ import asyncio
 import time
 from pathlib import Path
 
-from bench.common import (
-    PREFIX,
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    log_to_file,
-    make_config,
-    median,
-    percentile,
-    print_machine,
-    print_table,
-    raw_latency,
-    running,
-    workdir,
-    write_json,
-)
+from bench.baselines import CommitBaseline, raw_latency
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, percentile, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.station import PREFIX, log_to_file, make_config
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -67,7 +55,7 @@ async def measure(n: int, rounds: int, warmup: int, gap_s: float) -> list[Figure
         try:
             with Subscriber(broker.port, [events], report="/events/") as sub, \
                     RawClient(broker.port) as raw:
-                async with running(Gateway(config)) as gw:
+                async with running(Gateway(config), connected_within_s=30) as gw:
                     await gateway_latency(gw, sub, warmup, gap_s)
                     await asyncio.to_thread(
                         raw_latency, raw, sub, topics, warmup, commit=commit, gap_s=gap_s

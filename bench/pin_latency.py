@@ -34,27 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    log_to_file,
-    make_config,
-    median,
-    mock_help_points,
-    percentile,
-    print_machine,
-    print_table,
-    raw_latency,
-    running,
-    workdir,
-    write_json,
-)
+from bench.baselines import CommitBaseline, raw_latency
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, percentile, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.station import log_to_file, make_config
 from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row
+from gateway.testing.config import mock_help_points
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -175,7 +164,7 @@ async def measure(
         try:
             with Subscriber(broker.port, [f"{topics.root}/events/#"], report="/events/") as sub, \
                     RawClient(broker.port) as raw:
-                async with running(Gateway(config)) as gw:
+                async with running(Gateway(config), connected_within_s=30) as gw:
                     presser = PinPresser(gw, sub, gap_s)
                     try:
                         await presser.run(warmup)

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import Figure, median, print_machine, print_table, workdir, write_json
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
 from dispatch.analysis.metro import SHIPPED
 from dispatch.analysis.network import Network, read_mapping, read_network
 from dispatch.analysis.record import WEEK_S, load_requests, read_ridership

@@ -23,26 +23,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from bench.common import (
-    PREFIX,
-    REPO,
-    Figure,
-    Subscriber,
-    median,
-    print_machine,
-    print_table,
-    proc_cpu_s,
-    proc_memory_kib,
-    raw_config,
-    workdir,
-    write_json,
-)
+from bench import REPO
+from bench.clients import Subscriber
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import proc_cpu_s, proc_memory_kib
+from bench.station import PREFIX, raw_config
 from gateway.config.loading import parse_config
 from gateway.core.model import Event, Priority
 from gateway.inputs.simulate import send
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.config import write_config
+from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -65,20 +59,6 @@ def station(folder: Path, broker_url: str) -> dict[str, Any]:
         help_points=[{"id": hp, "pin": pin, "lamp_pin": lamp} for hp, pin, lamp in HELP_POINTS],
         mqtt={},  # the defaults: health every 30 s, keepalive 30 s
     )
-
-
-def toml_config(raw: dict[str, Any]) -> str:
-    """The keys the benchmark sets, as TOML."""
-    text = (
-        f'station_id = "{raw["station_id"]}"\n'
-        f'gpio_pin_factory = "{raw["gpio_pin_factory"]}"\n\n'
-        f'[[brokers]]\nurl = "{raw["brokers"][0]["url"]}"\n\n'
-        f'[store]\npath = "{raw["store"]["path"]}"\n'
-    )
-    for hp in raw["help_points"]:
-        text += f'\n[[help_points]]\nid = "{hp["id"]}"\npin = {hp["pin"]}\n'
-        text += f'lamp_pin = {hp["lamp_pin"]}\n'
-    return text
 
 
 def press_all(raw: dict[str, Any], presses: int) -> int:
@@ -132,14 +112,10 @@ class Proc:
     memory: dict[str, int] = field(default_factory=dict)
 
 
-def daemon(folder: Path, raw: dict[str, Any], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def daemon(folder: Path, raw: dict[str, Any]) -> subprocess.Popen[bytes]:
     """Start `python -m gateway.ops.cli run --config FILE` for this config."""
-    conf = folder / f"{raw['station_id']}.toml"
-    conf.write_text(toml_config(raw))
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(conf)],
-        cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
+    conf = write_config(folder / f"{raw['station_id']}.toml", raw)
+    return StationDaemon(conf, folder / "daemon.log", cwd=REPO).start()
 
 
 def sample_idle(procs: list[Proc], phase: str, span_s: float, window_s: float) -> float:
@@ -173,10 +149,9 @@ def measure(
         for config in (raw, bare):
             prefill(config, rows)
         try:
-            with Subscriber(broker.port, [f"{PREFIX}/+/events/#"], report="^$") as sub, \
-                    (folder / "daemon.log").open("wb") as log:
-                procs.append(Proc("gateway", daemon(folder, raw, log)))
-                procs.append(Proc("gateway without help points", daemon(folder, bare, log)))
+            with Subscriber(broker.port, [f"{PREFIX}/+/events/#"], report="^$") as sub:
+                procs.append(Proc("gateway", daemon(folder, raw)))
+                procs.append(Proc("gateway without help points", daemon(folder, bare)))
                 procs.append(Proc("python + paho, connected", subprocess.Popen(
                     [sys.executable, "-c", BASELINE, str(broker.port)], cwd=REPO,
                     stdin=subprocess.DEVNULL,

@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, Figure, fmt, machine_info, print_table
+from bench import REPO
+from bench.figures import Figure, fmt, print_table
+from bench.machine import machine_info
 
 #: Every benchmark, by what it measures. tests/test_layers.py checks that every module in
 #: bench/ that takes --quick and --json is here.

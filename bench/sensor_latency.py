@@ -41,45 +41,30 @@ import math
 import os
 import random
 import subprocess
-import sys
 import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from bench.common import (
-    REPO,
-    CommitBaseline,
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    done,
-    log_to_file,
-    make_config,
-    median,
-    print_machine,
-    print_table,
-    proc_cpu_s,
-    raw_config,
-    raw_latency,
-    running,
-    wait_until,
-    workdir,
-    write_json,
-)
-from bench.resources import stop
+from bench import REPO
+from bench.baselines import CommitBaseline, raw_latency
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import proc_cpu_s
+from bench.station import done, log_to_file, make_config, raw_config, wait_until
 from firmware_bridge.codec import REJECT_REASONS, encode
 from firmware_bridge.frames import Reading, Unit
 from firmware_bridge.simulator import BoardSimulator
-from gateway.config.loading import load_config
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row
 from gateway.station.status import status_path
+from gateway.testing.config import write_config
+from gateway.testing.daemon import StationDaemon, running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -221,7 +206,8 @@ async def measure_latency(n: int, rounds: int, warmup: int, gap_s: float) -> Lat
                 sub = stack.enter_context(
                     Subscriber(broker.port, [f"{topics.root}/events/#"], report="/events/"))
                 raw = stack.enter_context(RawClient(broker.port))
-                gw = await stack.enter_async_context(running(Gateway(config)))
+                gw = await stack.enter_async_context(
+                    running(Gateway(config), connected_within_s=30))
                 for sim in sims.values():
                     await sim.wait_until(welcomed(sim), timeout_s=30)
                 assert gw.boards is not None
@@ -314,31 +300,6 @@ def cpu_station(folder: Path, broker_url: str, port: Path) -> dict[str, Any]:
     }])
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
-
-
-def toml_config(raw: dict[str, Any]) -> str:
-    """The keys the CPU phase sets, as TOML (everything else stays at its default)."""
-    lines = [
-        f"station_id = {_toml_value(raw['station_id'])}", "",
-        "[[brokers]]", f"url = {_toml_value(raw['brokers'][0]['url'])}", "",
-        "[store]", f"path = {_toml_value(raw['store']['path'])}",
-    ]
-    for sensor in raw["sensors"]:
-        lines += ["", "[[sensors]]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in sensor.items() if not isinstance(v, list)]
-        for table in ("thresholds", "telemetry"):
-            for rule in sensor.get(table, []):
-                lines += ["", f"[[sensors.{table}]]"]
-                lines += [f"{k} = {_toml_value(v)}" for k, v in rule.items()]
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class Feed:
     """Plausible readings of a platform board, 40 a second over four channels."""
@@ -429,14 +390,6 @@ async def board_counters(path: Path, newer_than: float) -> tuple[dict[str, int],
             await asyncio.sleep(0.2)
 
 
-def start_daemon(conf: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """`python -m gateway.ops.cli run --config FILE`, logging to `log`."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(conf)],
-        cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
-
-
 @dataclass
 class CpuResult:
     """The CPU phase's spans and what was sent and received."""
@@ -459,24 +412,24 @@ async def measure_cpu(span_s: float, window_s: float, settle_s: float) -> CpuRes
         port = by_id / "usb-bench-platform-1-if00"
         raw = cpu_station(folder, broker.url, port)
         conf = folder / "station.toml"
-        conf.write_text(toml_config(raw))
-        config = load_config(conf)  # as the daemon will read it
+        write_config(conf, raw)
+        daemon = StationDaemon(conf, folder / "daemon.log", cwd=REPO)
+        config = daemon.config  # as the daemon reads it
         topics = Topics(config.mqtt.topic_prefix, config.station_id)
         status = status_path(config)
         proc: subprocess.Popen[bytes] | None = None
         code = -1
         async with BoardSimulator(port, heartbeat_interval_s=IDLE_HEARTBEAT_S,
                                   gateway_lost_after_s=3.0) as board:
-            with Subscriber(broker.port, [f"{topics.root}/events/#"], report="^$") as sub, \
-                    (folder / "daemon.log").open("wb") as log:
+            with Subscriber(broker.port, [f"{topics.root}/events/#"], report="^$") as sub:
                 try:
-                    proc = start_daemon(conf, log)
+                    proc = daemon.start()
                     try:
                         await board.wait_until(lambda: board.state == "running", timeout_s=30)
                     except TimeoutError:
                         raise RuntimeError(
                             f"the daemon did not welcome the board within 30 s (exit code "
-                            f"{proc.poll()}):\n{(folder / 'daemon.log').read_text()[-2000:]}"
+                            f"{proc.poll()}):\n{daemon.log_tail()}"
                         ) from None
                     await asyncio.sleep(settle_s)
                     idle = await sample_cpu(proc.pid, span_s, window_s)
@@ -500,7 +453,8 @@ async def measure_cpu(span_s: float, window_s: float, settle_s: float) -> CpuRes
                         raise RuntimeError(f"the daemon exited with {proc.returncode}")
                 finally:
                     if proc is not None:
-                        code = stop(proc)
+                        daemon.stop()
+                        code = proc.returncode
     decoded = (after["frames"] - before["frames"]) / max(t_after - t_before, 1e-9)
     return CpuResult(idle, load, readings, round(load.span_s / LOAD_HEARTBEAT_S), events,
                      decoded, after, code)

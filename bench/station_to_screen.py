@@ -38,17 +38,10 @@ from typing import Any
 from selenium import webdriver
 from sqlalchemy import Engine, select
 
-from bench.common import (
-    Figure,
-    RawClient,
-    Samples,
-    Subscriber,
-    print_machine,
-    print_table,
-    workdir,
-    write_json,
-)
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, Samples, print_table, write_json
 from bench.hubkit import Flood, HubProcess, alert_body, fleet_events, migrated
+from bench.machine import print_machine, workdir
 from dispatch.hub.schema import events
 from dispatch.hub.store import HubStore
 from gateway.core.model import Event, Priority

@@ -18,29 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.common import (
+from bench.baselines import remove_db, rendered
+from bench.clients import RawClient, Subscriber
+from bench.figures import Figure, median, print_table, write_json
+from bench.machine import print_machine, workdir
+from bench.procs import CpuMeter
+from bench.station import (
     PREFIX,
-    CpuMeter,
-    Figure,
-    RawClient,
-    Subscriber,
     delivered,
     done,
     log_to_file,
     make_config,
-    median,
     outbox_empty,
-    print_machine,
-    print_table,
-    remove_db,
-    rendered,
-    running,
     wait_until,
-    workdir,
-    write_json,
 )
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
 
@@ -89,7 +83,7 @@ async def gateway_run(
     """Submit n events from `producers` tasks; time until all are confirmed and removed."""
     config = make_config(folder, broker.url)
     accepts, deletes = Calls(), Calls()
-    async with running(Gateway(config)) as gw:
+    async with running(Gateway(config), connected_within_s=30) as gw:
         store = gw.outbox.outbox
         # Instrumentation only: count the store thread's commits and their batch sizes.
         store.accept = accepts.wrap(store.accept)  # type: ignore[method-assign,assignment]

@@ -66,5 +66,10 @@ class BrokerError(GatewayError):
     """Mosquitto could not be found or started (the broker runner of the demo and tests)."""
 
 
+class DaemonStartError(GatewayError):
+    """A station daemon started as its own process (the test support's runner, for the demo,
+    the fleet, tests and benchmarks) exited or did not come up in time."""
+
+
 class InstallError(GatewayError):
     """A step of the install failed."""

@@ -21,10 +21,11 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config.loading import parse_config
 from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
 from gateway.station.helppoints import HelpPointUnit
+from gateway.testing import config as testing_config
+from gateway.testing.config import merged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,32 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def station_config(
     tmp_path: Path, broker_urls: list[str], **overrides: Any
 ) -> StationConfig:
-    """A valid config with a unique station id, so topics never collide between tests."""
-    raw: dict[str, Any] = {
-        "station_id": f"t-{uuid.uuid4().hex[:12]}",
-        "brokers": [{"url": url} for url in broker_urls],
-        "store": {"path": str(tmp_path / "outbox.db")},
-        "mqtt": {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.5, "health_interval_s": 60},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
-            raw[key] = {**raw[key], **value}
-        else:
-            raw[key] = value
-    return parse_config(raw)
-
-
-@contextlib.asynccontextmanager
-async def running(gateway: Gateway) -> AsyncIterator[Gateway]:
-    """Open a gateway and run it in the background until the block ends."""
-    async with gateway:
-        task = asyncio.create_task(gateway.run(), name="test.gateway")
-        try:
-            yield gateway
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    """A valid config with a unique station id, so topics never collide between tests (health
+    every 60 s, out of the tests' way)."""
+    return testing_config.station_config(
+        tmp_path, broker_urls, **merged({"mqtt": {"health_interval_s": 60}}, overrides))
 
 
 class Subscriber:

@@ -19,8 +19,9 @@ from firmware_bridge import Lamp
 from firmware_bridge.simulator import BoardSimulator
 from gateway.core.presses import HelpPointLogic, PressRules
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
-from tests.helpers import Subscriber, running, station_config, subscribe
+from tests.helpers import Subscriber, station_config, subscribe
 
 Station = tuple[Gateway, Subscriber, BoardSimulator, aiomqtt.Client]
 PREFIX = "stationgw/v1"

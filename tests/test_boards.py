@@ -9,8 +9,9 @@ import pytest
 
 from firmware_bridge.simulator import BoardSimulator
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
-from tests.helpers import Subscriber, running, station_config, subscribe
+from tests.helpers import Subscriber, station_config, subscribe
 
 Station = tuple[Gateway, Subscriber, BoardSimulator]
 

@@ -27,9 +27,10 @@ from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Outbox
 from gateway.testing.clock import SteppedClock
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
-from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
+from tests.helpers import lifecycle_config, raise_alert, replies, subscribe
 
 YEAR = 365 * 86400.0
 STEPS = st.floats(min_value=1.0, max_value=10 * YEAR) | st.floats(

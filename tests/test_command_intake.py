@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import queue
-import signal
 import subprocess
 import sys
 import time
@@ -32,14 +31,14 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from dispatch.outbound import make_command, send_command
-from gateway.config.loading import load_config
 from gateway.core.commands import RejectReason
 from gateway.daemon import Gateway
 from gateway.inputs.simulate import socket_path
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.daemon import StationDaemon, running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.client import IntakeQueue
-from tests.helpers import lifecycle_config, raise_alert, replies, running, subscribe
+from tests.helpers import lifecycle_config, raise_alert, replies, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 REASONS = set(typing.get_args(RejectReason))
@@ -101,13 +100,10 @@ class Daemon:
 @contextlib.contextmanager
 def start_daemon(tmp: Path, broker: Mosquitto, extra: str = "") -> Iterator[Daemon]:
     config_path = write_config(tmp, broker.url, extra=extra)
-    config = load_config(config_path)
+    daemon = StationDaemon(config_path, tmp / "daemon.log", cwd=ROOT)
+    config = daemon.config
     root = f"stationgw/v1/{config.station_id}"
-    log = (tmp / "daemon.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config_path)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )
+    proc = daemon.start()
     replies_q: queue.Queue[dict[str, Any]] = queue.Queue()
     health: list[dict[str, Any]] = []
     connected = queue.Queue[int]()
@@ -140,10 +136,7 @@ def start_daemon(tmp: Path, broker: Mosquitto, extra: str = "") -> Iterator[Daem
     finally:
         client.loop_stop()
         client.disconnect()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
-        log.close()
+        daemon.stop(timeout_s=20)
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:

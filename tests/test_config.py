@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import re
 import subprocess
@@ -29,6 +28,7 @@ from gateway.config.models import INPUT_KINDS, StationConfig
 from gateway.errors import ConfigError
 from gateway.ops import cli
 from gateway.ops.install import permission_problems
+from gateway.testing.config import to_toml
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "station.example.toml"
@@ -36,32 +36,6 @@ EX_CONFIG = 78  # sysexits.h; the contract with systemd, so not imported from th
 DELETE = object()  # marks a key a case removes
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def toml_value(value: Any) -> str:
-    """`value` as a TOML value; tables are written inline so any nesting fits on one line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return ("-inf" if value < 0 else "inf") if math.isinf(value) else repr(value)
-    if isinstance(value, str):
-        # TOML basic strings take JSON's escapes, but not a raw DEL
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        pairs = ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items())
-        return "{ " + pairs + " }"
-    raise TypeError(f"TOML has no {type(value).__name__} value")
-
-
-def to_toml(raw: dict[str, Any]) -> str:
-    """A TOML document whose parse is `raw` (TOML has no null, so drop None values first)."""
-    return "".join(f"{toml_value(k)} = {toml_value(v)}\n" for k, v in raw.items())
 
 
 def valid_raw(store_dir: Path) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from dispatch.console import (
 )
 from gateway.core.model import AlertRecord, AlertState, Event, Priority
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.reports import open_alerts_message
 from gateway.uplink.topics import Topics, json_payload
@@ -49,7 +50,6 @@ from tests.helpers import (
     lamp_becomes,
     publish_all,
     publisher,
-    running,
     station_config,
     subscribe,
     tap,

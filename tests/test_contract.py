@@ -41,11 +41,12 @@ from gateway.contract.asyncapi import (
 from gateway.contract.spec import adapter
 from gateway.core.commands import Command, Reply
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.client import GatewayClient, make_client
 from gateway.uplink.reports import HealthReport, OpenAlertsMessage, StatusMessage
 from gateway.uplink.topics import Topics
-from tests.helpers import HELP_POINTS, running, station_config, tap, unit
+from tests.helpers import HELP_POINTS, station_config, tap, unit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "asyncapi.yaml"

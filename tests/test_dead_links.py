@@ -21,9 +21,10 @@ from gateway.config.models import StationConfig
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
 from gateway.station.status import EXIT_FAULTS, render, status_path
+from gateway.testing.daemon import running
 from gateway.testing.faultproxy import FaultProxy, split_packets
 from gateway.testing.mosquitto import Mosquitto
-from tests.helpers import running, station_config, subscribe
+from tests.helpers import station_config, subscribe
 
 DEADLINE = 1.0
 KEEPALIVE = 60  # far beyond every wait below: keepalive never explains a failover here

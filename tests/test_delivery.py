@@ -9,8 +9,9 @@ from pathlib import Path
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
 from gateway.outbox.sqlite import Row
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto, free_port
-from tests.helpers import running, station_config, subscribe
+from tests.helpers import station_config, subscribe
 
 
 async def test_accepted_input_reaches_subscriber_once_with_event_id_and_class(

@@ -11,12 +11,12 @@ import pytest
 
 from gateway.config.models import StationConfig
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import (
     HELP_POINTS,
     Subscriber,
     lamp_becomes,
-    running,
     station_config,
     subscribe,
     tap,

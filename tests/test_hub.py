@@ -20,6 +20,7 @@ from dispatch.hub.store import HubStore, migrate, open_engine
 from dispatch.outbound import make_command, send_command
 from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.testing.postgres import PostgreSQL
 from gateway.uplink.topics import Topics
@@ -28,7 +29,6 @@ from tests.helpers import (
     publish_all,
     publisher,
     raise_alert,
-    running,
     station_config,
     subscribe,
 )

@@ -14,6 +14,7 @@ import pytest
 
 from dispatch.outbound import make_command, send_command
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import (
     Subscriber,
@@ -21,7 +22,6 @@ from tests.helpers import (
     lifecycle_config,
     raise_alert,
     replies,
-    running,
     subscribe,
     tap,
     unit,

@@ -10,15 +10,9 @@ import aiomqtt
 
 from dispatch.outbound import make_command, send_command
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
-from tests.helpers import (
-    Subscriber,
-    lamp_becomes,
-    lifecycle_config,
-    raise_alert,
-    running,
-    subscribe,
-)
+from tests.helpers import Subscriber, lamp_becomes, lifecycle_config, raise_alert, subscribe
 
 
 def listed(payload: dict[str, Any]) -> dict[str, str]:

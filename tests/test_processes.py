@@ -19,6 +19,7 @@ from dispatch.outbound import make_command, send_command
 from gateway.config.loading import load_config
 from gateway.config.models import StationConfig
 from gateway.inputs.simulate import socket_path
+from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import subscribe
 
@@ -54,18 +55,12 @@ hold_time_s = 0.5
 @pytest.fixture
 def daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     config = write_config(tmp_path, broker.url)
-    log = (tmp_path / "daemon.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )
+    station = StationDaemon(config, tmp_path / "daemon.log", cwd=ROOT)
+    proc = station.start()
     try:
         yield config, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
-        log.close()
+        station.stop()
 
 
 async def simulate_socket_ready(config_path: Path, proc: subprocess.Popen[bytes]) -> StationConfig:

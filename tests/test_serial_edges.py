@@ -26,8 +26,9 @@ from gateway.daemon import Gateway
 from gateway.health import Health
 from gateway.inputs.boards import BOARD_QUEUE_LIMIT, Boards
 from gateway.outbox.sqlite import Row
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
-from tests.helpers import Subscriber, running, station_config, subscribe, unit
+from tests.helpers import Subscriber, station_config, subscribe, unit
 
 Station = tuple[Gateway, Subscriber, BoardSimulator]
 WAIT = 20.0

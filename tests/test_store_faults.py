@@ -32,10 +32,11 @@ from gateway.outbox.sqlite import Outbox, Row
 from gateway.outbox.store import AsyncOutbox
 from gateway.station.helppoints import HelpPointUnit
 from gateway.station.status import INTERVAL_S as STATUS_INTERVAL_S
+from gateway.testing.daemon import running
 from gateway.testing.disk import SmallDisk, can_mount
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
-from tests.helpers import running, station_config, subscribe
+from tests.helpers import station_config, subscribe
 
 needs_root = pytest.mark.skipif(
     not can_mount(), reason="mounting a tmpfs needs root (CI runs as root)"

@@ -34,9 +34,10 @@ from gateway.core.model import AlertRecord, Event, Priority
 from gateway.daemon import Gateway
 from gateway.outbox.files import APPLICATION_ID, check, move_aside, open_store, sidecar
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.daemon import StationDaemon, running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
-from tests.helpers import running, station_config, subscribe
+from tests.helpers import station_config, subscribe
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = Topics("stationgw/v1", "t-store-open")
@@ -576,11 +577,7 @@ def at_least(n: int, messages: list[tuple[str, dict[str, Any]]]) -> bool:
 
 
 def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
+    return StationDaemon(config, log, cwd=ROOT).start()
 
 
 def wait_for_status(config: Path, proc: subprocess.Popen[bytes], text: str) -> str:

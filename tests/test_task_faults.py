@@ -20,9 +20,10 @@ import pytest
 from gateway.daemon import Gateway
 from gateway.sdnotify import Notifier
 from gateway.station.status import status_path
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.client import GatewayClient
-from tests.helpers import running, station_config, subscribe
+from tests.helpers import station_config, subscribe
 
 WAIT = 20.0
 

@@ -31,8 +31,8 @@ from gateway.config.loading import parse_config
 from gateway.config.models import StationConfig
 from gateway.core.model import Priority
 from gateway.daemon import Gateway
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto, free_port
-from tests.helpers import running
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "config" / "mosquitto"

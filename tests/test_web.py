@@ -30,6 +30,7 @@ from dispatch.web.app import ProxyLogin, create_app, hash_password
 from gateway.core.model import Event, Priority
 from gateway.daemon import Gateway
 from gateway.testing.browser import chromium, log_in
+from gateway.testing.daemon import running
 from gateway.testing.mosquitto import Mosquitto, free_port
 from gateway.testing.postgres import PostgreSQL
 from gateway.uplink.topics import Topics
@@ -39,7 +40,6 @@ from tests.helpers import (
     publish_all,
     publisher,
     raise_alert,
-    running,
     subscribe,
 )
 from tests.webhelpers import PASSWORD, SECRET, logged_in, serving

@@ -21,9 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,9 +33,10 @@ from dispatch.errors import FleetError
 from dispatch.fleet.schedule import Request
 from dispatch.fleet.stations import HOLD_S, Sent, help_point, platform
 from dispatch.outbound import make_command, send_command
-from gateway.config.loading import load_config
 from gateway.config.models import StationConfig
+from gateway.errors import DaemonStartError
 from gateway.inputs.simulate import socket_path
+from gateway.testing.daemon import StationDaemon
 
 log = logging.getLogger(__name__)
 
@@ -98,47 +96,30 @@ class RealStation:
         self.config_path = folder / "station.toml"
         self.config_path.write_text(daemon_config(
             station, folder, broker_url, prefix=prefix, health_interval_s=health_interval_s))
-        self.config: StationConfig = load_config(self.config_path)
-        self.log_path = folder / "daemon.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.daemon = StationDaemon(self.config_path, folder / "daemon.log", new_session=True)
+        self.config: StationConfig = self.daemon.config
+        self.log_path = self.daemon.log_path
         self.locks: dict[str, asyncio.Lock] = {}
 
     @property
     def pid(self) -> int | None:
         """The daemon's process id while it runs."""
-        return None if self.process is None else self.process.pid
+        return self.daemon.pid
 
     def start(self) -> None:
         """Start the daemon, logging to its folder."""
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.daemon.start()
 
     async def wait_ready(self, limit_s: float = START_TIMEOUT_S) -> None:
         """Wait for the daemon's simulate socket; FleetError with its log if it exits."""
-        path = socket_path(self.config)
-        deadline = time.monotonic() + limit_s
-        while not path.exists():
-            if self.process is None or self.process.poll() is not None:
-                raise FleetError(f"the daemon of {self.station} exited; its log:\n"
-                                 + self.log_path.read_text(errors="replace")[-2000:])
-            if time.monotonic() > deadline:
-                raise FleetError(f"the daemon of {self.station} did not start within "
-                                 f"{limit_s:.0f} s (log {self.log_path})")
-            await asyncio.sleep(0.1)
+        try:
+            await self.daemon.wait_up(limit_s)
+        except DaemonStartError as exc:
+            raise FleetError(str(exc)) from exc
 
     def stop(self) -> None:
         """SIGTERM (the daemon publishes `offline`), SIGKILL after 15 s."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        self.daemon.stop(timeout_s=15)
 
     async def simulate(self, cmd: str, hp: str) -> dict[str, Any]:
         """One command on the daemon's simulate socket (gateway.inputs.simulate's protocol)."""

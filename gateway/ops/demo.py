@@ -40,9 +40,9 @@ from paho.mqtt.properties import Properties
 
 from dispatch.outbound import make_command, send_command
 from firmware_bridge.simulator import BoardSimulator
-from gateway.config.loading import load_config
 from gateway.core.commands import Action
-from gateway.inputs.simulate import send, socket_path
+from gateway.inputs.simulate import send
+from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto, free_port
 
 if TYPE_CHECKING:
@@ -442,8 +442,8 @@ class Demo:
         self.folder = folder
         self.broker = Mosquitto(persistence=True, workdir=folder)
         self.config_path = demo_config(folder, self.broker.url)
-        self.config = load_config(self.config_path)
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon = StationDaemon(self.config_path, folder / "daemon.log", new_session=True)
+        self.config = self.daemon.config
         self.view = DispatchView(self.broker.port)
         self.hub_missing = hub_missing()
         self.hub = DemoHub(folder, self.broker.url) if self.hub_missing is None else None
@@ -452,24 +452,11 @@ class Demo:
 
     def start_daemon(self) -> None:
         """Start `stationgw run` as its own process, logging to a file."""
-        log = (self.folder / "daemon.log").open("ab")
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        self.daemon.start()
 
     def stop_daemon(self) -> None:
         """SIGTERM the daemon and wait for it."""
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-        self.daemon = None
+        self.daemon.stop()
 
     async def simulate(self, cmd: str, hp: str | None = None) -> dict[str, Any]:
         """Drive the daemon's mock pins through its simulate socket."""
@@ -482,14 +469,7 @@ class Demo:
 
     async def wait_ready(self, limit_s: float = 20) -> None:
         """Wait for the daemon's simulate socket."""
-        path = socket_path(self.config)
-        async with asyncio.timeout(limit_s):
-            while not path.exists():
-                if self.daemon is not None and self.daemon.poll() is not None:
-                    raise RuntimeError(
-                        "the daemon exited; its log:\n" + (self.folder / "daemon.log").read_text()
-                    )
-                await asyncio.sleep(0.05)
+        await self.daemon.wait_up(limit_s)
 
 
 @contextlib.asynccontextmanager
