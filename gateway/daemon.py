@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.config.models import StationConfig
 from gateway.core.clock import SYSTEM, Clock
-from gateway.core.model import Event, Priority
+from gateway.core.model import Event, EventBody, OutboxDroppedBody, Priority
 from gateway.health import Health
 from gateway.inputs.gpio import is_mock, make_pin_factory
 from gateway.outbox.files import kept_files
@@ -171,7 +171,7 @@ class Gateway:
         kind: str,
         source: str,
         default: Priority,
-        body: dict[str, Any] | None = None,
+        body: EventBody | None = None,
     ) -> Row:
         """Classify an input by the config's rules and accept it into the outbox."""
         priority = self.config.priority_for(kind, source, default)
@@ -243,9 +243,10 @@ class Gateway:
         seq, so that its audit can tell them from rows lost on the way (`outbox.dropped`)."""
         dropped = self.outbox.take_dropped()
         if dropped:
-            await self.submit("outbox.dropped", "gateway", Priority.P2, {
+            body: OutboxDroppedBody = {
                 "evicted": dropped.get("evicted", []), "expired": dropped.get("expired", []),
-            })
+            }
+            await self.submit("outbox.dropped", "gateway", Priority.P2, body)
 
     async def _maintain(self) -> NoReturn:
         while True:

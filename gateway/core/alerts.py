@@ -11,12 +11,12 @@ was published; the rider's lamp is a projection of it (`gateway.core.lamp.projec
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
 from gateway.core.commands import Command, Rejection
-from gateway.core.model import AlertRecord, AlertState, Priority, cite
+from gateway.core.model import AlertRecord, AlertState, JSONValue, Priority, cite
 
 RECENTLY_CLOSED = 1000  # closed alerts remembered, so late commands get a precise answer
 
@@ -53,7 +53,8 @@ class AlertBook:
         self.listeners: list[Listener] = []  # told of every state change that was applied
 
     def raised(
-        self, alert_id: str, source: str, priority: Priority, details: dict[str, Any], now: float
+        self, alert_id: str, source: str, priority: Priority, details: Mapping[str, JSONValue],
+        now: float,
     ) -> AlertRecord:
         """A source raised or updated an alert; returns the record to store with its event."""
         known = self.open.get(alert_id)

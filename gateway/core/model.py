@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired, TypeVar
@@ -84,6 +84,11 @@ def uuid7() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+#: An event's body: one of the bodies below for every kind the gateway raises (JSON objects;
+#: the TypedDicts say which keys each kind carries).
+EventBody = Mapping[str, JSONValue]
+
+
 #: An alert cites at most this many reasons for its class: the first (what raised it) and the
 #: newest. A reading that keeps changing while a rider presses again and again would
 #: otherwise grow every announcement of a long-open alert without bound.
@@ -128,7 +133,7 @@ class Event:
     kind: str
     source: str
     priority: Priority
-    body: dict[str, JSONValue] = field(default_factory=dict)
+    body: EventBody = field(default_factory=dict)
     event_id: str = field(default_factory=uuid7)
     alert: AlertRecord | None = None  # stored in the same transaction as the event
 
@@ -170,3 +175,66 @@ class AlertBody(HelpPointPlace):
     eta_s: NotRequired[
         Annotated[int | None, Field(ge=0, description="expected arrival, if dispatch gave one")]
     ]
+
+
+@forbid_extra
+class AlertDetails(HelpPointPlace):
+    """What a help point says of its request when it raises it (`AlertRecord.details`)."""
+
+    press_count: int
+    first_press: float
+    last_press: float
+    held: bool
+    escalated: bool
+    evidence: list[str]
+
+
+# The bodies of sensor and device events. The contract leaves them free-form (a board's
+# firmware decides its channels and codes); these say what this gateway puts in them.
+class SensorPlace(TypedDict):
+    """Which sensor board, and where."""
+
+    sensor: str  # the sensor's id in the config
+    device_id: str | None  # from the board's HELLO; None until it said one
+    location: str
+    platform: str
+
+
+class SensorReadingBody(SensorPlace):
+    """Body of `sensor.threshold` and `sensor.reading`."""
+
+    channel: str
+    value: float
+    unit: str
+    label: str
+
+
+class DeviceOnlineBody(SensorPlace):
+    """Body of `device.online`: the board said HELLO (again, if `back`)."""
+
+    firmware: str
+    capabilities: list[str]
+    back: bool
+
+
+class DeviceOfflineBody(SensorPlace):
+    """Body of `device.offline`."""
+
+    reason: str
+
+
+class DeviceFaultBody(SensorPlace):
+    """Body of `device.fault`: a FAULT frame, with how many like it were coalesced."""
+
+    code: str
+    fault_source: str
+    state: str
+    detail: str
+    coalesced: int
+
+
+class OutboxDroppedBody(TypedDict):
+    """Body of `outbox.dropped`: seqs the outbox evicted or expired since the last report."""
+
+    evicted: list[int]
+    expired: list[int]

@@ -37,7 +37,16 @@ from firmware_bridge.link import (
 from gateway.config.models import Sensor, StationConfig
 from gateway.core.boardfaults import FaultDebounce
 from gateway.core.lamp import LampState
-from gateway.core.model import Event, Priority
+from gateway.core.model import (
+    DeviceFaultBody,
+    DeviceOfflineBody,
+    DeviceOnlineBody,
+    Event,
+    EventBody,
+    Priority,
+    SensorPlace,
+    SensorReadingBody,
+)
 from gateway.core.sensors import SensorHappening, SensorRules
 from gateway.health import Health
 
@@ -342,14 +351,14 @@ class Boards(LinkEvents):
             for listener in self.correlation_listeners:
                 listener(list(board.sensor.help_points))
 
-    def _place(self, board: Board) -> dict[str, Any]:
+    def _place(self, board: Board) -> SensorPlace:
         sensor = board.sensor
         return {"sensor": sensor.id, "device_id": board.device_id, "location": sensor.location,
                 "platform": sensor.platform}
 
-    async def _emit(self, board: Board, kind: str, default: Priority, body: dict[str, Any]) -> None:
+    async def _emit(self, board: Board, kind: str, default: Priority, body: EventBody) -> None:
         priority = self.config.priority_for(kind, board.sensor.id, default)
-        await self._accept(Event(kind, board.sensor.id, priority, self._place(board) | body))
+        await self._accept(Event(kind, board.sensor.id, priority, body))
 
     async def _online(self, board: Board, hello: Hello) -> None:
         was_offline = f"device_offline:{board.sensor.id}" in self.health.faults
@@ -358,10 +367,11 @@ class Boards(LinkEvents):
         self.health.clear_fault(f"device_refused:{board.sensor.id}")
         log.info("board %s online: %s firmware %s", board.sensor.id, hello.device_id,
                  hello.firmware)
-        await self._emit(board, "device.online", Priority.P3, {
-            "firmware": hello.firmware, "capabilities": list(hello.capabilities),
-            "back": was_offline,
-        })
+        online: DeviceOnlineBody = {
+            **self._place(board), "firmware": hello.firmware,
+            "capabilities": list(hello.capabilities), "back": was_offline,
+        }
+        await self._emit(board, "device.online", Priority.P3, online)
 
     async def _offline(self, board: Board, device_id: str, reason: str) -> None:
         self.health.raise_fault(
@@ -369,17 +379,19 @@ class Boards(LinkEvents):
             f"board {device_id} ({board.sensor.location or board.sensor.port}) offline: {reason}",
         )
         self.health.count("device_offline")
-        await self._emit(board, "device.offline", Priority.P2, {"reason": reason})
+        offline: DeviceOfflineBody = {**self._place(board), "reason": reason}
+        await self._emit(board, "device.offline", Priority.P2, offline)
 
     async def _fault(self, board: Board, fault: Fault, coalesced: int) -> None:
-        await self._emit(board, "device.fault", Priority.P2, {
-            "code": fault.code, "fault_source": fault.source, "state": fault.state,
-            "detail": fault.detail, "coalesced": coalesced,
-        })
+        body: DeviceFaultBody = {
+            **self._place(board), "code": fault.code, "fault_source": fault.source,
+            "state": fault.state, "detail": fault.detail, "coalesced": coalesced,
+        }
+        await self._emit(board, "device.fault", Priority.P2, body)
 
     async def _sensor_event(self, board: Board, happening: SensorHappening) -> None:
-        await self._accept(Event(happening.kind, board.sensor.id, happening.priority,
-                                 self._place(board) | {
-                                     "channel": happening.channel, "value": happening.value,
-                                     "unit": happening.unit, "label": happening.label,
-                                 }))
+        body: SensorReadingBody = {
+            **self._place(board), "channel": happening.channel, "value": happening.value,
+            "unit": happening.unit, "label": happening.label,
+        }
+        await self._accept(Event(happening.kind, board.sensor.id, happening.priority, body))

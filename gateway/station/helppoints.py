@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from gateway.config.models import HelpPoint, StationConfig
 from gateway.core.lamp import Lamp, projected
-from gateway.core.model import AlertRecord, Event, Priority
+from gateway.core.model import AlertDetails, AlertRecord, Event, HelpPointPlace, Priority
 from gateway.core.presses import Alert, Happening, HelpPointLogic, PressRules
 from gateway.errors import PinFactoryError
 from gateway.inputs.gpio import EdgeBridge, open_pins
@@ -52,7 +52,7 @@ def press_rules(config: StationConfig, hp: HelpPoint) -> PressRules:
     )
 
 
-def _place(hp: HelpPoint) -> dict[str, Any]:
+def _place(hp: HelpPoint) -> HelpPointPlace:
     return {"help_point": hp.id, "location": hp.location, "platform": hp.platform}
 
 
@@ -211,7 +211,8 @@ class HelpPoints:
     async def _announce(self, unit: HelpPointUnit, kind: str, alert: Alert) -> None:
         hp = unit.config
         now_wall, now_mono = time.time(), time.monotonic()
-        details = _place(hp) | {
+        details: AlertDetails = {
+            **_place(hp),
             "press_count": alert.press_count,
             "first_press": round(now_wall - (now_mono - alert.first_press), 3),
             "last_press": round(now_wall - (now_mono - alert.last_press), 3),

@@ -12,8 +12,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping
+from typing import NoReturn, cast
 
 import aiomqtt
 
@@ -22,7 +22,7 @@ from gateway.core.alerts import AlertBook
 from gateway.core.clock import SYSTEM, Clock, DispatchClock, SteadyWall
 from gateway.core.commands import Command, Rejection, Reply, parse_command
 from gateway.core.flood import ReplyLimiter
-from gateway.core.model import AlertRecord, Event, Priority
+from gateway.core.model import AlertBody, AlertRecord, Event, JSONValue, Priority
 from gateway.health import Health
 from gateway.outbox.store import AsyncOutbox
 from gateway.uplink.client import GatewayClient, json_properties
@@ -34,9 +34,11 @@ HANDLER_FAULT_S = 300.0  # command_handling stays up this long after the last fa
 CLOCK_CHECK_S = 10.0  # how often the escalation loop looks for a wall-clock step
 
 
-def alert_body(record: AlertRecord) -> dict[str, Any]:
-    """The event body that announces an alert's record."""
-    return {**record.details, "alert_id": record.alert_id, "state": record.state}
+def alert_body(record: AlertRecord) -> AlertBody:
+    """The event body that announces an alert's record (its details are a help point's
+    `AlertDetails` and what dispatch and the escalations added, as the book keeps them)."""
+    return cast("AlertBody", {**record.details, "alert_id": record.alert_id,
+                              "state": record.state})
 
 
 class Lifecycle:
@@ -85,7 +87,7 @@ class Lifecycle:
         return found
 
     def raised(
-        self, alert_id: str, source: str, priority: Priority, details: dict[str, Any]
+        self, alert_id: str, source: str, priority: Priority, details: Mapping[str, JSONValue]
     ) -> AlertRecord:
         """A source raised or updated an alert; returns its record for the event."""
         record = self.book.raised(alert_id, source, priority, details, self.clock.monotonic())
