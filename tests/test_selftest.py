@@ -7,12 +7,13 @@ import datetime
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import trustme
 
+from gateway.inputs.gpio import PinUnit
 from gateway.ops.selftest import certificates, run_selftest, storage
-from gateway.station.helppoints import HelpPoints
 from gateway.station.status import status_path
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import HELP_POINTS, station_config
@@ -21,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.datetime.now(datetime.UTC)
 
 
-async def press_everything(help_points: HelpPoints) -> None:
+async def press_everything(units: Mapping[str, PinUnit]) -> None:
     """A technician walking the platform, pressing each help point when asked."""
     while True:
-        for unit in help_points.units.values():
+        for unit in units.values():
             unit.button.pin.drive_low()
             await asyncio.sleep(0.05)
             unit.button.pin.drive_high()

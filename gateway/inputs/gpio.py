@@ -9,13 +9,15 @@ logic, the alert, the lamp) is the station's (`gateway.station.helppoints`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.config.models import BeepCue, HelpPoint, LampConfig, SounderConfig, StationConfig
-from gateway.core.lamp import Cue, LampState, Pattern, PatternOutput
+from gateway.core.lamp import Cue, Lamp, LampState, Pattern, PatternOutput
 from gateway.core.presses import ButtonEvent
 from gateway.errors import PinFactoryError
 
@@ -157,3 +159,37 @@ def open_pins(
 def _close(devices: list[Any]) -> None:
     for device in devices:
         device.close()
+
+
+@dataclass
+class PinUnit:
+    """One help point's pins with their lamp, and nothing behind them: what commissioning
+    drives (`stationgw selftest` walks the lamp and waits for a press on the bridge)."""
+
+    config: HelpPoint
+    pins: GpioPins
+    lamp: Lamp
+    bridge: EdgeBridge
+
+    @property
+    def button(self) -> Any:
+        return self.pins.button
+
+
+@contextlib.contextmanager
+def opened_pins(
+    config: StationConfig, pin_factory: Any, loop: asyncio.AbstractEventLoop
+) -> Iterator[dict[str, PinUnit]]:
+    """Open the pins of every GPIO help point of `config`; closed again at the end."""
+    units: dict[str, PinUnit] = {}
+    try:
+        for hp in config.help_points:
+            if hp.on_board:
+                continue
+            bridge = EdgeBridge(loop)
+            pins = open_pins(hp, config.lamp, config.sounder, pin_factory, bridge)
+            units[hp.id] = PinUnit(hp, pins, Lamp(hp.id, pins.output), bridge)
+        yield units
+    finally:
+        for unit in units.values():
+            _close(unit.pins.devices)

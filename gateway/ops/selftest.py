@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import json
 import operator
@@ -24,7 +23,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -39,15 +38,9 @@ from firmware_bridge.link import BoardEvent, BoardLink, LinkEvents
 from firmware_bridge.protocol import HEARTBEAT_INTERVAL_S
 from gateway.config.models import HelpPoint, Sensor, StationConfig
 from gateway.core.lamp import LampState
-from gateway.core.model import Event
 from gateway.errors import StoreDamagedError, StoreError
-from gateway.health import Health
-from gateway.inputs.gpio import is_mock, make_pin_factory
+from gateway.inputs.gpio import PinUnit, is_mock, make_pin_factory, opened_pins
 from gateway.outbox.files import WHAT_HAPPENS, check, kept_files
-from gateway.outbox.sqlite import Outbox, Row
-from gateway.outbox.store import AsyncOutbox
-from gateway.station.helppoints import HelpPoints
-from gateway.station.lifecycle import Lifecycle
 from gateway.station.status import status_path
 from gateway.uplink.client import make_client
 from gateway.uplink.topics import Topics
@@ -71,10 +64,10 @@ Say = Callable[[str], None]
 T = TypeVar("T")
 
 
-async def lamp_walk(help_points: HelpPoints, step_s: float, say: Say) -> list[Check]:
+async def lamp_walk(units: Mapping[str, PinUnit], step_s: float, say: Say) -> list[Check]:
     """Show every lamp state in turn on every help point."""
     checks = []
-    for hp_id, unit in help_points.units.items():
+    for hp_id, unit in units.items():
         say(f"lamp walk {hp_id}: watch (and listen to) the lamp at {unit.config.location!r}")
         shown = []
         for state in WALK:
@@ -94,12 +87,12 @@ async def lamp_walk(help_points: HelpPoints, step_s: float, say: Say) -> list[Ch
     return checks
 
 
-async def presses(help_points: HelpPoints, timeout_s: float, say: Say) -> list[Check]:
+async def presses(units: Mapping[str, PinUnit], timeout_s: float, say: Say) -> list[Check]:
     """Ask for a press on each help point and wait for it."""
     return [
         await _wait_for_press(unit.config, unit.bridge.queue, lambda item: item[0] == "press",
                               timeout_s, say)
-        for unit in help_points.units.values()
+        for unit in units.values()
     ]
 
 
@@ -341,7 +334,7 @@ async def run_selftest(
     broker_timeout_s: float = 10.0,
     board_timeout_s: float = 10.0,
     say: Say = print,
-    during_presses: Callable[[HelpPoints], Coroutine[Any, Any, None]] | None = None,
+    during_presses: Callable[[Mapping[str, PinUnit]], Coroutine[Any, Any, None]] | None = None,
 ) -> list[Check]:
     """Run every check and return the results."""
     if status_path(config).exists():
@@ -349,32 +342,21 @@ async def run_selftest(
                       f"the daemon is running ({status_path(config)}); stop it first: "
                       "systemctl stop stationgw")]
     checks: list[Check] = []
-    all_config = config
     on_gpio = [hp for hp in config.help_points if not hp.on_board]
     if on_gpio:  # help points on boards are checked with their board
-        config = dataclasses.replace(config, help_points=on_gpio)
-        health = Health()
-        # Never opened: the selftest drives pins and lamps only, and raises no alerts.
-        outbox = AsyncOutbox(Outbox(config.store.path, Topics("x", "x").render), health)
-
-        async def accept(event: Event) -> Row:
-            raise AssertionError(f"selftest should not raise {event.kind}")
-
-        lifecycle = Lifecycle(config, outbox, health)
+        # The pins and lamps alone: the selftest raises no alerts.
         factory = make_pin_factory(config)
-        async with HelpPoints(
-            config, accept, lifecycle, lambda code, msg: None, pin_factory=factory
-        ) as help_points:
-            checks += await lamp_walk(help_points, lamp_step_s, say)
+        with opened_pins(config, factory, asyncio.get_running_loop()) as units:
+            checks += await lamp_walk(units, lamp_step_s, say)
             helper: asyncio.Task[None] | None = None
             if during_presses is not None and is_mock(factory):
-                helper = asyncio.create_task(during_presses(help_points))
-            checks += await presses(help_points, press_timeout_s, say)
+                helper = asyncio.create_task(during_presses(units))
+            checks += await presses(units, press_timeout_s, say)
             if helper is not None:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
-    checks += await serial_boards(all_config, board_timeout_s, say,
+    checks += await serial_boards(config, board_timeout_s, say,
                                   press_timeout_s=press_timeout_s, lamp_step_s=lamp_step_s)
     checks += await broker_round_trip(config, broker_timeout_s)
     checks += certificates(config, datetime.datetime.now(datetime.UTC))
