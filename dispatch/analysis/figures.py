@@ -2,13 +2,21 @@
 inputs (the small-cell rule already applied) to PNG bytes.
 
 A figure is a `Plot`: a picklable call that returns a `Figure` (a `functools.partial` of a
-function here), so it can be drawn anywhere.
+function here), so `painter` can draw the report's figures in worker processes while the
+caller writes the tables.
 """
 
 from __future__ import annotations
 
+import gc
 import io
+import multiprocessing
+import signal
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,8 +27,12 @@ from matplotlib.figure import Figure
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _DPI = 80
+#: Processes drawing the report's figures (the caller writes the tables meanwhile).
+WORKERS = 2
 
 Plot = Callable[[], Figure]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def png(plot: Plot) -> bytes:
@@ -28,6 +40,43 @@ def png(plot: Plot) -> bytes:
     buffer = io.BytesIO()
     plot().savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
     return buffer.getvalue()
+
+
+class _Inline(Executor):
+    """Runs each call at once, in the caller's thread (its errors raise from submit)."""
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
+               **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def painter() -> Executor:
+    """Where to draw figures: forked worker processes where that is safe, else inline.
+
+    Only fork is cheap enough: a spawned worker imports the caller's main module, pandas
+    and matplotlib again, which takes longer than the five figures. Fork is used where it
+    is the interpreter's default and not deprecated (Linux, Python 3.11: from 3.12 a fork
+    in a process with threads, numpy's BLAS threads included, warns), and only from a
+    single Python thread (a lock held by another thread at the fork stays held in the
+    child): the web console's worker thread draws inline. Call it before starting
+    threads (a progress bar) and submit at once: the pool forks on the first submit."""
+    if (sys.platform != "linux" or sys.version_info >= (3, 12)
+            or threading.active_count() > 1):
+        return _Inline()
+    return ProcessPoolExecutor(max_workers=WORKERS,
+                               mp_context=multiprocessing.get_context("fork"),
+                               initializer=_worker_start)
+
+
+def _worker_start() -> None:
+    # Ctrl-C reaches the whole process group: the caller handles it, and its shutdown
+    # waits for the workers to finish the figure in hand.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Leave what the fork shared out of this worker's collections: a full one marks every
+    # inherited object and so copies every page of the parent's heap (0.2-0.5 s at 100k).
+    gc.freeze()
 
 
 def hotspot_map(coords: pd.DataFrame, lines: Sequence[tuple[Sequence[str], str]],

@@ -140,19 +140,26 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
     except OSError as exc:
         raise AnalysisError(f"{folder}: cannot create the report folder ({exc})") from exc
     written: list[Path] = []
-    with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
-        for name, table in tables.items():
-            path = folder / "tables" / f"{name}.csv"
-            _write_csv(table, path)
-            written.append(path)
-            if parquet:
-                table.to_parquet(path.with_suffix(".parquet"), index=False)
-                written.append(path.with_suffix(".parquet"))
+    # The figures are drawn in worker processes (when it is safe to fork) while this one
+    # writes the tables: the pool forks on the first submit, before the progress thread.
+    with figures.painter() as painter:
+        drawing = {alt: painter.submit(figures.png, plot)
+                   for alt, plot in plots(analysis, tables, k).items()}
+        with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
+            for name, table in tables.items():
+                path = folder / "tables" / f"{name}.csv"
+                _write_csv(table, path)
+                written.append(path)
+                if parquet:
+                    table.to_parquet(path.with_suffix(".parquet"), index=False)
+                    written.append(path.with_suffix(".parquet"))
+                advance(1)
+            images = {alt: future.result() for alt, future in drawing.items()}
+            page = folder / "report.html"
+            page.write_text(render(analysis, k, tables=tables, images=images).document(),
+                            encoding="utf-8")
+            written.insert(0, page)
             advance(1)
-        page = folder / "report.html"
-        page.write_text(render(analysis, k, tables=tables).document(), encoding="utf-8")
-        written.insert(0, page)
-        advance(1)
     return written
 
 
