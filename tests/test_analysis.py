@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import filecmp
 import html.parser
+import multiprocessing
 import subprocess
 import sys
 import textwrap
@@ -25,10 +26,12 @@ from dispatch.analysis.network import Network, read_mapping, read_network
 from dispatch.analysis.privacy import suppress
 from dispatch.analysis.record import (
     BANDS,
+    WEEK_S,
     load_requests,
     parse_since,
     read_ridership,
 )
+from dispatch.analysis.report import analyse, render, write_report
 from dispatch.analysis.simulate import (
     DEFAULT_RATE,
     History,
@@ -325,6 +328,19 @@ def test_report_min_cell_raises_the_bar(planted: tuple[Engine, History],
     assert all(r["requests"] == "" or int(r["requests"]) >= 20 for r in rows)
     assert any(r["suppressed"] == "True" for r in rows)
     assert not list((out / "tables").glob("*.parquet"))
+
+
+def test_report_figures_drawn_in_workers_are_the_inline_ones(
+        planted: tuple[Engine, History], network: Network, tmp_path: Path) -> None:
+    # write_report draws its figures in forked workers while it writes the tables (where
+    # forking is safe); the page is the one render() draws inline, and no worker is left.
+    engine, _ = planted
+    analysis = analyse(engine, network, since=UNTIL - 2 * WEEK_S, until=UNTIL,
+                       show_progress=False)
+    write_report(analysis, tmp_path, show_progress=False)
+    assert not multiprocessing.active_children()
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == (
+        render(analysis).document())
 
 
 # ---------------------------------------------------------------------------- simulate

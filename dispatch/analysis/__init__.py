@@ -11,8 +11,10 @@ Data flows down the modules in this order:
 - `hotspots`: Getis-Ord Gi* per time band (esda), false-discovery control, clusters,
   emerging trends (Mann-Kendall on weekly Gi* z), recommendations.
 - `privacy`: the one rule for small cells in exports (fewer than k requests are suppressed).
-- `report`: the HTML report (matplotlib figures inlined) and a CSV/Parquet file per table;
-  its views as fragments (`render`), which the web console's hotspots page embeds.
+- `figures`: the report's figures (matplotlib, no pyplot state) as PNG, from small
+  prepared inputs, drawn in forked worker processes where that is safe.
+- `report`: the HTML report (its figures inlined) and a CSV/Parquet file per table; its
+  views as fragments (`render`), which the web console's hotspots page embeds.
 - `console`: that page's source: the report's views per period, computed in a worker
   thread and cached for a short time (light to import: the hub loads it at start).
 - `period`: `90d` / `12w` / `36h` as seconds (standard library only).

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
 from sqlalchemy import Engine
 
-from dispatch.analysis import DEFAULT_MIN_CELL
+from dispatch.analysis import DEFAULT_MIN_CELL, figures
+from dispatch.analysis.figures import Plot
 from dispatch.analysis.grids import (
     SERVICE_FIGURES,
     concentration,
@@ -52,8 +51,6 @@ from dispatch.analysis.record import (
     load_requests,
 )
 from dispatch.errors import AnalysisError
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 @dataclass
@@ -143,20 +140,35 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
     except OSError as exc:
         raise AnalysisError(f"{folder}: cannot create the report folder ({exc})") from exc
     written: list[Path] = []
-    with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
-        for name, table in tables.items():
-            path = folder / "tables" / f"{name}.csv"
-            table.to_csv(path, index=False)
-            written.append(path)
-            if parquet:
-                table.to_parquet(path.with_suffix(".parquet"), index=False)
-                written.append(path.with_suffix(".parquet"))
+    # The figures are drawn in worker processes (when it is safe to fork) while this one
+    # writes the tables: the pool forks on the first submit, before the progress thread.
+    with figures.painter() as painter:
+        drawing = {alt: painter.submit(figures.png, plot)
+                   for alt, plot in plots(analysis, tables, k).items()}
+        with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
+            for name, table in tables.items():
+                path = folder / "tables" / f"{name}.csv"
+                _write_csv(table, path)
+                written.append(path)
+                if parquet:
+                    table.to_parquet(path.with_suffix(".parquet"), index=False)
+                    written.append(path.with_suffix(".parquet"))
+                advance(1)
+            images = {alt: future.result() for alt, future in drawing.items()}
+            page = folder / "report.html"
+            page.write_text(render(analysis, k, tables=tables, images=images).document(),
+                            encoding="utf-8")
+            written.insert(0, page)
             advance(1)
-        page = folder / "report.html"
-        page.write_text(render(analysis, k, tables=tables).document(), encoding="utf-8")
-        written.insert(0, page)
-        advance(1)
     return written
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    # pandas writes a nullable Float64 column (suppressed figures are NA) through a string
+    # array, a third of the grids' time; as float64 NaN it writes the same text (repr of
+    # each value, NaN as blank) directly. The Parquet files keep the nullable types.
+    floats = {c: "float64" for c, t in table.dtypes.items() if t == "Float64"}
+    table.astype(floats).to_csv(path, index=False)
 
 
 # ---------------------------------------------------------------------------- the page
@@ -196,20 +208,24 @@ class Parts:
 
 def render(analysis: Analysis, k: int = DEFAULT_MIN_CELL, *,
            tables: dict[str, pd.DataFrame] | None = None,
+           images: Mapping[str, bytes] | None = None,
            tables_note: str = TABLES_IN_FOLDER) -> Parts:
     """The report's sections, every table and figure under the small-cell rule with `k`
-    (`tables`: `exported(analysis, k)`, if the caller has it already)."""
+    (`tables`: `exported(analysis, k)`, and `images`: the PNG of each of `plots(analysis,
+    tables, k)`, if the caller has them already)."""
     if k < 1:
         raise AnalysisError(f"--min-cell {k}: the smallest cell shown must be 1 or more")
     tables = exported(analysis, k) if tables is None else tables
+    if images is None:
+        images = {alt: figures.png(plot) for alt, plot in plots(analysis, tables, k).items()}
     return Parts(title="Crisis requests: hotspot report", style=_STYLE,
-                 sections=tuple(_sections(analysis, tables, k, tables_note)),
+                 sections=tuple(_sections(analysis, tables, images, k, tables_note)),
                  requests=len(analysis.requests.frame), hot_cells=len(analysis.hotspots.hot),
                  clusters=len(tables["recommendations"]))
 
 
-def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int,
-              tables_note: str) -> list[str]:
+def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame],
+              images: Mapping[str, bytes], k: int, tables_note: str) -> list[str]:
     requests = analysis.requests
     period = (f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(requests.since))} to "
               f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(requests.until))} UTC "
@@ -217,8 +233,7 @@ def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int,
     basis = ("requests per week per 10,000 weekly riders" if analysis.ridership is not None
              else "requests per week")
     recs = tables["recommendations"]
-    hot = tables["hotspot_cells"]
-    hot = hot[hot["hot"]].sort_values("z", ascending=False)
+    hot = _hot(tables)
     return [
         f"<h1>Crisis requests: where and when to place the teams</h1>"
         f"<p>{html.escape(period)}. {len(requests.frame)} requests at "
@@ -232,22 +247,20 @@ def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int,
         "dominates, and the team dispatch sent most often.</p>" + _table(recs),
         "<h2 id=hotspot-map>Hotspot map</h2><p>Stations on their lines, coloured by Gi* "
         f"z-score of {html.escape(basis)} in each band; hot cells ringed.</p>"
-        + _img(_network_map(analysis, hot), "hotspot map"),
+        + _img(images["hotspot map"], "hotspot map"),
         "<h2 id=heat-maps>When: requests by hour of week</h2>"
-        + _img(_week_heat(analysis.tables["grid_by_requested_response"], k),
-               "heat map by response")
-        + _img(_station_heat(analysis.tables["grid_by_requested_response"], k),
-               "heat map by station"),
+        + _img(images["heat map by response"], "heat map by response")
+        + _img(images["heat map by station"], "heat map by station"),
         "<h2 id=service>Service</h2><p>Time to acknowledge and to resolve, p50 and p90 "
         "(seconds), escalations and the share never acknowledged.</p>"
-        + _img(_service_bars(tables["service_by_band"]), "service by band")
+        + _img(images["service by band"], "service by band")
         + "<h3>By team</h3>" + _table(tables["service_by_team"])
         + "<h3>By class</h3>" + _table(tables["service_by_class"])
         + "<h3>By station (busiest 25)</h3>"
         + _table(tables["service_by_station"].sort_values("requests", ascending=False)
                  .head(25)),
         "<h2 id=concentration>Concentration</h2>"
-        + _img(_lorenz(tables["concentration"]), "concentration curve")
+        + _img(images["concentration curve"], "concentration curve")
         + _table(tables["concentration_top"])
         + "<h3>Repeat locations (top 25)</h3>" + _table(tables["repeat_locations"].head(25)),
         "<h2 id=hotspots>Hot cells</h2>" + _table(hot.drop(columns=["p", "hot_period"])),
@@ -274,105 +287,59 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _img(figure: Figure, alt: str) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+def _img(image: bytes, alt: str) -> str:
+    data = base64.b64encode(image).decode("ascii")
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
-def _network_map(analysis: Analysis, hot: pd.DataFrame) -> Figure:
+def plots(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int) -> dict[str, Plot]:
+    """The report's figures in page order, by alt text, each from suppressed figures."""
     network, cells = analysis.network, analysis.hotspots.cells
     coords = network.stations[["lon", "lat"]]
-    figure = Figure(figsize=(12, 10.5))
-    axes = figure.subplots(3, 3).ravel()
-    norm = TwoSlopeNorm(vmin=-4, vcenter=0, vmax=6)
-    scatter = None
-    for ax, band in zip(axes, BAND_NAMES, strict=True):
-        for line in network.lines:
-            xy = coords.loc[list(line.stations)]
-            ax.plot(xy["lon"], xy["lat"], color=line.colour, linewidth=1.5, alpha=0.6)
-        z = cells[cells["band"] == band].set_index("station")["z"].reindex(network.ids)
-        scatter = ax.scatter(coords["lon"], coords["lat"], c=z.clip(-4, 6), cmap="RdBu_r",
-                             norm=norm, s=18, edgecolors="none", zorder=3)
-        ring = hot[hot["band"] == band]["station"]
-        ax.scatter(coords.loc[ring, "lon"], coords.loc[ring, "lat"], s=70,
-                   facecolors="none", edgecolors="black", linewidths=1.2, zorder=4)
-        ax.set_title(band, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_aspect(1 / np.cos(np.radians(float(coords["lat"].mean()))))
-    if scatter is not None:
-        figure.colorbar(scatter, ax=list(axes), shrink=0.6, label="Gi* z")
-    return figure
+    z = (cells.pivot(index="station", columns="band", values="z")
+         .reindex(index=coords.index, columns=list(BAND_NAMES)))
+    hot = _hot(tables)
+    rings = {str(band): list(group["station"]) for band, group in hot.groupby("band")}
+    lines = [(line.stations, line.colour) for line in network.lines]
+    grid = analysis.tables["grid_by_requested_response"]
+    return {
+        "hotspot map": partial(figures.hotspot_map, coords, lines, z, rings),
+        "heat map by response": partial(figures.week_heat, _week_cells(grid, k)),
+        "heat map by station": partial(figures.station_heat, _station_cells(grid, k)),
+        "service by band": partial(figures.service_bars, tables["service_by_band"]),
+        "concentration curve": partial(figures.lorenz, tables["concentration"]),
+    }
 
 
-def _week_heat(grid: pd.DataFrame, k: int) -> Figure:
-    """Network-wide requests per hour of week, one panel per requested response; drawn
-    from the unsuppressed grid, summed, then the small-cell rule applied to the sums."""
-    figure = Figure(figsize=(14, 2.2 * len(RESPONSES)))
-    axes = figure.subplots(len(RESPONSES), 1)
-    for ax, response in zip(axes, RESPONSES, strict=True):
+def _hot(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    hot = tables["hotspot_cells"]
+    return hot[hot["hot"]].sort_values("z", ascending=False)
+
+
+def _week_cells(grid: pd.DataFrame, k: int) -> dict[str, np.ndarray]:
+    """Network-wide requests per day and hour, per requested response: summed from the
+    unsuppressed grid, then the small-cell rule applied to the sums (NaN)."""
+    panels = {}
+    for response in RESPONSES:
         mine = grid[grid["requested_response"] == response]
         total = mine.groupby("hour_of_week")["requests"].sum()
         cells = total.reindex(range(168), fill_value=0).to_numpy(dtype=float, copy=True)
         cells = cells.reshape(7, 24)
         cells[(cells > 0) & (cells < k)] = np.nan
-        image = ax.imshow(np.ma.masked_invalid(cells), aspect="auto", cmap="viridis")
-        ax.set_yticks(range(7), _DAYS)
-        ax.set_xticks(range(0, 24, 3))
-        ax.set_title(f"{response} (all stations; blank: suppressed)", fontsize=10)
-        figure.colorbar(image, ax=ax, label="requests")
-    figure.tight_layout()
-    return figure
+        panels[response] = cells
+    return panels
 
 
-def _station_heat(grid: pd.DataFrame, k: int) -> Figure:
-    """Requests per station (busiest 30) and time band; cells of 1..k-1 are blank."""
+def _station_cells(grid: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Requests per station (busiest 30) and time band; cells of 1..k-1 are NaN."""
     bands = pd.Series(_band_of_hour_names(), name="band")
     frame = grid.assign(band=grid["hour_of_week"].map(bands))
     table = frame.groupby(["station", "band"])["requests"].sum().unstack("band")
     table = table.reindex(columns=list(BAND_NAMES), fill_value=0)
     top = table.sum(axis=1).sort_values(ascending=False).head(30).index
-    cells = table.loc[top].to_numpy(dtype=float, copy=True)
-    cells[(cells > 0) & (cells < k)] = np.nan
-    figure = Figure(figsize=(12, 9))
-    ax = figure.subplots()
-    image = ax.imshow(np.ma.masked_invalid(cells), aspect="auto",
-                      cmap=colormaps["magma_r"])
-    ax.set_yticks(range(len(top)), list(top), fontsize=7)
-    ax.set_xticks(range(len(BAND_NAMES)), list(BAND_NAMES), rotation=30, fontsize=8)
-    ax.set_title("Requests by station (busiest 30) and time band (blank: suppressed)")
-    figure.colorbar(image, ax=ax, label="requests")
-    return figure
+    cells = table.loc[top].astype(float)
+    return cells.mask((cells > 0) & (cells < k))
 
 
 def _band_of_hour_names() -> dict[int, str]:
     return {h: BAND_NAMES[b] for h, b in enumerate(band_of_hour())}
-
-
-def _service_bars(table: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(12, 3.5))
-    axes = figure.subplots(1, 2)
-    x = np.arange(len(table))
-    for ax, what in zip(axes, ("ack", "resolve"), strict=True):
-        scale = 1 if what == "ack" else 60
-        ax.bar(x - 0.2, table[f"{what}_p50_s"].astype(float) / scale, 0.4, label="p50")
-        ax.bar(x + 0.2, table[f"{what}_p90_s"].astype(float) / scale, 0.4, label="p90")
-        ax.set_xticks(x, list(table["band"].astype(str)), rotation=30, fontsize=7)
-        ax.set_ylabel("seconds" if what == "ack" else "minutes")
-        ax.set_title("time to acknowledge" if what == "ack" else "time to resolve")
-        ax.legend()
-    figure.tight_layout()
-    return figure
-
-
-def _lorenz(curve: pd.DataFrame) -> Figure:
-    figure = Figure(figsize=(5, 4))
-    ax = figure.subplots()
-    ax.plot(np.r_[0, curve["station_share"]], np.r_[0, curve["cum_share"]], label="requests")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="equal")
-    ax.set_xlabel("share of stations (busiest first)")
-    ax.set_ylabel("share of requests")
-    ax.legend()
-    return figure
