@@ -104,7 +104,7 @@ class Gateway:
                 if self.boards is not None:
                     self.boards.correlation_listeners.append(self.help_points.on_correlation)
                     self.boards.offline_listeners.append(self.help_points.on_board_offline)
-                for record, _all_sent in open_alerts:
+                for record in open_alerts:
                     self.help_points.restore(record)
                 if on_gpio and is_mock(factory):
                     from gateway.inputs.simulate import SimulateServer  # noqa: PLC0415

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.core.clock import SYSTEM, Clock, SteadyWall
+from gateway.core.drain import Key  # (class, seq): the drain order
 from gateway.core.model import AlertRecord, Event, Priority
 from gateway.errors import StoreError, StoreUnavailableError
 from gateway.outbox.files import APPLICATION_ID, check, classify, seal
@@ -33,7 +34,6 @@ from gateway.outbox.files import APPLICATION_ID, check, classify, seal
 log = logging.getLogger(__name__)
 
 Renderer = Callable[[Event, int, float], tuple[str, bytes]]
-Key = tuple[int, int]  # (class, seq): the drain order
 State = Literal["pending", "refused"]
 SYNCHRONOUS_FULL = 2
 ROW_OVERHEAD = 96  # bytes of index and bookkeeping counted per row against max_bytes

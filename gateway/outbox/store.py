@@ -23,11 +23,12 @@ from functools import partial
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
+from gateway.core.drain import Key
 from gateway.core.model import CLASS_NAMES, Event
 from gateway.errors import StoreError
 from gateway.health import Health
 from gateway.outbox.files import Opening, open_store
-from gateway.outbox.sqlite import AcceptResult, Depth, Key, Outbox, Row, State, quick_check
+from gateway.outbox.sqlite import AcceptResult, Depth, Outbox, Row, State, quick_check
 from gateway.outbox.worker import URGENT, PriorityWorker
 
 log = logging.getLogger(__name__)

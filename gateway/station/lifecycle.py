@@ -69,8 +69,9 @@ class Lifecycle:
         )
         self._handler_failed_at = 0.0
 
-    async def restore(self) -> list[tuple[AlertRecord, bool]]:
-        """Load open alerts after a restart; returns them with whether all were sent."""
+    async def restore(self) -> list[AlertRecord]:
+        """Load open alerts after a restart into the book (with how far each got); returns
+        them."""
         found = await self.outbox.call(lambda box: box.open_alerts())
         announced = await self.outbox.call(lambda box: box.announced_at())
         mono, wall = self.clock.monotonic(), self.clock.wall()
@@ -84,7 +85,7 @@ class Lifecycle:
             log.info("restored %d open alert(s) from the database", len(found))
         self._changed.set()
         self.alerts_changed.set()
-        return found
+        return [record for record, _sent in found]
 
     def raised(
         self, alert_id: str, source: str, priority: Priority, details: Mapping[str, JSONValue]
