@@ -148,7 +148,7 @@ class PinPresser:
         self.alert_ids.add(body["alert_id"])
         # As if dispatch acknowledged it: presses while a request waits for dispatch join it,
         # and this bench measures new requests (the lifecycle has its own benchmark).
-        self.units[hp].logic.awaiting_ack = False
+        self.units[hp].logic.acknowledged(body["alert_id"])
 
 
 async def measure(

@@ -58,6 +58,7 @@ class Gateway:
             clock=clock,
         )
         self.outbox = AsyncOutbox(outbox, self.health)
+        self.health.listeners.append(self.outbox.record_fault)
         self.lifecycle = Lifecycle(config, self.outbox, self.health, clock)
         self.publisher = Publisher(
             config, self.outbox, self.health, client_factory=client_factory,
@@ -89,6 +90,8 @@ class Gateway:
                 from gateway.inputs.boards import Boards  # noqa: PLC0415 (serial stack: only if used)
 
                 self.boards = Boards(self.config, self.accept, self.health)
+                # Link quality goes out with every health report.
+                self.health.board_counters = self.boards.counters
             if self.config.help_points:
                 on_gpio = any(not hp.on_board for hp in self.config.help_points)
                 factory = make_pin_factory(self.config) if on_gpio else None

@@ -205,10 +205,10 @@ async def test_a_button_no_help_point_is_wired_to_is_counted_not_raised(
 def test_a_board_hold_before_the_hold_time_upgrades_at_once() -> None:
     logic = HelpPointLogic(PressRules(bounce_time_s=0, hold_time_s=5))
     (press,) = logic.edge(True, 10.0)
-    assert press.alert is not None and press.alert.priority.name == "P1"
+    assert press.request is not None and press.request.priority.name == "P1"
     (hold,) = logic.hold()
-    assert hold.kind == "help_point.hold" and hold.alert is not None
-    assert hold.alert.held and hold.alert.priority.name == "P0"
+    assert hold.kind == "help_point.hold" and hold.request is not None
+    assert hold.request.held and hold.request.priority.name == "P0"
     assert logic.hold() == []  # held once
     assert logic.tick(15.0) == []  # and the hold timer has nothing left to do
     logic.edge(False, 16.0)

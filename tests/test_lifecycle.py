@@ -98,6 +98,27 @@ async def test_unacknowledged_alert_escalates_after_the_timeout(
     assert len({p["body"]["alert_id"] for p in sub.events()}) == 1
 
 
+async def test_a_press_after_an_escalation_keeps_the_escalation(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The press logic knows what the rider did; the escalation is the alert book's. A press
+    that re-announces an escalated alert must not take the class, the flag or the reason
+    back: the book owns them."""
+    config = lifecycle_config(tmp_path, broker.url, ack_timeout_s=1.0)
+    async with subscribe(broker.port, f"stationgw/v1/{config.station_id}/events/#") as sub:
+        async with running(Gateway(config)) as gw:
+            alert_id = await raise_alert(gw, sub)
+            await sub.wait_for(lambda m: any(p["kind"] == "alert.escalated" for _, p in m))
+            await tap(gw, "hp-1")
+            await sub.wait_for(lambda m: any(p["kind"] == "help_point.repeat" for _, p in m))
+    repeat = next(p for p in sub.events() if p["kind"] == "help_point.repeat")
+    assert repeat["body"]["alert_id"] == alert_id and repeat["body"]["press_count"] == 2
+    assert repeat["class"] == "P0"  # not back to the press's P1
+    assert repeat["body"]["escalated"] is True and repeat["body"]["escalations"] >= 1
+    assert repeat["body"]["evidence"][0] == "button pressed"
+    assert "not acknowledged within 1s" in repeat["body"]["evidence"]
+
+
 async def _command(dispatcher: aiomqtt.Client, station: str, payload: bytes) -> None:
     await dispatcher.publish(f"stationgw/v1/{station}/commands", payload, qos=1)
 

@@ -33,8 +33,8 @@ def tap(at: float, length: float = 0.2) -> list[tuple[float, bool]]:
 def test_press_is_one_p1_request() -> None:
     out = run(HelpPointLogic(RULES), tap(1.0), until=10)
     assert [h.kind for h in out] == ["help_point.press"]
-    assert out[0].alert is not None
-    assert out[0].alert.priority == Priority.P1 and out[0].alert.press_count == 1
+    assert out[0].request is not None
+    assert out[0].request.priority == Priority.P1 and out[0].request.press_count == 1
 
 
 def test_chatter_of_20_edges_in_200ms_is_one_press() -> None:
@@ -42,14 +42,14 @@ def test_chatter_of_20_edges_in_200ms_is_one_press() -> None:
     logic = HelpPointLogic(RULES)
     out = run(logic, edges, until=10)
     assert [h.kind for h in out] == ["help_point.press"]
-    assert out[0].alert is not None and out[0].alert.press_count == 1
+    assert out[0].request is not None and out[0].request.press_count == 1
     assert not logic.pressed
 
 
 def test_hold_upgrades_the_same_request_to_p0() -> None:
     out = run(HelpPointLogic(RULES), tap(1.0, length=3.0), until=10)
     assert [h.kind for h in out] == ["help_point.press", "help_point.hold"]
-    first, hold = (h.alert for h in out)
+    first, hold = (h.request for h in out)
     assert first is not None and hold is not None
     assert hold.alert_id == first.alert_id and hold.priority == Priority.P0 and hold.held
 
@@ -63,7 +63,7 @@ def test_repeats_coalesce_and_escalate_at_the_configured_count() -> None:
     edges = tap(1.0) + tap(3.0) + tap(5.0) + tap(7.0)
     out = run(HelpPointLogic(RULES), edges, until=20)
     assert [h.kind for h in out] == ["help_point.press"] + ["help_point.repeat"] * 3
-    alerts = [h.alert for h in out]
+    alerts = [h.request for h in out]
     assert len({a.alert_id for a in alerts if a}) == 1
     assert [a.press_count for a in alerts if a] == [1, 2, 3, 4]
     assert [a.priority for a in alerts if a] == [Priority.P1, Priority.P1, Priority.P0, Priority.P0]
@@ -73,18 +73,18 @@ def test_repeats_coalesce_and_escalate_at_the_configured_count() -> None:
 def test_acknowledged_request_and_a_press_after_the_window_is_a_new_request() -> None:
     logic = HelpPointLogic(RULES)
     first = run(logic, tap(1.0), until=10)
-    assert logic.alert is not None
-    logic.acknowledged(logic.alert.alert_id)  # dispatch acknowledged it
+    assert logic.request is not None
+    logic.acknowledged(logic.request.alert_id)  # dispatch acknowledged it
     second = run(logic, tap(70.0), until=80)
     assert [h.kind for h in first + second] == ["help_point.press", "help_point.press"]
-    a, b = (h.alert for h in first + second)
+    a, b = (h.request for h in first + second)
     assert a is not None and b is not None and a.alert_id != b.alert_id
 
 
 def test_presses_while_waiting_for_dispatch_join_the_request_however_late() -> None:
     out = run(HelpPointLogic(RULES), tap(1.0) + tap(500.0), until=510)
     assert [h.kind for h in out] == ["help_point.press", "help_point.repeat"]
-    assert out[1].alert is not None and out[1].alert.press_count == 2
+    assert out[1].request is not None and out[1].request.press_count == 2
 
 
 def test_stuck_button_is_one_fault_then_clears_on_release() -> None:
@@ -135,7 +135,7 @@ def test_every_board_press_that_arrives_counts_whatever_frames_are_lost(
     assert len(presses) == delivered
     if presses:
         assert presses[0].kind == "help_point.press"  # then it waits for dispatch: all join
-        assert logic.alert is not None and logic.alert.press_count == delivered
+        assert logic.request is not None and logic.request.press_count == delivered
 
 
 def test_queued_release_then_press_is_two_presses_not_a_bounce() -> None:
@@ -170,6 +170,77 @@ def test_an_alert_escalated_all_night_keeps_a_short_evidence_list() -> None:
     assert record.details["evidence"] == ["button pressed", "not acknowledged within 120s"]
     assert record.priority == Priority.P0
 
+
+
+BOOK_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("press"), st.sampled_from(list(Priority)),
+              st.sampled_from(["button pressed", "pressed 3 times", "held for 2s"]),
+              st.booleans()),
+    st.tuples(st.just("corroborate"), st.sampled_from(list(Priority)),
+              st.sampled_from(["smoke at platform 1", "fall detected"]), st.just(False)),
+    st.tuples(st.just("escalate"), st.just(Priority.P3), st.just(""), st.just(False)),
+), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BOOK_STEPS)
+def test_the_book_owns_class_and_evidence_whoever_updates_the_alert(
+    steps: list[tuple[str, Priority, str, bool]],
+) -> None:
+    """Presses re-announce what the rider did; sensors corroborate; the book escalates. In
+    any order, the alert's class never goes down, held and escalated stick, the first reason
+    stays first, and the newest reason is always cited."""
+    book = AlertBook(ack_timeout_s=120, escalate_to=Priority.P0)
+    record = book.raised("a-1", "hp-1", Priority.P1,
+                         {"evidence": ["button pressed"], "held": False, "escalated": False},
+                         now=0)
+    for n, (what, priority, reason, held) in enumerate(steps):
+        before = record
+        if what == "press":
+            record = book.raised("a-1", "hp-1", priority, {
+                "press_count": n + 2, "held": held, "escalated": False,
+                "evidence": ["button pressed", reason]}, now=n)
+        elif what == "corroborate":
+            record = book.corroborated("a-1", priority, [reason]) or record
+        else:
+            record = (book.escalate_due(now=1000.0 * (n + 1)) or [record])[0]
+            reason = "not acknowledged within 120s"
+        assert record == book.open["a-1"]
+        assert record.priority <= before.priority
+        if what != "escalate":
+            assert record.priority <= priority
+        for flag in ("held", "escalated"):
+            assert record.details[flag] or not before.details[flag], flag
+        assert record.details["evidence"][0] == "button pressed"
+        assert reason in record.details["evidence"]
+        assert len(record.details["evidence"]) <= MAX_EVIDENCE
+
+
+def test_a_corroboration_that_adds_nothing_is_not_announced_again() -> None:
+    book = AlertBook(ack_timeout_s=120, escalate_to=Priority.P0)
+    book.raised("a-1", "hp-1", Priority.P1, {"evidence": ["button pressed"]}, now=0)
+    raised = book.corroborated("a-1", Priority.P0, ["smoke at platform 1"])
+    assert raised is not None and raised.priority == Priority.P0
+    assert raised.details["evidence"] == ["button pressed", "smoke at platform 1"]
+    assert book.corroborated("a-1", Priority.P0, ["smoke at platform 1"]) is None
+    assert book.corroborated("a-1", Priority.P2, ["smoke at platform 1"]) is None
+    assert book.corroborated("a-2", Priority.P0, ["smoke at platform 1"]) is None  # not open
+
+
+def test_a_restored_request_counts_on_from_what_the_rider_did() -> None:
+    """After a restart the press logic gets back only what the rider did; its class follows
+    from the rules again, and the next presses count on from the stored count."""
+    logic = HelpPointLogic(RULES)
+    request = logic.restore("a-1", press_count=2, first_press=0.0, last_press=1.0, held=False,
+                            awaiting_ack=True)
+    assert (request.priority, request.escalated) == (Priority.P1, False)
+    (again,) = run(logic, tap(5.0), until=10)
+    assert again.kind == "help_point.repeat" and again.request is not None
+    assert again.request.alert_id == "a-1" and again.request.press_count == 3
+    assert again.request.priority == Priority.P0 and "pressed 3 times" in again.request.evidence
+    held = HelpPointLogic(RULES).restore("a-2", press_count=1, first_press=0.0,
+                                         last_press=0.0, held=True, awaiting_ack=False)
+    assert held.held and held.priority == Priority.P0
 
 
 # ---------------------------------------------------------------- the lamp, from the book

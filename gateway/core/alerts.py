@@ -11,7 +11,7 @@ was published; the rider's lamp is a projection of it (`gateway.core.lamp.projec
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -56,19 +56,33 @@ class AlertBook:
         self, alert_id: str, source: str, priority: Priority, details: Mapping[str, JSONValue],
         now: float,
     ) -> AlertRecord:
-        """A source raised or updated an alert; returns the record to store with its event."""
+        """A source raised or updated an alert; returns the record to store with its event.
+
+        An update never lowers the class or drops what the book has: its evidence is cited
+        after the book's, and an alert once held or escalated stays so.
+        """
         known = self.open.get(alert_id)
         if known is None:
             record = AlertRecord(alert_id, source, "open", priority, dict(details))
             self._announced[alert_id] = now
             self.delivery[alert_id] = "raised"
         else:
-            record = replace(
-                known,
-                priority=min(known.priority, priority),
-                details={**known.details, **details},
-                command_id=None,
-            )
+            record = _merged(known, priority, details)
+        self.open[alert_id] = record
+        return record
+
+    def corroborated(
+        self, alert_id: str, priority: Priority, evidence: Sequence[str]
+    ) -> AlertRecord | None:
+        """Something at the alert's source (a sensor's correlation rule) corroborates it:
+        raise it to `priority` and cite `evidence`. The new record to announce, or None if
+        the alert is not open or that adds nothing."""
+        known = self.open.get(alert_id)
+        if known is None:
+            return None
+        record = _merged(known, priority, {"evidence": list(evidence)})
+        if record.priority == known.priority and record.details == known.details:
+            return None
         self.open[alert_id] = record
         return record
 
@@ -159,3 +173,21 @@ class AlertBook:
             self._announced[alert_id] = now
             due.append(record)
         return due
+
+
+def _merged(
+    known: AlertRecord, priority: Priority, details: Mapping[str, JSONValue]
+) -> AlertRecord:
+    """`known` raised to `priority` and updated by `details` (a re-announcement, so no
+    command caused it): evidence is cited after the known, and held and escalated stick."""
+    merged = {**known.details, **details}
+    evidence: tuple[str, ...] = tuple(known.details.get("evidence", ()))
+    for reason in details.get("evidence", ()):
+        evidence = cite(evidence, reason)
+    if evidence:
+        merged["evidence"] = list(evidence)
+    for flag in ("held", "escalated"):
+        if known.details.get(flag):
+            merged[flag] = True
+    return replace(known, priority=min(known.priority, priority), details=merged,
+                   command_id=None)

@@ -13,6 +13,10 @@ is testable with plain numbers.
 - Holding past `hold_time_s` upgrades the same request to an emergency (P0); no new request.
   A board that times holds itself reports them with `hold`, to the same effect.
 - Held past `stuck_after_s`, the button is reported stuck once; the fault clears on release.
+
+The machine keeps only what the rider did (`Request`: the presses, their times, the hold)
+and the class and evidence its rules give that. The alert itself, with everything else that
+raises it (sensors, escalation) and dispatch's part, is `gateway.core.alerts.AlertBook`'s.
 """
 
 from __future__ import annotations
@@ -51,8 +55,12 @@ class PressRules:
 
 
 @dataclass(frozen=True)
-class Alert:
-    """The request a help point has open: what dispatch is told about."""
+class Request:
+    """What the rider did about the request a help point has open.
+
+    `priority` and `evidence` are what the press rules make of it (a press, repeated presses,
+    a hold); the alert book raises the alert by them and keeps its class and evidence.
+    """
 
     alert_id: str
     priority: Priority
@@ -60,7 +68,7 @@ class Alert:
     first_press: float  # the caller's clock (monotonic in the daemon)
     last_press: float
     held: bool = False
-    escalated: bool = False
+    escalated: bool = False  # pressed `escalate_after_presses` times
     evidence: tuple[str, ...] = ()
 
 
@@ -69,7 +77,7 @@ class Happening:
     """Something to publish: a new or updated request, or a stuck fault raised or cleared."""
 
     kind: Kind
-    alert: Alert | None = None
+    request: Request | None = None
 
 
 @dataclass
@@ -77,7 +85,7 @@ class HelpPointLogic:
     """The state machine. Times are seconds on one monotonic clock chosen by the caller."""
 
     rules: PressRules
-    alert: Alert | None = None
+    request: Request | None = None
     pressed: bool = False  # debounced state
     stuck: bool = False
     raw_pressed: bool = False
@@ -107,7 +115,7 @@ class HelpPointLogic:
         if self._release_at is not None:
             times.append(self._release_at + self.rules.bounce_time_s)
         if self.pressed and self._release_at is None:
-            if self.alert is not None and not self.alert.held:
+            if self.request is not None and not self.request.held:
                 times.append(self._press_at + self.rules.hold_time_s)
             if not self.stuck:
                 times.append(self._press_at + self.rules.stuck_after_s)
@@ -123,7 +131,7 @@ class HelpPointLogic:
                 self.pressed = False
                 if self.stuck:
                     self.stuck = False
-                    out.append(Happening("help_point.unstuck", self.alert))
+                    out.append(Happening("help_point.unstuck", self.request))
             return out
         if not self.pressed:
             return out
@@ -131,7 +139,7 @@ class HelpPointLogic:
             out += self._held(f"held for {self.rules.hold_time_s:g}s")
         if not self.stuck and now >= self._press_at + self.rules.stuck_after_s:
             self.stuck = True
-            out.append(Happening("help_point.stuck", self.alert))
+            out.append(Happening("help_point.stuck", self.request))
         return out
 
     def button(
@@ -166,27 +174,27 @@ class HelpPointLogic:
         return self._held("held (reported by its board)")
 
     def _held(self, evidence: str) -> list[Happening]:
-        if self.alert is None or self.alert.held:
+        if self.request is None or self.request.held:
             return []
-        self.alert = replace(
-            self.alert,
+        self.request = replace(
+            self.request,
             held=True,
-            priority=min(self.alert.priority, self.rules.hold_class),
-            evidence=cite(self.alert.evidence, evidence),
+            priority=min(self.request.priority, self.rules.hold_class),
+            evidence=cite(self.request.evidence, evidence),
         )
-        return [Happening("help_point.hold", self.alert)]
+        return [Happening("help_point.hold", self.request)]
 
     def _press(self, now: float) -> list[Happening]:
         self.pressed = True
         self._press_at = now
         self._release_at = None
-        alert = self.alert
-        joins = alert is not None and (
-            self.awaiting_ack or now - alert.last_press <= self.rules.repeat_window_s
+        request = self.request
+        joins = request is not None and (
+            self.awaiting_ack or now - request.last_press <= self.rules.repeat_window_s
         )
-        if alert is None or not joins:
+        if request is None or not joins:
             self.awaiting_ack = True
-            self.alert = Alert(
+            self.request = Request(
                 alert_id=str(uuid.uuid4()),
                 priority=self.rules.press_class,
                 press_count=1,
@@ -194,51 +202,50 @@ class HelpPointLogic:
                 last_press=now,
                 evidence=("button pressed",),
             )
-            return [Happening("help_point.press", self.alert)]
-        count = alert.press_count + 1
-        alert = replace(alert, press_count=count, last_press=now)
-        if count >= self.rules.escalate_after_presses and not alert.escalated:
-            alert = replace(
-                alert,
-                escalated=True,
-                priority=min(alert.priority, self.rules.repeat_class),
-                evidence=cite(alert.evidence, f"pressed {count} times"),
-            )
-        self.alert = alert
-        return [Happening("help_point.repeat", alert)]
+            return [Happening("help_point.press", self.request)]
+        self.request = self._counted(replace(request, press_count=request.press_count + 1,
+                                             last_press=now))
+        return [Happening("help_point.repeat", self.request)]
 
-    # Named transitions for what happens to the open request outside the button: every
-    # change of the state machine's fields is made here (h11's rule), never from outside.
+    def _counted(self, request: Request) -> Request:
+        """`request` escalated by its press count, once it reaches `escalate_after_presses`."""
+        count = request.press_count
+        if count < self.rules.escalate_after_presses or request.escalated:
+            return request
+        return replace(
+            request,
+            escalated=True,
+            priority=min(request.priority, self.rules.repeat_class),
+            evidence=cite(request.evidence, f"pressed {count} times"),
+        )
 
-    def corroborate(self, priority: Priority, evidence: str) -> Alert | None:
-        """A sensor at this help point corroborates the open request: raise it to `priority`
-        and cite `evidence`. The request as it is now, or None if there is none."""
-        alert = self.alert
-        if alert is not None and (priority < alert.priority or evidence not in alert.evidence):
-            self.alert = replace(alert, priority=min(alert.priority, priority),
-                                 evidence=cite(alert.evidence, evidence))
-        return self.alert
+    # Named transitions for what dispatch does to the open request: every change of the
+    # state machine's fields is made here (h11's rule), never from outside.
 
     def acknowledged(self, alert_id: str) -> None:
         """Dispatch acknowledged (or assigned) the request: presses no longer join it for
         want of an acknowledgement, only within the repeat window."""
-        if self.alert is not None and self.alert.alert_id == alert_id:
+        if self.request is not None and self.request.alert_id == alert_id:
             self.awaiting_ack = False
 
-    def escalated(self, alert_id: str, priority: Priority) -> None:
-        """The request was escalated to `priority` for want of an acknowledgement."""
-        alert = self.alert
-        if alert is not None and alert.alert_id == alert_id and priority < alert.priority:
-            self.alert = replace(alert, priority=priority, escalated=True)
-
-    def restore(self, alert: Alert, *, awaiting_ack: bool) -> None:
-        """After a restart: the request that was open, as the outbox kept it."""
-        self.alert = alert
+    def restore(
+        self, alert_id: str, *, press_count: int, first_press: float, last_press: float,
+        held: bool, awaiting_ack: bool,
+    ) -> Request:
+        """After a restart: what the rider had done about the request that was open, as the
+        outbox kept it. Its class and evidence follow from that by the rules again."""
+        request = Request(alert_id, self.rules.press_class, max(press_count, 1), first_press,
+                          last_press, evidence=("button pressed",))
+        if held:
+            request = replace(request, held=True,
+                              priority=min(request.priority, self.rules.hold_class))
+        self.request = self._counted(request)
         self.awaiting_ack = awaiting_ack
+        return self.request
 
     def close(self, alert_id: str | None = None) -> None:
         """Forget the open request (dispatch resolved or cancelled it); with `alert_id`,
         only if it is that one."""
-        if alert_id is None or (self.alert is not None and self.alert.alert_id == alert_id):
-            self.alert = None
+        if alert_id is None or (self.request is not None and self.request.alert_id == alert_id):
+            self.request = None
             self.awaiting_ack = False

@@ -183,7 +183,6 @@ class Boards(LinkEvents):
         self._by_link: dict[int, Board] = {}
         self.correlation_listeners: list[CorrelationListener] = []
         self.offline_listeners: list[BoardStateListener] = []
-        health.board_counters = self.counters  # link quality goes out with every health report
         for sensor in config.sensors:
             link = BoardLink(sensor.port, sensor.baud, self, **link_options)
             board = Board(sensor, link, SensorRules.from_config(sensor))

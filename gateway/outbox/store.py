@@ -63,18 +63,18 @@ class AsyncOutbox:
             self.opening = await self._run(open_store, self.outbox)
         except BaseException:
             self._executor.shutdown()
+            self._executor = None
             raise
-        self.health.listeners.append(self._record_fault)
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.health.listeners.remove(self._record_fault)
         if self._executor is not None:
             # The worker may be mid-commit: let it finish, then close on the same thread.
             await asyncio.shield(self._run(self._close))
             self._executor.shutdown()
+            self._executor = None  # closed: fault changes are no longer logged
 
     def _close(self) -> None:
         """On the worker: a last try to save rows held in memory, then close."""
@@ -325,8 +325,9 @@ class AsyncOutbox:
         self._check_damage()
         return depth
 
-    def _record_fault(self, code: str, active: bool, message: str) -> None:
-        """Health listener: keep a fault log in the database for `stationgw outbox`."""
+    def record_fault(self, code: str, active: bool, message: str) -> None:
+        """Health listener: keep a fault log in the database for `stationgw outbox` (while
+        the outbox is open; the daemon registers it)."""
         if self._executor is None:
             return
         future = self._executor.submit(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from gateway.config.models import HelpPoint, StationConfig
 from gateway.core.lamp import Lamp, projected
 from gateway.core.model import AlertDetails, AlertRecord, Event, HelpPointPlace, Priority
-from gateway.core.presses import Alert, Happening, HelpPointLogic, PressRules
+from gateway.core.presses import Happening, HelpPointLogic, PressRules, Request
 from gateway.errors import PinFactoryError
 from gateway.inputs.gpio import EdgeBridge, open_pins
 from gateway.outbox.sqlite import Row
@@ -187,55 +187,65 @@ class HelpPoints:
             unit.lamp.set_fault(False)
             await self._accept_event(Event(happening.kind, hp.id, Priority.P3, place))
             return
-        alert = happening.alert
-        assert alert is not None
-        await self._announce(unit, happening.kind, self._with_correlations(unit, alert))
+        request = happening.request
+        assert request is not None
+        await self._announce(unit, happening.kind, self._raised(unit, request))
 
-    def _with_correlations(self, unit: HelpPointUnit, alert: Alert) -> Alert:
-        """The alert raised by the sensors' active correlation rules at its help point."""
-        for priority, evidence in self._correlate(unit.config.id) if self._correlate else []:
-            alert = unit.logic.corroborate(priority, evidence) or alert
-        return alert
+    def _correlations(self, unit: HelpPointUnit) -> tuple[Priority | None, list[str]]:
+        """The most urgent class the sensors' active correlation rules at this help point
+        raise its request to (None if none is active), and their evidence."""
+        active = self._correlate(unit.config.id) if self._correlate else []
+        return min((p for p, _ in active), default=None), [evidence for _, evidence in active]
+
+    def _raised(self, unit: HelpPointUnit, request: Request) -> AlertRecord:
+        """Hand what the rider did, and the sensors' corroboration, to the alert book; its
+        record (the alert's one owner) is what is announced."""
+        hp = unit.config
+        now_wall, now_mono = time.time(), time.monotonic()
+        priority, corroboration = self._correlations(unit)
+        details: AlertDetails = {
+            **_place(hp),
+            "press_count": request.press_count,
+            "first_press": round(now_wall - (now_mono - request.first_press), 3),
+            "last_press": round(now_wall - (now_mono - request.last_press), 3),
+            "held": request.held,
+            "escalated": request.escalated,
+            "evidence": [*request.evidence, *corroboration],
+        }
+        return self._lifecycle.raised(
+            request.alert_id, hp.id, min(request.priority, priority or request.priority),
+            details,
+        )
 
     async def _corroborated(self, unit: HelpPointUnit) -> None:
         """A correlation started while a request is open: re-announce it, raised."""
-        alert = unit.logic.alert
-        if alert is None:
+        request = unit.logic.request
+        priority, corroboration = self._correlations(unit)
+        if request is None or priority is None:
             return  # no open request: the next press picks the correlation up
-        raised = self._with_correlations(unit, alert)
-        if raised != alert:
+        record = self._lifecycle.corroborated(request.alert_id, priority, corroboration)
+        if record is not None:
             log.info("help point %s: request alert_id=%s corroborated: %s", unit.config.id,
-                     alert.alert_id, "; ".join(raised.evidence[len(alert.evidence):]))
-            await self._announce(unit, "alert.correlated", raised)
+                     request.alert_id, "; ".join(corroboration))
+            await self._announce(unit, "alert.correlated", record)
 
-    async def _announce(self, unit: HelpPointUnit, kind: str, alert: Alert) -> None:
-        hp = unit.config
-        now_wall, now_mono = time.time(), time.monotonic()
-        details: AlertDetails = {
-            **_place(hp),
-            "press_count": alert.press_count,
-            "first_press": round(now_wall - (now_mono - alert.first_press), 3),
-            "last_press": round(now_wall - (now_mono - alert.last_press), 3),
-            "held": alert.held,
-            "escalated": alert.escalated,
-            "evidence": list(alert.evidence),
-        }
-        record = self._lifecycle.raised(alert.alert_id, hp.id, alert.priority, details)
-        event = Event(kind, hp.id, record.priority, alert_body(record), alert=record)
+    async def _announce(self, unit: HelpPointUnit, kind: str, record: AlertRecord) -> None:
+        event = Event(kind, unit.config.id, record.priority, alert_body(record), alert=record)
         row = await self._accept_event(event)
         if row.durable:  # held in memory only, it is not accepted yet: the lamp waits
-            self._lifecycle.book.announced(alert.alert_id, "accepted")
+            self._lifecycle.book.announced(record.alert_id, "accepted")
         self._project(unit)
 
     def _project(self, unit: HelpPointUnit) -> None:
         """Show the help point's current request on its lamp, as the alert book has it."""
-        alert = unit.logic.alert
-        if alert is None:
+        request = unit.logic.request
+        if request is None:
             unit.lamp.follow(None, "idle")
             return
         book = self._lifecycle.book
-        record = book.open.get(alert.alert_id)
-        unit.lamp.follow(alert.alert_id, projected(record, book.delivery.get(alert.alert_id)))
+        record = book.open.get(request.alert_id)
+        unit.lamp.follow(request.alert_id,
+                         projected(record, book.delivery.get(request.alert_id)))
 
     def show(self, record: AlertRecord) -> None:
         """The alert's delivery moved on (the broker confirmed an event about it)."""
@@ -244,7 +254,8 @@ class HelpPoints:
             self._project(unit)
 
     def on_alert_change(self, record: AlertRecord) -> None:
-        """Lifecycle listener: dispatch acted on an alert, or it was escalated."""
+        """Alert book listener: dispatch acted on an alert, or it was escalated. The press
+        logic hears only what changes how the rider's next press counts."""
         unit = self.units.get(record.source)
         if unit is None:
             return
@@ -252,8 +263,6 @@ class HelpPoints:
             unit.logic.close(record.alert_id)
         elif record.state in ("acknowledged", "assigned"):
             unit.logic.acknowledged(record.alert_id)
-        else:
-            unit.logic.escalated(record.alert_id, record.priority)
         self._project(unit)
 
     def restore(self, record: AlertRecord) -> None:
@@ -268,14 +277,12 @@ class HelpPoints:
         def mono(key: str) -> float:
             return now_mono - (now_wall - float(details.get(key, now_wall)))
 
-        unit.logic.restore(Alert(
-            alert_id=record.alert_id,
-            priority=record.priority,
+        unit.logic.restore(
+            record.alert_id,
             press_count=int(details.get("press_count", 1)),
             first_press=mono("first_press"),
             last_press=mono("last_press"),
             held=bool(details.get("held", False)),
-            escalated=bool(details.get("escalated", False)),
-            evidence=tuple(details.get("evidence", ())),
-        ), awaiting_ack=record.state == "open")
+            awaiting_ack=record.state == "open",
+        )
         self._project(unit)

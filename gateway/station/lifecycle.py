@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, cast
 
 import aiomqtt
@@ -61,7 +61,6 @@ class Lifecycle:
         self._changed = asyncio.Event()
         # Set whenever the set or state of open alerts may have changed (the snapshot).
         self.alerts_changed = asyncio.Event()
-        self.book.listeners.append(lambda _record: self.alerts_changed.set())
         self._properties = json_properties(config.mqtt.protocol)
         self.replies = ReplyLimiter(
             burst=config.dispatch.reject_reply_burst,
@@ -96,6 +95,16 @@ class Lifecycle:
         self.alerts_changed.set()
         return record
 
+    def corroborated(
+        self, alert_id: str, priority: Priority, evidence: Sequence[str]
+    ) -> AlertRecord | None:
+        """Something at the alert's source corroborates it (`AlertBook.corroborated`);
+        returns the raised record to announce, or None if that adds nothing."""
+        record = self.book.corroborated(alert_id, priority, evidence)
+        if record is not None:
+            self.alerts_changed.set()
+        return record
+
     def open_alerts(self) -> list[AlertRecord]:
         """Every open alert (not resolved or cancelled), most urgent class first."""
         return sorted(self.book.open.values(), key=lambda record: record.priority)
@@ -127,6 +136,7 @@ class Lifecycle:
     async def _announce(self, kind: str, record: AlertRecord) -> None:
         event = Event(kind, record.source, record.priority, alert_body(record), alert=record)
         await self.outbox.accept(event)
+        self.alerts_changed.set()  # the retained snapshot follows every applied change
         self.book.apply(record)
 
     # ------------------------------------------------------------------ commands
