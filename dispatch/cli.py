@@ -16,7 +16,9 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from gateway.core.commands import Team
 
 log = logging.getLogger("gateway")
 
@@ -384,8 +386,7 @@ def add_dispatch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                        help="the station that raised it (events carry it as `station`)")
         if name == "assign":
             c.add_argument("--team", required=True,
-                           choices=["crisis_team", "co_response", "ambassador",
-                                    "emergency_services"], help="the team sent")
+                           choices=get_args(Team), help="the team sent")
             c.add_argument("--eta-min", type=float, metavar="M",
                            help="expected arrival in minutes")
         c.add_argument("--timeout", type=float, default=10.0, metavar="S",

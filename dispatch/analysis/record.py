@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -29,15 +29,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatch.analysis import period as _period
 from dispatch.errors import AnalysisError, InputError
 from dispatch.hub.schema import alerts
+from gateway.core.commands import Team
+from gateway.core.model import CLASS_NAMES, REQUESTED_RESPONSE
 
 # At home in `period` (light to import); here too, where the rest of the analysis looks.
 WEEK_S = _period.WEEK_S
 parse_since = _period.parse_since
-#: Requested responses in the contract (docs/asyncapi.yaml), most urgent first.
-RESPONSES = ("emergency_services", "crisis_team", "ambassador")
-CLASSES = ("P0", "P1", "P2", "P3")
+#: Requested responses in the contract (docs/asyncapi.yaml), most urgent first ("none", for
+#: P3 telemetry, is never a request).
+RESPONSES = tuple(r for r in REQUESTED_RESPONSE.values() if r != "none")
+CLASSES = CLASS_NAMES
 #: Teams dispatch can assign (AlertBody.team).
-TEAMS = ("emergency_services", "crisis_team", "co_response", "ambassador")
+TEAMS: tuple[str, ...] = get_args(Team)
 
 
 @dataclass(frozen=True)
