@@ -8,6 +8,7 @@ import csv
 import filecmp
 import html.parser
 import multiprocessing
+import os
 import subprocess
 import sys
 import textwrap
@@ -41,6 +42,7 @@ from dispatch.analysis.simulate import (
 from dispatch.errors import InputError, NetworkError
 from dispatch.hub.schema import alerts, events
 from dispatch.hub.store import HubStore, open_engine
+from gateway.testing.disk import SmallDisk, can_mount
 from gateway.testing.postgres import PostgreSQL
 from tests.helpers import DAEMON_MODULES
 
@@ -341,6 +343,38 @@ def test_report_figures_drawn_in_workers_are_the_inline_ones(
     assert not multiprocessing.active_children()
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == (
         render(analysis).document())
+
+
+@pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_disk_fails_the_report_cleanly_and_never_leaves_half_a_page(
+        planted: tuple[Engine, History], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The disk is an edge like any other: whichever file the space runs out at (a table,
+    its Parquet, the page), the report command says which file, that the report is
+    incomplete and what to do, exits 2 without a traceback, and report.html is either the
+    whole page or absent."""
+    engine, _ = planted
+    args = ["report", "--db", str(engine.url), "--since", "2w", "--until", str(UNTIL)]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole = (tmp_path / "whole" / "report.html").read_text(encoding="utf-8")
+    size = sum(p.stat().st_size for p in (tmp_path / "whole").rglob("*") if p.is_file())
+    failed_at = set()
+    for share in (0.0, 0.02, 0.1, 0.3, 0.6, 0.9, 0.97):
+        with SmallDisk(size + 4 * 1024 * 1024) as disk:
+            disk.fill()
+            (filler,) = disk.path.glob(".filler-*")
+            os.truncate(filler, max(filler.stat().st_size - int(size * share), 0))
+            capsys.readouterr()
+            code = main([*args, "--out", str(disk.path / "report")])
+            err = capsys.readouterr().err
+            page = disk.path / "report" / "report.html"
+            assert code == 2, (share, err)
+            assert "cannot write it" in err and "incomplete" in err, err
+            assert "Traceback" not in err
+            assert not page.exists() or page.read_text(encoding="utf-8") == whole
+            assert not list((disk.path / "report").glob(".*.part"))  # no half page left
+            failed_at.add(err.split(":")[1].strip().rsplit(".", 1)[-1])
+    assert {"csv", "html"} <= failed_at, failed_at  # it ran out at a table and at the page
 
 
 # ---------------------------------------------------------------------------- simulate

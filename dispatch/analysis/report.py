@@ -140,27 +140,46 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
     except OSError as exc:
         raise AnalysisError(f"{folder}: cannot create the report folder ({exc})") from exc
     written: list[Path] = []
+    path = folder / "tables"
     # The figures are drawn in worker processes (when it is safe to fork) while this one
     # writes the tables: the pool forks on the first submit, before the progress thread.
-    with figures.painter() as painter:
-        drawing = {alt: painter.submit(figures.png, plot)
-                   for alt, plot in plots(analysis, tables, k).items()}
-        with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
-            for name, table in tables.items():
-                path = folder / "tables" / f"{name}.csv"
-                _write_csv(table, path)
-                written.append(path)
-                if parquet:
-                    table.to_parquet(path.with_suffix(".parquet"), index=False)
-                    written.append(path.with_suffix(".parquet"))
+    try:
+        with figures.painter() as painter:
+            drawing = {alt: painter.submit(figures.png, plot)
+                       for alt, plot in plots(analysis, tables, k).items()}
+            with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
+                for name, table in tables.items():
+                    path = folder / "tables" / f"{name}.csv"
+                    _write_csv(table, path)
+                    written.append(path)
+                    if parquet:
+                        path = path.with_suffix(".parquet")
+                        table.to_parquet(path, index=False)
+                        written.append(path)
+                    advance(1)
+                images = {alt: future.result() for alt, future in drawing.items()}
+                path = folder / "report.html"
+                _write_atomically(path, render(analysis, k, tables=tables,
+                                               images=images).document())
+                written.insert(0, path)
                 advance(1)
-            images = {alt: future.result() for alt, future in drawing.items()}
-            page = folder / "report.html"
-            page.write_text(render(analysis, k, tables=tables, images=images).document(),
-                            encoding="utf-8")
-            written.insert(0, page)
-            advance(1)
+    except OSError as exc:  # a full or read-only disk, a folder taken away
+        raise AnalysisError(
+            f"{path}: cannot write it ({exc.strerror or exc}); the report in {folder} is "
+            "incomplete (report.html is written last, so it is missing or the old one): free "
+            "some space or choose another --out, and run the report again"
+        ) from exc
     return written
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a page cut short by a full disk is never left."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        part.write_text(text, encoding="utf-8")
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
