@@ -19,6 +19,7 @@ from dispatch.outbound import make_command, send_command
 from gateway.config.loading import load_config
 from gateway.config.models import StationConfig
 from gateway.inputs.simulate import socket_path
+from gateway.testing.config import station_data, write_config
 from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import subscribe
@@ -33,28 +34,17 @@ def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
-def write_config(tmp_path: Path, url: str, factory: str = "mock") -> Path:
-    path = tmp_path / "station.toml"
-    path.write_text(
-        f'''station_id = "proc-{os.getpid()}"
-gpio_pin_factory = "{factory}"
-[[brokers]]
-url = "{url}"
-[store]
-path = "{tmp_path / "outbox.db"}"
-[[help_points]]
-id = "hp-1"
-pin = 17
-lamp_pin = 27
-hold_time_s = 0.5
-'''
+def station_toml(tmp_path: Path, url: str, factory: str = "mock") -> Path:
+    raw = station_data(
+        tmp_path, url, id_prefix="proc", fast_reconnect=False, gpio_pin_factory=factory,
+        help_points=[{"id": "hp-1", "pin": 17, "lamp_pin": 27, "hold_time_s": 0.5}],
     )
-    return path
+    return write_config(tmp_path / "station.toml", raw)
 
 
 @pytest.fixture
 def daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
-    config = write_config(tmp_path, broker.url)
+    config = station_toml(tmp_path, broker.url)
     station = StationDaemon(config, tmp_path / "daemon.log", cwd=ROOT)
     proc = station.start()
     try:
@@ -130,7 +120,7 @@ async def test_the_running_daemon_never_loads_pydantic(
 
 
 def test_simulate_without_a_mock_daemon_says_so(tmp_path: Path) -> None:
-    config = write_config(tmp_path, "mqtt://127.0.0.1:1")
+    config = station_toml(tmp_path, "mqtt://127.0.0.1:1")
     done = stationgw("simulate", "press", "hp-1", "--config", str(config))
     assert done.returncode == 1
     assert "no mock-mode daemon is listening" in done.stderr
@@ -139,7 +129,7 @@ def test_simulate_without_a_mock_daemon_says_so(tmp_path: Path) -> None:
 def test_real_pin_factory_opens_no_simulate_socket(tmp_path: Path) -> None:
     # This machine has no GPIO chip, so lgpio cannot start: the daemon must say why, and
     # must not have opened the mock-only socket on the way.
-    config = write_config(tmp_path, "mqtt://127.0.0.1:1", factory="lgpio")
+    config = station_toml(tmp_path, "mqtt://127.0.0.1:1", factory="lgpio")
     done = stationgw("run", "--config", str(config), timeout=30)
     assert done.returncode != 0
     assert "lgpio" in done.stdout + done.stderr
@@ -226,7 +216,7 @@ def test_outbox_command_reads_the_store_and_run_overrides(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     # Point the daemon at a dead broker and a scratch store through the overrides only.
-    config = write_config(tmp_path, broker.url)
+    config = station_toml(tmp_path, broker.url)
     scratch = tmp_path / "scratch" / "other.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(config),
@@ -287,7 +277,7 @@ def test_status_shows_the_running_daemon_and_its_faults(
     # a daemon that cannot reach its broker: running, but with a fault (exit 1)
     other = tmp_path / "dead"
     other.mkdir()
-    dead = write_config(other, "mqtt://127.0.0.1:1")
+    dead = station_toml(other, "mqtt://127.0.0.1:1")
     lonely = subprocess.Popen(
         [sys.executable, "-m", "gateway.ops.cli", "run", "--config", str(dead)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,

@@ -29,23 +29,26 @@ def merged(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def station_data(folder: Path, broker_urls: str | Sequence[str], *, id_prefix: str = "t",
-                 **overrides: Any) -> dict[str, Any]:
+                 fast_reconnect: bool = True, **overrides: Any) -> dict[str, Any]:
     """Station config data with a unique station id (so that topics never collide), the
-    outbox in `folder` and fast reconnects; `overrides` on top (see `merged`)."""
+    outbox in `folder` and fast reconnects (`fast_reconnect=False`: the config's defaults);
+    `overrides` on top (see `merged`)."""
     urls = [broker_urls] if isinstance(broker_urls, str) else list(broker_urls)
     raw: dict[str, Any] = {
         "station_id": f"{id_prefix}-{uuid.uuid4().hex[:12]}",
         "brokers": [{"url": url} for url in urls],
         "store": {"path": str(folder / "outbox.db")},
-        "mqtt": dict(FAST_RECONNECT),
     }
+    if fast_reconnect:
+        raw["mqtt"] = dict(FAST_RECONNECT)
     return merged(raw, overrides)
 
 
 def station_config(folder: Path, broker_urls: str | Sequence[str], *, id_prefix: str = "t",
-                   **overrides: Any) -> StationConfig:
+                   fast_reconnect: bool = True, **overrides: Any) -> StationConfig:
     """A validated station config (see `station_data`)."""
-    return parse_config(station_data(folder, broker_urls, id_prefix=id_prefix, **overrides))
+    return parse_config(station_data(folder, broker_urls, id_prefix=id_prefix,
+                                     fast_reconnect=fast_reconnect, **overrides))
 
 
 def mock_help_points(n: int) -> list[dict[str, Any]]:
