@@ -19,7 +19,6 @@ import signal
 import sqlite3
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from gateway.testing.config import station_data, write_config
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import Subscriber, subscribe
 
@@ -36,26 +36,6 @@ KILL_AFTER_S = (0.0, 0.6)  # random delay after the run's first accepted event
 RATE = 1000.0  # events per second the flood aims for (a 2-core machine manages ~1000)
 SUBMITTERS = 4  # concurrent submitters, so that the outbox's group commit batches them
 DRAIN_TIMEOUT_S = 60.0
-
-
-def write_config(tmp_path: Path, station: str, broker_url: str) -> Path:
-    """The station config file every flood process loads."""
-    path = tmp_path / "station.toml"
-    path.write_text(
-        f'station_id = "{station}"\n'
-        "\n"
-        "[[brokers]]\n"
-        f'url = "{broker_url}"\n'
-        "\n"
-        "[store]\n"
-        f'path = "{tmp_path / "outbox.db"}"\n'
-        "\n"
-        "[mqtt]\n"
-        "reconnect_initial_s = 0.05\n"
-        "reconnect_max_s = 0.5\n",
-        encoding="utf-8",
-    )
-    return path
 
 
 def read_accepted(path: Path) -> dict[str, str]:
@@ -157,8 +137,9 @@ async def test_sigkill_between_commit_and_puback_loses_no_accepted_event(
     seed = int(os.environ.get("STATIONGW_CRASH_SEED", random.randrange(2**32)))
     print(f"\ncrash-safety seed={seed} (set STATIONGW_CRASH_SEED={seed} to repeat)")
     rng = random.Random(seed)
-    station = f"t-{uuid.uuid4().hex[:12]}"
-    config = write_config(tmp_path, station, broker.url)
+    raw = station_data(tmp_path, broker.url)  # the config every flood process loads
+    station: str = raw["station_id"]
+    config = write_config(tmp_path / "station.toml", raw)
     accepted_path = tmp_path / "accepted.txt"
     db = tmp_path / "outbox.db"
     carried: set[str] = set()  # rows a killed process left in the outbox
