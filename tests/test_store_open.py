@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ from gateway.core.model import AlertRecord, Event, Priority
 from gateway.daemon import Gateway
 from gateway.outbox.files import APPLICATION_ID, check, move_aside, open_store, sidecar
 from gateway.outbox.sqlite import Outbox
+from gateway.testing.config import station_data, write_config
 from gateway.testing.daemon import StationDaemon, running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.topics import Topics
@@ -559,15 +561,11 @@ def stationgw(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
-def write_config(tmp_path: Path, url: str, store: Path) -> Path:
-    path = tmp_path / "station.toml"
-    path.write_text(
-        f'station_id = "so-{os.getpid()}"\n'
-        'gpio_pin_factory = "mock"\n'
-        f'[[brokers]]\nurl = "{url}"\n'
-        f'[store]\npath = "{store}"\n'
-        '[[help_points]]\nid = "hp-1"\npin = 17\nlamp_pin = 27\n'
-    )
+def station_toml(tmp_path: Path, url: str, store: Path) -> Path:
+    raw = station_data(tmp_path, url, id_prefix="so", fast_reconnect=False,
+                       gpio_pin_factory="mock", store={"path": str(store)},
+                       help_points=[{"id": "hp-1", "pin": 17, "lamp_pin": 27}])
+    path = write_config(tmp_path / "station.toml", raw)
     path.chmod(0o600)
     return path
 
@@ -597,9 +595,8 @@ async def test_a_restart_on_a_damaged_store_does_not_loop(
     path = tmp_path / DB  # the simulate socket beside it needs a short path
     restored_backup_beside_newer_wal(tmp_path / "scratch", path)
     before = files_of(path)
-    config = write_config(tmp_path, broker.url, path)
-    station = next(line.split('"')[1] for line in config.read_text().splitlines()
-                   if line.startswith("station_id"))
+    config = station_toml(tmp_path, broker.url, path)
+    station = tomllib.loads(config.read_text())["station_id"]
     log = tmp_path / "daemon.log"
     async with subscribe(broker.port, f"stationgw/v1/{station}/events/#") as sub:
         for start in range(2):  # a first start on the damage, then a restart after a kill
@@ -644,7 +641,7 @@ def test_selftest_and_outbox_name_a_damaged_store(broker: Mosquitto, tmp_path: P
     path.parent.mkdir()
     restored_backup_beside_newer_wal(tmp_path / "scratch", path)
     before = files_of(path)
-    config = write_config(tmp_path, broker.url, path)
+    config = station_toml(tmp_path, broker.url, path)
     shown = stationgw("outbox", "--config", str(config))
     assert shown.returncode == 1
     assert "Traceback" not in shown.stderr + shown.stdout
