@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import typing
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from gateway.core.commands import RejectReason
 from gateway.daemon import Gateway
 from gateway.inputs.simulate import socket_path
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.config import station_data, write_config
 from gateway.testing.daemon import StationDaemon, running
 from gateway.testing.mosquitto import Mosquitto
 from gateway.uplink.client import IntakeQueue
@@ -46,28 +46,14 @@ MAX_BYTES = 4096
 WAIT = 30.0  # generous: a slow machine is not a failure
 
 
-def write_config(path: Path, url: str, *, extra: str = "") -> Path:
-    config = path / "station.toml"
-    config.write_text(
-        f'''station_id = "in-{uuid.uuid4().hex[:10]}"
-gpio_pin_factory = "mock"
-[[brokers]]
-url = "{url}"
-[store]
-path = "{path / "outbox.db"}"
-[mqtt]
-health_interval_s = 1
-[dispatch]
-max_command_bytes = {MAX_BYTES}
-{extra}
-[[help_points]]
-id = "hp-1"
-pin = 17
-lamp_pin = 27
-hold_time_s = 0.5
-'''
+def station_toml(path: Path, url: str, *, dispatch: dict[str, Any] | None = None) -> Path:
+    raw = station_data(
+        path, url, id_prefix="in", fast_reconnect=False, gpio_pin_factory="mock",
+        mqtt={"health_interval_s": 1},
+        dispatch={"max_command_bytes": MAX_BYTES, **(dispatch or {})},
+        help_points=[{"id": "hp-1", "pin": 17, "lamp_pin": 27, "hold_time_s": 0.5}],
     )
-    return config
+    return write_config(path / "station.toml", raw)
 
 
 @dataclass
@@ -98,8 +84,9 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def start_daemon(tmp: Path, broker: Mosquitto, extra: str = "") -> Iterator[Daemon]:
-    config_path = write_config(tmp, broker.url, extra=extra)
+def start_daemon(tmp: Path, broker: Mosquitto,
+                 dispatch: dict[str, Any] | None = None) -> Iterator[Daemon]:
+    config_path = station_toml(tmp, broker.url, dispatch=dispatch)
     daemon = StationDaemon(config_path, tmp / "daemon.log", cwd=ROOT)
     config = daemon.config
     root = f"stationgw/v1/{config.station_id}"
@@ -154,7 +141,7 @@ def sweep_daemon(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) ->
     # The sweep sends one payload at a time and waits for its reply; replies are not
     # coalesced here (a flood is the next test's subject).
     with start_daemon(tmp_path_factory.mktemp("sweep"), broker,
-                      extra="reject_reply_burst = 100000") as daemon:
+                      dispatch={"reject_reply_burst": 100000}) as daemon:
         yield daemon
         assert daemon.alive(), "the daemon died during the sweep"
 
