@@ -36,6 +36,7 @@ from dispatch.outbound import make_command
 from gateway.config.loading import load_config
 from gateway.inputs.simulate import send
 from gateway.testing.cmdflood import CommandFlood
+from gateway.testing.config import station_data, write_config
 from gateway.testing.daemon import StationDaemon
 from gateway.testing.mosquitto import Mosquitto
 
@@ -112,15 +113,13 @@ def one_round(config_path: Path, station: str, root: str, sender: paho.Client,
     return gateway_ms, raw_ms
 
 
-def write_config(folder: Path, station: str, broker_url: str) -> Path:
-    """The daemon's station.toml in `folder`: mock pins, help point hp-1, the bench broker."""
-    config_path = folder / "station.toml"
-    config_path.write_text(
-        f'station_id = "{station}"\ngpio_pin_factory = "mock"\n'
-        f'[[brokers]]\nurl = "{broker_url}"\n[store]\npath = "{folder / "outbox.db"}"\n'
-        '[[help_points]]\nid = "hp-1"\npin = 17\nlamp_pin = 27\nhold_time_s = 0.5\n'
+def station_raw(folder: Path, broker_url: str) -> dict[str, Any]:
+    """The daemon's config data: mock pins, help point hp-1, the bench broker, the outbox in
+    `folder` (the config's own reconnect timing)."""
+    return station_data(
+        folder, broker_url, id_prefix="bench", fast_reconnect=False, gpio_pin_factory="mock",
+        help_points=[{"id": "hp-1", "pin": 17, "lamp_pin": 27, "hold_time_s": 0.5}],
     )
-    return config_path
 
 
 def round_trip_figures(results: dict[str, list[tuple[float, float]]],
@@ -146,9 +145,10 @@ def main() -> None:
     rounds = 5 if args.quick else args.rounds
     print_machine()
     with workdir("cmdflood") as folder, Mosquitto() as broker:
-        station = f"bench-{uuid.uuid4().hex[:8]}"
+        raw = station_raw(folder, broker.url)
+        station: str = raw["station_id"]
         root = f"stationgw/v1/{station}"
-        config_path = write_config(folder, station, broker.url)
+        config_path = write_config(folder / "station.toml", raw)
         daemon = StationDaemon(config_path, folder / "daemon.log", cwd=REPO)
         proc = daemon.start()
         listener = Listener(broker.port, [f"{root}/events/#", f"{root}/replies",
