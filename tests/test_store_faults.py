@@ -32,6 +32,7 @@ from gateway.outbox.sqlite import Outbox, Row
 from gateway.outbox.store import AsyncOutbox
 from gateway.station.helppoints import HelpPointUnit
 from gateway.station.status import INTERVAL_S as STATUS_INTERVAL_S
+from gateway.testing.config import station_data, write_config
 from gateway.testing.daemon import running
 from gateway.testing.disk import SmallDisk, can_mount
 from gateway.testing.mosquitto import Mosquitto
@@ -491,11 +492,9 @@ def stationgw(*args: str) -> subprocess.CompletedProcess[str]:
 
 async def test_backup_while_the_daemon_runs_is_one_checked_file(tmp_path: Path) -> None:
     config = station_config(tmp_path, ["mqtt://127.0.0.1:1"])  # nothing drains
-    toml = tmp_path / "station.toml"
-    toml.write_text(
-        f'station_id = "{config.station_id}"\n[[brokers]]\nurl = "mqtt://127.0.0.1:1"\n'
-        f'[store]\npath = "{config.store.path}"\n'
-    )
+    toml = write_config(tmp_path / "station.toml", station_data(
+        tmp_path, "mqtt://127.0.0.1:1", fast_reconnect=False, station_id=config.station_id,
+        store={"path": str(config.store.path)}))
     out = tmp_path / "backups" / "outbox-backup.db"
     async with running(Gateway(config)) as gw:
         rows = [await gw.submit("help_point.press", f"hp-{n}", Priority.P1) for n in range(30)]
@@ -520,11 +519,9 @@ def read_backup(out: Path) -> tuple[str, set[str]]:
 def test_backup_of_a_damaged_store_fails_and_says_why(tmp_path: Path) -> None:
     db = _template(tmp_path)
     damage(db, outbox_pages(db)[3], seed=1)
-    toml = tmp_path / "station.toml"
-    toml.write_text(
-        'station_id = "s1"\n[[brokers]]\nurl = "mqtt://127.0.0.1:1"\n'
-        f'[store]\npath = "{db}"\n'
-    )
+    toml = write_config(tmp_path / "station.toml", station_data(
+        tmp_path, "mqtt://127.0.0.1:1", fast_reconnect=False, station_id="s1",
+        store={"path": str(db)}))
     out = tmp_path / "b.db"
     result = stationgw("backup", "--config", str(toml), "--out", str(out))
     assert result.returncode == 1
