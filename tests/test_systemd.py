@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sdnotify import Notifier
+from gateway.testing.config import station_data, write_config
 from gateway.testing.mosquitto import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,11 +70,8 @@ def test_notifier_speaks_to_an_abstract_socket() -> None:
 
 @pytest.mark.slow
 def test_daemon_sends_ready_watchdog_and_stopping(broker: Mosquitto, tmp_path: Path) -> None:
-    config = tmp_path / "station.toml"
-    config.write_text(
-        f'station_id = "notify-test"\n[[brokers]]\nurl = "{broker.url}"\n'
-        f'[store]\npath = "{tmp_path / "outbox.db"}"\n'
-    )
+    config = write_config(tmp_path / "station.toml", station_data(
+        tmp_path, broker.url, fast_reconnect=False, station_id="notify-test"))
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(str(path))
