@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ops.install import Installer
+from gateway.testing.config import station_data, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,12 +89,9 @@ def test_run_refuses_configs_and_secrets_that_are_too_open(tmp_path: Path) -> No
     secret = tmp_path / "mqtt-password"
     secret.write_text("hunter2\n")
     secret.chmod(0o600)
-    config = tmp_path / "station.toml"
-    config.write_text(
-        'station_id = "perm"\n[[brokers]]\nurl = "mqtt://127.0.0.1:1"\n'
-        f'[mqtt]\nusername = "perm"\npassword_file = "{secret}"\n'
-        f'[store]\npath = "{tmp_path / "outbox.db"}"\n'
-    )
+    config = write_config(tmp_path / "station.toml", station_data(
+        tmp_path, "mqtt://127.0.0.1:1", fast_reconnect=False, station_id="perm",
+        mqtt={"username": "perm", "password_file": str(secret)}))
     config.chmod(0o666)
     done = stationgw("run", "--config", str(config))
     assert done.returncode == 78
