@@ -15,6 +15,7 @@ import trustme
 from gateway.inputs.gpio import PinUnit
 from gateway.ops.selftest import certificates, run_selftest, storage
 from gateway.station.status import status_path
+from gateway.testing.config import station_data, write_config
 from gateway.testing.mosquitto import Mosquitto
 from tests.helpers import HELP_POINTS, station_config
 
@@ -51,12 +52,9 @@ async def test_selftest_passes_a_healthy_station(broker: Mosquitto, tmp_path: Pa
 def test_selftest_without_presses_fails_and_writes_a_report(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
-    config = tmp_path / "station.toml"
-    config.write_text(
-        f'station_id = "selftest-cli"\ngpio_pin_factory = "mock"\n[[brokers]]\n'
-        f'url = "{broker.url}"\n[store]\npath = "{tmp_path / "outbox.db"}"\n'
-        '[[help_points]]\nid = "hp-1"\npin = 17\nlamp_pin = 27\n'
-    )
+    config = write_config(tmp_path / "station.toml", station_data(
+        tmp_path, broker.url, fast_reconnect=False, station_id="selftest-cli",
+        gpio_pin_factory="mock", help_points=[{"id": "hp-1", "pin": 17, "lamp_pin": 27}]))
     report = tmp_path / "report.json"
     done = subprocess.run(
         [sys.executable, "-m", "gateway.ops.cli", "selftest", "--config", str(config),
