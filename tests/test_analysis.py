@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import filecmp
 import html.parser
-import multiprocessing
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
+from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, func, select
 
 from dispatch.analysis.cli import main
@@ -42,6 +44,7 @@ from dispatch.analysis.simulate import (
 from dispatch.errors import InputError, NetworkError
 from dispatch.hub.schema import alerts, events
 from dispatch.hub.store import HubStore, open_engine
+from gateway.testing.browser import chromium
 from gateway.testing.disk import SmallDisk, can_mount
 from gateway.testing.postgres import PostgreSQL
 from tests.helpers import DAEMON_MODULES
@@ -219,23 +222,28 @@ class _Page(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.ids: set[str] = set()
-        self.images: list[str] = []
+        self.figures: list[str] = []  # the figure divs' data-figure: their JSON's id
+        self.data: dict[str, str] = {}  # <script type=application/json>, by id
         self.tables: list[list[list[str]]] = []
         self.text: list[str] = []
         self._cell: list[str] | None = None
-        self.scripts = 0
+        self.scripts = 0  # scripts that run (not JSON data), links
         self.external: list[str] = []
+        self._data: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
         if values.get("id"):
             self.ids.add(str(values["id"]))
-        if tag == "img":
-            self.images.append(str(values.get("src")))
-        if tag in {"script", "link"}:
+        if tag == "div" and "figure" in str(values.get("class")).split():
+            self.figures.append(str(values.get("data-figure")))
+        if tag == "script" and values.get("type") == "application/json":
+            self._data = str(values.get("id"))
+            self.data[self._data] = ""
+        elif tag in {"script", "link"}:
             self.scripts += 1
         for key in ("src", "href"):
-            if str(values.get(key, "")).startswith(("http:", "https:", "//")):
+            if values.get(key):  # nothing is fetched: not from elsewhere, not from beside it
                 self.external.append(str(values[key]))
         if tag == "table":
             self.tables.append([])
@@ -245,11 +253,16 @@ class _Page(html.parser.HTMLParser):
             self._cell = []
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._data = None
         if tag in {"td", "th"} and self._cell is not None:
             self.tables[-1][-1].append("".join(self._cell).strip())
             self._cell = None
 
     def handle_data(self, data: str) -> None:
+        if self._data is not None:
+            self.data[self._data] += data
+            return
         self.text.append(data)
         if self._cell is not None:
             self._cell.append(data)
@@ -270,15 +283,29 @@ def test_report_command_writes_the_report(planted: tuple[Engine, History],
     assert code == 0
     page = _Page()
     page.feed((out / "report.html").read_text(encoding="utf-8"))
-    # Self-contained: figures inlined, no script and nothing fetched from elsewhere.
+    # Self-contained: each figure's JSON inlined, one script (plotly.js, inline) draws them,
+    # and nothing is fetched. Each figure is one plotly validates (unknown keys raise).
     assert {"recommendations", "hotspot-map", "heat-maps", "service", "concentration",
             "suppression"} <= page.ids
-    assert len(page.images) == 5 and page.scripts == 0 and not page.external
-    for src in page.images:
-        import base64
-
-        assert src.startswith("data:image/png;base64,")
-        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(page.figures) == 5 and page.scripts == 1 and not page.external
+    specs = {name: json.loads(page.data[name]) for name in page.figures}
+    for name, spec in specs.items():
+        go.Figure(data=spec["data"], layout=spec["layout"])
+        assert spec["data"], name
+    # The hotspot map: every station in each of the nine bands' panels, the hot ones ringed.
+    hot = {(r["station"], r["band"]) for r in _csv(out / "tables" / "hotspot_cells.csv")
+           if r["hot"] == "true"}
+    stations = [t for t in specs["hotspot-map-data"]["data"] if t["mode"] == "markers"
+                and "customdata" in t]
+    assert len(stations) == 9 and all(len(t["x"]) == 116 for t in stations)
+    rings = sum(len(t["x"]) for t in specs["hotspot-map-data"]["data"]
+                if t.get("marker", {}).get("symbol") == "circle-open")
+    assert rings == len(hot) > 0
+    # The heat maps show no cell of 1 to 4 requests either: those are blank (null).
+    for name in ("heat-map-by-response-data", "heat-map-by-station-data"):
+        cells = [v for trace in specs[name]["data"] for row in trace["z"] for v in row]
+        assert all(v is None or v == 0 or v >= 5 for v in cells), name
+        assert name.endswith("station-data") or None in cells, "some hours have 1 to 4"
     assert "Cells with 1 to 4 requests are suppressed" in "".join(page.text)
 
     # The recommendations: one row per cluster and band, in the page and in the CSV, and
@@ -307,7 +334,7 @@ def test_report_command_writes_the_report(planted: tuple[Engine, History],
     assert {int(r["hour_of_week"]) for r in grid} == set(range(168))
     shown = [int(r["requests"]) for r in grid if r["requests"]]
     assert shown and all(n == 0 or n >= 5 for n in shown)
-    hidden = [r for r in grid if r["suppressed"] == "True"]
+    hidden = [r for r in grid if r["suppressed"] == "true"]
     assert hidden and all(r["requests"] == r["per_week"] == "" for r in hidden)
     assert sum(shown) < history.requests  # the suppressed ones are really gone
     # Service figures: the never-acknowledged share is there and plausible.
@@ -328,21 +355,50 @@ def test_report_min_cell_raises_the_bar(planted: tuple[Engine, History],
                  "--out", str(out), "--min-cell", "20", "--no-parquet"]) == 0
     rows = _csv(out / "tables" / "service_by_station.csv")
     assert all(r["requests"] == "" or int(r["requests"]) >= 20 for r in rows)
-    assert any(r["suppressed"] == "True" for r in rows)
+    assert any(r["suppressed"] == "true" for r in rows)
     assert not list((out / "tables").glob("*.parquet"))
 
 
-def test_report_figures_drawn_in_workers_are_the_inline_ones(
+def test_the_report_file_is_the_page_render_draws(
         planted: tuple[Engine, History], network: Network, tmp_path: Path) -> None:
-    # write_report draws its figures in forked workers while it writes the tables (where
-    # forking is safe); the page is the one render() draws inline, and no worker is left.
+    # The report file and the web console's page are the same views: write_report writes
+    # its tables in threads while it describes the page, and the page is render()'s.
     engine, _ = planted
     analysis = analyse(engine, network, since=UNTIL - 2 * WEEK_S, until=UNTIL,
                        show_progress=False)
     write_report(analysis, tmp_path, show_progress=False)
-    assert not multiprocessing.active_children()
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == (
         render(analysis).document())
+
+
+def test_the_report_draws_its_figures_offline_in_a_browser(
+        planted: tuple[Engine, History], network: Network, tmp_path: Path) -> None:
+    """Opened from the disk in a real Chromium with no server anywhere, the report draws
+    every figure (plotly.js from inside the file): each figure has its plot, and the hotspot
+    map a point for every station in every band."""
+    engine, _ = planted
+    analysis = analyse(engine, network, since=UNTIL - 4 * WEEK_S, until=UNTIL,
+                       show_progress=False)
+    write_report(analysis, tmp_path, show_progress=False, parquet=False)
+    browser = chromium()
+    try:
+        browser.get((tmp_path / "report.html").as_uri())
+        drawn = WebDriverWait(browser, 60).until(lambda b: b.execute_script(
+            "var f=document.querySelectorAll('div.figure');"
+            "var d=[].filter.call(f,function(e){return e.querySelector('.main-svg')});"
+            "return f.length && d.length==f.length ? d.map(function(e){return e.id}) : null;"))
+        points = browser.execute_script(
+            "return document.querySelectorAll('#figure-hotspot-map path.point').length;")
+        logged: list[dict[str, str]] = browser.get_log("browser")  # type: ignore[no-untyped-call]
+        errors = [e for e in logged if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()
+    assert drawn == ["figure-hotspot-map", "figure-heat-map-by-response",
+                     "figure-heat-map-by-station", "figure-service-by-band",
+                     "figure-concentration-curve"]
+    rings = int(analysis.hotspots.cells["hot"].sum())
+    assert points >= 9 * len(network.ids) + rings, points
+    assert not errors, errors
 
 
 @pytest.mark.skipif(not can_mount(), reason="mounting a tmpfs needs root (CI runs as root)")
@@ -428,7 +484,7 @@ def test_the_station_daemon_never_loads_the_analysis() -> None:
         import importlib, sys
         for module in {DAEMON_MODULES!r} + ("dispatch.analysis.cli",):
             importlib.import_module(module)
-        heavy = ("pandas", "numpy", "esda", "libpysal", "gtfs_kit", "matplotlib", "sqlalchemy",
+        heavy = ("pandas", "numpy", "esda", "libpysal", "gtfs_kit", "plotly", "sqlalchemy",
                  "dispatch.analysis.")
         print(sorted(m for m in sys.modules
                      if m.startswith(heavy) and m != "dispatch.analysis.cli"))

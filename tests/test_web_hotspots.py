@@ -128,7 +128,7 @@ def test_the_hub_starts_without_the_analysis_stack(tmp_path: Path) -> None:
         engine = open_engine("sqlite:///{tmp_path / 'hub.db'}")
         migrate(engine)
         create_app(HubStore(engine), Commander("stationgw/v1"), asyncio.Event(), secret="x" * 40)
-        heavy = ("pandas", "numpy", "esda", "libpysal", "gtfs_kit", "matplotlib", "scipy",
+        heavy = ("pandas", "numpy", "esda", "libpysal", "gtfs_kit", "plotly", "scipy",
                  "dispatch.analysis.report", "dispatch.analysis.record")
         print(sorted(m for m in sys.modules if m.startswith(heavy)))
     """)
@@ -155,7 +155,13 @@ async def test_screens_on_one_period_share_one_analysis(
         for section in ('id="recommendations"', 'id="hotspot-map"', 'id="heat-maps"',
                         'id="service"', 'id="concentration"', 'id="suppression"'):
             assert section.replace('"', "") in again.text or section in again.text
-        assert again.text.count("data:image/png;base64,") == 5
+        assert again.text.count("<div class=figure ") == 5
+        # What draws them: plotly.js and the drawing lines, the same for every period.
+        script = await client.get("/hotspots/figures.js")
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "Plotly.newPlot" in script.text and len(script.text) > 1_000_000
+        assert '<script defer src="/hotspots/figures.js">' in again.text
         assert "Cells with 1 to 4 requests are suppressed" in again.text
 
 
@@ -169,7 +175,7 @@ async def test_the_planted_hotspots_are_read_off_the_page_in_the_browser(
     try:
         async with serving(app, port):
 
-            def read_page() -> tuple[list[dict[str, str]], str, list[dict[str, str]]]:
+            def read_page() -> tuple[list[dict[str, str]], str, list[dict[str, str]], int]:
                 browser.get(f"http://127.0.0.1:{port}/hotspots?since={WEEKS}w")
                 browser.find_element(By.ID, "username").send_keys("desk-1")
                 browser.find_element(By.ID, "password").send_keys(PASSWORD)
@@ -189,9 +195,14 @@ async def test_the_planted_hotspots_are_read_off_the_page_in_the_browser(
                     ec.presence_of_element_located((By.ID, "recommendations")))
                 recs = _rows(browser, "//h2[@id='recommendations']/following-sibling::table[1]")
                 by_class = _rows(browser, "//h3[text()='By class']/following-sibling::table[1]")
-                return recs, browser.find_element(By.ID, "suppression").text, by_class
+                # The figures, drawn by the script the console serves: every one has its plot.
+                drawn = WebDriverWait(browser, WAIT).until(lambda b: b.execute_script(
+                    "var f=document.querySelectorAll('div.figure');"
+                    "var d=[].filter.call(f,function(e){return e.querySelector('.main-svg')});"
+                    "return f.length && d.length==f.length ? d.length : 0;"))
+                return recs, browser.find_element(By.ID, "suppression").text, by_class, drawn
 
-            recs, notice, by_class = await asyncio.to_thread(read_page)
+            recs, notice, by_class, drawn = await asyncio.to_thread(read_page)
             await asyncio.to_thread(browser.quit)  # closes its connections to the server
     finally:
         with contextlib.suppress(Exception):
@@ -204,6 +215,7 @@ async def test_the_planted_hotspots_are_read_off_the_page_in_the_browser(
         assert rows, (spot, recs)
         assert rows[0]["dominant_response"] == spot.response, (spot, rows[0])
         assert float(rows[0]["per_week"]) > 0
+    assert drawn == 5
     assert "Small cells suppressed" in notice
     assert "Cells with 1 to 4 requests are suppressed" in notice
     # The FEW P3 requests are a cell under k: listed as suppressed, with nothing shown.

@@ -11,9 +11,10 @@ Data flows down the modules in this order:
 - `hotspots`: Getis-Ord Gi* per time band (esda), false-discovery control, clusters,
   emerging trends (Mann-Kendall on weekly Gi* z), recommendations.
 - `privacy`: the one rule for small cells in exports (fewer than k requests are suppressed).
-- `figures`: the report's figures (matplotlib, no pyplot state) as PNG, from small
-  prepared inputs, drawn in forked worker processes where that is safe.
-- `report`: the HTML report (its figures inlined) and a CSV/Parquet file per table; its
+- `figures`: the report's figures as plotly.js JSON, from small prepared inputs; the
+  reader's browser draws them (with the plotly.js the page carries or the console serves).
+- `report`: the HTML report (its figures and plotly.js inlined) and a CSV/Parquet file
+  per table (pyarrow); its
   views as fragments (`render`), which the web console's hotspots page embeds.
 - `console`: that page's source: the report's views per period, computed in a worker
   thread and cached for a short time (light to import: the hub loads it at start).

@@ -8,7 +8,7 @@ screens on the same period, share one computation (callers that arrive while it 
 for it).
 
 This module is light to import (the standard library and the package's errors): the hub's
-web console imports it at start, and pandas, esda, matplotlib and the GTFS feed load in the
+web console imports it at start, and pandas, esda, plotly and the GTFS feed load in the
 worker thread on the first request for the page.
 """
 
@@ -100,6 +100,14 @@ class HotspotViews:
         self._entries: dict[float, _Entry] = {}
         self._one_at_a_time = threading.Lock()  # one CPU-heavy analysis at a time
         self._network: tuple[Network, pd.Series | None] | None = None
+        self._script: str | None = None
+
+    async def script(self) -> str:
+        """What draws the page's figures (plotly.js, then the lines that draw each figure
+        from its JSON): read once, in a worker thread (it is megabytes)."""
+        if self._script is None:
+            self._script = await asyncio.to_thread(_page_script)
+        return self._script
 
     async def view(self, length: float) -> View:
         """The page for the `length` seconds before now (from `period`): the cached one if
@@ -168,3 +176,9 @@ class HotspotViews:
                 raise AnalysisError(f"the hotspots page's network: {exc}") from exc
             self._network = (network, ridership)
         return self._network
+
+
+def _page_script() -> str:
+    from dispatch.analysis.figures import page_script  # noqa: PLC0415
+
+    return page_script()

@@ -1,168 +1,224 @@
-"""The report's figures: matplotlib without pyplot state, each drawn from small prepared
-inputs (the small-cell rule already applied) to PNG bytes.
+"""The report's figures: plotly figures, each described from small prepared inputs (the
+small-cell rule already applied) and drawn by plotly.js in the reader's browser.
 
-A figure is a `Plot`: a picklable call that returns a `Figure` (a `functools.partial` of a
-function here), so `painter` can draw the report's figures in worker processes while the
-caller writes the tables.
+Python only writes each figure down as plotly.js's JSON (a `Spec`: traces, layout, config;
+the schema plotly.graph_objects validates, which the tests do); the browser draws it. So a
+report costs no rendering here, and a planner can hover a station for its name and z, zoom,
+or save a figure as PNG from its toolbar. Subplots use plotly.js's own `layout.grid`.
+`page_script` is plotly.js as the plotly package ships it followed by `DRAW`: the report file
+inlines it so the file opens without a network, and the web console serves it.
 """
 
 from __future__ import annotations
 
-import gc
-import io
-import multiprocessing
-import signal
-import sys
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import ParamSpec, TypeVar
+import html
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.collections import LineCollection
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
+from plotly.colors import diverging, make_colorscale, sequential
+
+#: A figure as plotly.js takes it: {"data": [trace, ...], "layout": {...}}.
+Spec = dict[str, Any]
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_DPI = 80
-#: Processes drawing the report's figures (the caller writes the tables meanwhile).
-WORKERS = 2
+#: Gi* z shown from Z_LOW (blue) through 0 (white) to Z_HIGH (red); beyond, the end colours.
+Z_LOW, Z_HIGH = -4.0, 6.0
+# Colour scales as explicit stops (plotly.js itself knows only a few by name, and draws an
+# unknown name with its default): counts light to dark, and Gi* z blue to red.
+_COUNTS = make_colorscale(list(reversed(sequential.Magma)))
+_WEEK = make_colorscale(sequential.Viridis)
+_BLUE_TO_RED = tuple(reversed(diverging.RdBu))
+#: What shows through a heat map's blank (null: suppressed) cells: in no colour scale.
+_SUPPRESSED = "#bdbdbd"
+_FONT = {"family": "sans-serif", "size": 12}
+_CONFIG = {"displaylogo": False, "responsive": True,
+           "toImageButtonOptions": {"format": "png", "scale": 2}}
 
-Plot = Callable[[], Figure]
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-def png(plot: Plot) -> bytes:
-    """The figure `plot` makes, as PNG (cropped to what it draws)."""
-    buffer = io.BytesIO()
-    plot().savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-class _Inline(Executor):
-    """Runs each call at once, in the caller's thread (its errors raise from submit)."""
-
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
-               **kwargs: _P.kwargs) -> Future[_T]:
-        future: Future[_T] = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
+#: Draws every `<div class=figure data-figure=ID>` of the page from the JSON in the
+#: `<script type=application/json id=ID>` it names (plotly.js loaded before it).
+DRAW = ("document.querySelectorAll('div.figure[data-figure]').forEach(function(d){"
+        "var f=JSON.parse(document.getElementById(d.dataset.figure).textContent);"
+        "Plotly.newPlot(d,f.data,f.layout,f.config);});")
 
 
-def painter() -> Executor:
-    """Where to draw figures: forked worker processes where that is safe, else inline.
-
-    Only fork is cheap enough: a spawned worker imports the caller's main module, pandas
-    and matplotlib again, which takes longer than the five figures. Fork is used where it
-    is the interpreter's default and not deprecated (Linux, Python 3.11: from 3.12 a fork
-    in a process with threads, numpy's BLAS threads included, warns), and only from a
-    single Python thread (a lock held by another thread at the fork stays held in the
-    child): the web console's worker thread draws inline. Call it before starting
-    threads (a progress bar) and submit at once: the pool forks on the first submit."""
-    if (sys.platform != "linux" or sys.version_info >= (3, 12)
-            or threading.active_count() > 1):
-        return _Inline()
-    return ProcessPoolExecutor(max_workers=WORKERS,
-                               mp_context=multiprocessing.get_context("fork"),
-                               initializer=_worker_start)
+@cache
+def page_script() -> str:
+    """plotly.js (minified, from the plotly package), then DRAW."""
+    plotly_js = resources.files("plotly") / "package_data" / "plotly.min.js"
+    return plotly_js.read_text(encoding="utf-8") + "\n" + DRAW
 
 
-def _worker_start() -> None:
-    # Ctrl-C reaches the whole process group: the caller handles it, and its shutdown
-    # waits for the workers to finish the figure in hand.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Leave what the fork shared out of this worker's collections: a full one marks every
-    # inherited object and so copies every page of the parent's heap (0.2-0.5 s at 100k).
-    gc.freeze()
+def embed(spec: Spec, figure_id: str, label: str) -> str:
+    """The page's fragment for `spec`: a div that DRAW fills, and its JSON beside it."""
+    # NaN is not JSON (and would be a gap anyway): _values writes it as null already.
+    text = json.dumps({**spec, "config": _CONFIG}, allow_nan=False, separators=(",", ":"))
+    # In a script element only "</" could end it early: JSON may spell "<" as \u003c.
+    text = text.replace("<", "\\u003c")
+    name = html.escape(figure_id, quote=True)
+    return (f'<div class=figure id="figure-{name}" data-figure="{name}-data" role=img '
+            f'aria-label="{html.escape(label, quote=True)}"></div>'
+            f'<script type="application/json" id="{name}-data">{text}</script>')
 
 
-def hotspot_map(coords: pd.DataFrame, lines: Sequence[tuple[Sequence[str], str]],
-                z: pd.DataFrame, rings: Mapping[str, Sequence[str]]) -> Figure:
+def _values(values: np.ndarray | pd.Series) -> list[Any]:
+    """Numbers as (nested) lists, NaN (suppressed, or no value) as null: a blank."""
+    array = np.asarray(values, dtype=float)
+    out = array.astype(object)
+    out[np.isnan(array)] = None
+    cells: list[Any] = out.tolist()
+    return cells
+
+
+def _axis(n: int) -> str:
+    """The n-th (0-based) subplot's axis suffix: "", "2", "3", ..."""
+    return "" if n == 0 else str(n + 1)
+
+
+def _title(n: int, text: str) -> dict[str, Any]:
+    """A subplot's title, above the n-th subplot of a layout.grid."""
+    return {"text": text, "showarrow": False, "xref": f"x{_axis(n)} domain", "x": 0.5,
+            "yref": f"y{_axis(n)} domain", "y": 1.0, "yanchor": "bottom",
+            "font": {"size": 12}}
+
+
+def _z_scale() -> list[list[Any]]:
+    """Blue to red (RdBu's 11 colours) with white at z = 0 between Z_LOW and Z_HIGH (a
+    two-slope scale)."""
+    middle = -Z_LOW / (Z_HIGH - Z_LOW)
+    low = [[middle * i / 5, c] for i, c in enumerate(_BLUE_TO_RED[:6])]
+    high = [[middle + (1 - middle) * i / 5, c] for i, c in enumerate(_BLUE_TO_RED[5:])]
+    return low + high[1:]
+
+
+def hotspot_map(coords: pd.DataFrame, names: pd.Series,
+                lines: Sequence[tuple[Sequence[str], str]], z: pd.DataFrame,
+                rings: Mapping[str, Sequence[str]]) -> Spec:
     """One panel per time band (`z`'s columns, stations as its index in `coords`' order):
     the lines, the stations coloured by Gi* z, the stations in `rings[band]` ringed."""
-    lon, lat = coords["lon"].to_numpy(), coords["lat"].to_numpy()
-    paths = [coords.loc[list(stations)].to_numpy() for stations, _ in lines]
-    colours = [colour for _, colour in lines]
-    figure = Figure(figsize=(12, 10.5))
-    axes = figure.subplots(3, 3).ravel()
-    norm = TwoSlopeNorm(vmin=-4, vcenter=0, vmax=6)
-    aspect = 1 / np.cos(np.radians(float(coords["lat"].mean())))
-    scatter = None
-    for ax, band in zip(axes, z.columns, strict=True):
-        # One collection for all lines: the same strokes as a plot() per line, less work.
-        ax.add_collection(LineCollection(paths, colors=colours, linewidths=1.5, alpha=0.6,
-                                         capstyle="projecting", joinstyle="round"))
-        scatter = ax.scatter(lon, lat, c=z[band].clip(-4, 6), cmap="RdBu_r", norm=norm,
-                             s=18, edgecolors="none", zorder=3)
+    bands = [str(b) for b in z.columns]
+    rows = -(-len(bands) // 3)
+    paths = [(_values(path["lon"]), _values(path["lat"]), colour)
+             for path, colour in ((coords.loc[list(stations)], colour)
+                                  for stations, colour in lines)]
+    lon, lat = _values(coords["lon"]), _values(coords["lat"])
+    # plotly.js reads text as a little HTML: names and ids from the feed are escaped.
+    label = [html.escape(f"{name} ({station})")
+             for station, name in names.reindex(coords.index).items()]
+    aspect = 1 / float(np.cos(np.radians(float(coords["lat"].mean()))))
+    data: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"annotations": []}
+    for n, band in enumerate(bands):
+        on = {"xaxis": f"x{_axis(n)}", "yaxis": f"y{_axis(n)}", "showlegend": False}
+        data += [{"type": "scatter", "x": x, "y": y, "mode": "lines",
+                  "line": {"color": colour, "width": 1.5}, "opacity": 0.6,
+                  "hoverinfo": "skip", **on} for x, y, colour in paths]
+        values = z[z.columns[n]].to_numpy(dtype=float)
+        data.append({"type": "scatter", "x": lon, "y": lat, "mode": "markers", "text": label,
+                     "customdata": _values(values),
+                     "marker": {"color": _values(np.clip(values, Z_LOW, Z_HIGH)),
+                                "coloraxis": "coloraxis", "size": 7},
+                     "hovertemplate": f"%{{text}}<br>Gi* z %{{customdata:.2f}}<extra>{band}"
+                                      "</extra>", **on})
         ring = coords.loc[list(rings.get(band, ()))]
-        ax.scatter(ring["lon"], ring["lat"], s=70, facecolors="none", edgecolors="black",
-                   linewidths=1.2, zorder=4)
-        ax.set_title(band, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_aspect(aspect)
-    if scatter is not None:
-        figure.colorbar(scatter, ax=list(axes), shrink=0.6, label="Gi* z")
-    return figure
+        data.append({"type": "scatter", "x": _values(ring["lon"]),
+                     "y": _values(ring["lat"]), "mode": "markers", "hoverinfo": "skip",
+                     "marker": {"symbol": "circle-open", "size": 13, "color": "black",
+                                "line": {"width": 1.5}}, **on})
+        layout[f"xaxis{_axis(n)}"] = {"visible": False}
+        layout[f"yaxis{_axis(n)}"] = {"visible": False, "scaleanchor": f"x{_axis(n)}",
+                                      "scaleratio": aspect}
+        layout["annotations"].append(_title(n, band))
+    layout.update(
+        grid={"rows": rows, "columns": 3, "pattern": "independent", "xgap": 0.05,
+              "ygap": 0.15},
+        height=330 * rows, margin={"l": 10, "r": 10, "t": 30, "b": 10}, font=_FONT,
+        plot_bgcolor="white",
+        coloraxis={"colorscale": _z_scale(), "cmin": Z_LOW, "cmax": Z_HIGH,
+                   "colorbar": {"title": {"text": "Gi* z"}, "len": 0.6}})
+    return {"data": data, "layout": layout}
 
 
-def week_heat(panels: Mapping[str, np.ndarray]) -> Figure:
-    """One 7 x 24 day-by-hour panel per requested response (NaN: suppressed, blank)."""
-    figure = Figure(figsize=(14, 2.2 * len(panels)))
-    # Fixed spacing instead of tight_layout: the labels are the same every time, and the
-    # layout pass measured every text again (a third of this figure's time).
-    axes = figure.subplots(len(panels), 1, squeeze=False,
-                           gridspec_kw={"hspace": 0.45, "left": 0.05, "right": 0.98,
-                                        "top": 0.95, "bottom": 0.05})[:, 0]
-    for ax, (response, cells) in zip(axes, panels.items(), strict=True):
-        image = ax.imshow(np.ma.masked_invalid(cells), aspect="auto", cmap="viridis")
-        ax.set_yticks(range(7), _DAYS)
-        ax.set_xticks(range(0, 24, 3))
-        ax.set_title(f"{response} (all stations; blank: suppressed)", fontsize=10)
-        figure.colorbar(image, ax=ax, label="requests", pad=0.02)
-    return figure
+def week_heat(panels: Mapping[str, np.ndarray]) -> Spec:
+    """One 7 x 24 day-by-hour panel per requested response (NaN: suppressed, grey)."""
+    rows = len(panels)
+    data: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"annotations": []}
+    for n, (response, cells) in enumerate(panels.items()):
+        axis = _axis(n)
+        data.append({"type": "heatmap", "z": _values(cells), "x": list(range(24)),
+                     "y": list(_DAYS), "xaxis": f"x{axis}", "yaxis": f"y{axis}",
+                     "coloraxis": f"coloraxis{axis}",
+                     "hovertemplate": "%{y} %{x}:00: %{z} requests<extra></extra>"})
+        layout[f"coloraxis{axis}"] = {
+            "colorscale": _WEEK,
+            "colorbar": {"title": {"text": "requests"}, "y": 1 - (n + 0.5) / rows,
+                         "len": 0.8 / rows, "yanchor": "middle"}}
+        layout[f"xaxis{axis}"] = {"dtick": 3}
+        layout[f"yaxis{axis}"] = {"autorange": "reversed"}
+        layout["annotations"].append(
+            _title(n, f"{response} (all stations; grey: suppressed)"))
+    layout.update(grid={"rows": rows, "columns": 1, "pattern": "independent", "ygap": 0.35},
+                  height=190 * rows, font=_FONT, plot_bgcolor=_SUPPRESSED, margin={"l": 50, "r": 10, "t": 30, "b": 20})
+    return {"data": data, "layout": layout}
 
 
-def station_heat(table: pd.DataFrame) -> Figure:
-    """Requests per station (rows) and time band (columns); NaN: suppressed, blank."""
-    figure = Figure(figsize=(12, 9))
-    ax = figure.subplots()
-    image = ax.imshow(np.ma.masked_invalid(table.to_numpy(dtype=float)), aspect="auto",
-                      cmap=colormaps["magma_r"])
-    ax.set_yticks(range(len(table)), list(table.index), fontsize=7)
-    ax.set_xticks(range(len(table.columns)), list(table.columns), rotation=30, fontsize=8)
-    ax.set_title("Requests by station (busiest 30) and time band (blank: suppressed)")
-    figure.colorbar(image, ax=ax, label="requests")
-    return figure
+def station_heat(table: pd.DataFrame) -> Spec:
+    """Requests per station (rows) and time band (columns); NaN: suppressed, grey."""
+    return {
+        "data": [{"type": "heatmap", "z": _values(table.to_numpy(dtype=float)),
+                  "x": [str(c) for c in table.columns],
+                  "y": [html.escape(str(s)) for s in table.index],
+                  "colorscale": _COUNTS,
+                  "colorbar": {"title": {"text": "requests"}},
+                  "hovertemplate": "%{y}, %{x}: %{z} requests<extra></extra>"}],
+        "layout": {
+            "title": {"text": "Requests by station (busiest 30) and time band "
+                              "(grey: suppressed)"},
+            "plot_bgcolor": _SUPPRESSED,
+            "yaxis": {"autorange": "reversed", "tickfont": {"size": 9}},
+            "height": 650, "font": _FONT, "margin": {"l": 90, "r": 10, "t": 40, "b": 60}},
+    }
 
 
-def service_bars(table: pd.DataFrame) -> Figure:
+def service_bars(table: pd.DataFrame) -> Spec:
     """Time to acknowledge (s) and to resolve (min), p50 and p90, per time band."""
-    figure = Figure(figsize=(12, 3.5))
-    axes = figure.subplots(1, 2, gridspec_kw={"wspace": 0.18, "left": 0.06, "right": 0.99,
-                                              "top": 0.9, "bottom": 0.2})
-    x = np.arange(len(table))
-    for ax, what in zip(axes, ("ack", "resolve"), strict=True):
+    bands = [str(b) for b in table["band"]]
+    data: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"annotations": []}
+    for n, what in enumerate(("ack", "resolve")):
         scale = 1 if what == "ack" else 60
-        ax.bar(x - 0.2, table[f"{what}_p50_s"].astype(float) / scale, 0.4, label="p50")
-        ax.bar(x + 0.2, table[f"{what}_p90_s"].astype(float) / scale, 0.4, label="p90")
-        ax.set_xticks(x, list(table["band"].astype(str)), rotation=30, fontsize=7)
-        ax.set_ylabel("seconds" if what == "ack" else "minutes")
-        ax.set_title("time to acknowledge" if what == "ack" else "time to resolve")
-        ax.legend()
-    return figure
+        data += [{"type": "bar", "x": bands, "name": quantile, "legendgroup": quantile,
+                  "y": _values(table[f"{what}_{quantile}_s"].astype(float) / scale),
+                  "marker": {"color": colour}, "showlegend": n == 0,
+                  "xaxis": f"x{_axis(n)}", "yaxis": f"y{_axis(n)}"}
+                 for quantile, colour in (("p50", "#1f77b4"), ("p90", "#ff7f0e"))]
+        layout[f"yaxis{_axis(n)}"] = {"title": {"text": "seconds" if n == 0 else "minutes"}}
+        layout["annotations"].append(
+            _title(n, "time to acknowledge" if n == 0 else "time to resolve"))
+    layout.update(grid={"rows": 1, "columns": 2, "pattern": "independent", "xgap": 0.15},
+                  barmode="group", height=330, font=_FONT,
+                  margin={"l": 60, "r": 10, "t": 30, "b": 60})
+    return {"data": data, "layout": layout}
 
 
-def lorenz(curve: pd.DataFrame) -> Figure:
+def lorenz(curve: pd.DataFrame) -> Spec:
     """The concentration curve: cumulative share of requests by share of stations."""
-    figure = Figure(figsize=(5, 4))
-    ax = figure.subplots()
-    ax.plot(np.r_[0, curve["station_share"]], np.r_[0, curve["cum_share"]], label="requests")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="equal")
-    ax.set_xlabel("share of stations (busiest first)")
-    ax.set_ylabel("share of requests")
-    ax.legend()
-    return figure
+    return {
+        "data": [
+            {"type": "scatter", "mode": "lines", "name": "requests",
+             "x": _values(np.r_[0, curve["station_share"].to_numpy(dtype=float)]),
+             "y": _values(np.r_[0, curve["cum_share"].to_numpy(dtype=float)])},
+            {"type": "scatter", "mode": "lines", "name": "equal", "x": [0, 1], "y": [0, 1],
+             "line": {"dash": "dash", "color": "grey"}},
+        ],
+        "layout": {
+            "xaxis": {"title": {"text": "share of stations (busiest first)"}, "range": [0, 1]},
+            "yaxis": {"title": {"text": "share of requests"}, "range": [0, 1]},
+            "width": 480, "height": 400, "font": _FONT,
+            "margin": {"l": 60, "r": 10, "t": 20, "b": 50}},
+    }

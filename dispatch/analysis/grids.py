@@ -47,7 +47,9 @@ def with_rate(grid: pd.DataFrame, ridership: pd.Series | None, weeks: float) -> 
     out = grid.copy()
     out["per_week"] = out["requests"] / weeks
     if ridership is not None:
-        riders = out["station"].map(ridership).astype(float)
+        # Per station once, not per cell: the grid repeats each station 168 x values times.
+        codes, stations = pd.factorize(out["station"])
+        riders = ridership.reindex(stations).to_numpy(dtype=float)[codes]
         out["per_10k_riders"] = out["per_week"] / riders * 10_000
     return out
 

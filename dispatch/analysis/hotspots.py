@@ -39,7 +39,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 from esda.getisord import G_Local
-from libpysal.weights import W
+from libpysal.weights import W, fill_diagonal
 from scipy import stats
 
 from dispatch.analysis.network import Network
@@ -95,8 +95,19 @@ def band_values(counts: pd.DataFrame, weeks: float,
     return values
 
 
+def with_self(weights: W) -> W:
+    """Binary `weights` with each station its own neighbour (Gi*'s self-weight of 1).
+
+    esda adds the self-weights in every Gi* call whose weights lack them (a copy of the
+    whole matrix each time, most of a call's cost); made once, every band reuses them."""
+    if (weights.sparse.diagonal() != 0).all():
+        return weights
+    return fill_diagonal(weights, 1)
+
+
 def gi_star(values: np.ndarray, weights: W) -> tuple[np.ndarray, np.ndarray]:
-    """Gi* z-scores and one-sided (hot) p-values of one band, under the normal approximation."""
+    """Gi* z-scores and one-sided (hot) p-values of one band, under the normal approximation
+    (`weights`: binary; quickest `with_self` already)."""
     if np.allclose(values, values[0]):  # no variation: nothing stands out
         return np.zeros(len(values)), np.ones(len(values))
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
@@ -109,6 +120,7 @@ def gi_star(values: np.ndarray, weights: W) -> tuple[np.ndarray, np.ndarray]:
 def flag(values: pd.DataFrame, weights: W, settings: Settings) -> pd.DataFrame:
     """Gi* per band, FDR over all cells at `settings.family_alpha`, and the hot rule; one
     row per (station, band)."""
+    weights = with_self(weights)
     parts = []
     for band in values.columns:
         column = values[band].to_numpy(dtype=float)
@@ -127,42 +139,43 @@ def flag(values: pd.DataFrame, weights: W, settings: Settings) -> pd.DataFrame:
 def find_hotspots(requests: Requests, network: Network, ridership: pd.Series | None = None,
                   settings: Settings = DEFAULTS) -> Hotspots:
     """Hot cells over the whole period, their trends over the weeks, and their clusters."""
-    ids, weights, frame = network.ids, network.weights(), requests.frame
+    ids, weights, frame = network.ids, with_self(network.weights()), requests.frame
     counts = band_counts(frame, ids)
     cells = flag(band_values(counts, requests.weeks, ridership), weights, settings)
     cells.insert(2, "requests", counts.stack().reindex(
         pd.MultiIndex.from_frame(cells[["station", "band"]])).to_numpy())
     cells["hot_period"] = cells["hot"]
-    cells["trend"] = _trends(requests, network, ridership, settings, cells)
+    cells["trend"] = _trends(requests, network, cells, weights=weights, ridership=ridership,
+                             settings=settings)
     cells["hot"] = cells["hot_period"] | (cells["trend"] == "new")
     cells["cluster"] = _clusters(cells, network.graph)
     return Hotspots(cells=cells, by_ridership=ridership is not None)
 
 
-def _window(requests: Requests, start: float, end: float, *, network: Network,
+def _window(requests: Requests, start: float, end: float, *, network: Network, weights: W,
             ridership: pd.Series | None, settings: Settings) -> pd.DataFrame:
     frame = requests.frame
     part = frame[(frame["opened_at"] >= start) & (frame["opened_at"] < end)]
     values = band_values(band_counts(part, network.ids), (end - start) / WEEK_S, ridership)
-    return flag(values, network.weights(), settings)
+    return flag(values, weights, settings)
 
 
-def _trends(requests: Requests, network: Network, ridership: pd.Series | None,
-            settings: Settings, cells: pd.DataFrame) -> pd.Series:
+def _trends(requests: Requests, network: Network, cells: pd.DataFrame, *, weights: W,
+            ridership: pd.Series | None, settings: Settings) -> pd.Series:
     weeks = requests.week_count
     recent = min(settings.recent_weeks, max(1, weeks // 3))
     trend = pd.Series("", index=cells.index, dtype=object)
     if weeks < 3:  # too short for a trend
         return trend.where(~cells["hot"], "sporadic")
     split = requests.since + (weeks - recent) * WEEK_S
-    before = _window(requests, requests.since, split, network=network, ridership=ridership,
-                     settings=settings)["hot"]
-    after = _window(requests, split, requests.until, network=network, ridership=ridership,
-                    settings=settings)["hot"]
+    before = _window(requests, requests.since, split, network=network, weights=weights,
+                     ridership=ridership, settings=settings)["hot"]
+    after = _window(requests, split, requests.until, network=network, weights=weights,
+                    ridership=ridership, settings=settings)["hot"]
     candidates = cells["hot"] | before | after
     if not candidates.any():
         return trend
-    weights, frame = network.weights(), requests.frame
+    frame = requests.frame
     z = np.zeros((weeks, len(cells)))
     for week in range(weeks):
         counts = band_counts(frame[frame["week"] == week], network.ids)

@@ -2,28 +2,29 @@
 
 `analyse` computes every table from the requests (unsuppressed, for tests and callers);
 `write_report` applies the small-cell rule (`privacy`) to every table before anything is
-written, draws the figures from the suppressed tables with matplotlib (no pyplot state), and
-inlines them in the HTML as base64 PNG, so the file opens anywhere without a network.
+written, and describes the figures (`figures`: plotly) from the suppressed tables. The page
+carries each figure as JSON and plotly.js inline, which draws them when it is opened, so the
+file opens anywhere without a network.
 `render` is that page as fragments (`Parts`): the report file and the web console's hotspots
 page (`dispatch.analysis.console`) are the same views from the same code.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import time
-from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from dispatch.analysis import DEFAULT_MIN_CELL, figures
-from dispatch.analysis.figures import Plot
 from dispatch.analysis.grids import (
     SERVICE_FIGURES,
     concentration,
@@ -51,6 +52,9 @@ from dispatch.analysis.record import (
     load_requests,
 )
 from dispatch.errors import AnalysisError
+
+#: Threads writing the report's tables (pyarrow releases the GIL while it writes).
+_WRITERS = 2
 
 
 @dataclass
@@ -141,28 +145,29 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
         raise AnalysisError(f"{folder}: cannot create the report folder ({exc})") from exc
     written: list[Path] = []
     path = folder / "tables"
-    # The figures are drawn in worker processes (when it is safe to fork) while this one
-    # writes the tables: the pool forks on the first submit, before the progress thread.
     try:
-        with figures.painter() as painter:
-            drawing = {alt: painter.submit(figures.png, plot)
-                       for alt, plot in plots(analysis, tables, k).items()}
-            with progress("writing report", len(tables) + 1, enabled=show_progress) as advance:
-                for name, table in tables.items():
-                    path = folder / "tables" / f"{name}.csv"
-                    _write_csv(table, path)
-                    written.append(path)
-                    if parquet:
-                        path = path.with_suffix(".parquet")
-                        table.to_parquet(path, index=False)
-                        written.append(path)
-                    advance(1)
-                images = {alt: future.result() for alt, future in drawing.items()}
-                path = folder / "report.html"
-                _write_atomically(path, render(analysis, k, tables=tables,
-                                               images=images).document())
-                written.insert(0, path)
-                advance(1)
+        with (progress("writing report", len(tables) + 1, enabled=show_progress) as advance,
+              ThreadPoolExecutor(max_workers=_WRITERS) as writers):
+            # pyarrow writes without the GIL: the tables go to disk while this thread
+            # describes the page. Each file's error is raised here, in the files' order.
+            jobs = []
+            for name, table in tables.items():
+                arrow = writers.submit(_arrow, table)
+                path = folder / "tables" / f"{name}.csv"
+                jobs.append((path, writers.submit(_write_csv, arrow, path)))
+                if parquet:
+                    path = path.with_suffix(".parquet")
+                    jobs.append((path, writers.submit(_write_parquet, arrow, path)))
+            path = folder / "report.html"
+            page = render(analysis, k, tables=tables).document()
+            for path, job in jobs:
+                job.result()
+                written.append(path)
+                advance(1 / (2 if parquet else 1))
+            path = folder / "report.html"
+            _write_atomically(path, page)
+            written.insert(0, path)
+            advance(1)
     except OSError as exc:  # a full or read-only disk, a folder taken away
         raise AnalysisError(
             f"{path}: cannot write it ({exc.strerror or exc}); the report in {folder} is "
@@ -182,23 +187,34 @@ def _write_atomically(path: Path, text: str) -> None:
         part.unlink(missing_ok=True)
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    # pandas writes a nullable Float64 column (suppressed figures are NA) through a string
-    # array, a third of the grids' time; as float64 NaN it writes the same text (repr of
-    # each value, NaN as blank) directly. The Parquet files keep the nullable types.
-    floats = {c: "float64" for c, t in table.dtypes.items() if t == "Float64"}
-    table.astype(floats).to_csv(path, index=False)
+def _arrow(table: pd.DataFrame) -> pa.Table:
+    """`table` for pyarrow's CSV and Parquet writers (several times quicker than pandas'
+    CSV writer over the grids). The CSV is RFC 4180: a header, strings in double quotes,
+    booleans as true/false, suppressed (NA) cells empty; the Parquet file keeps the pandas
+    types, nullable ones included."""
+    return pa.Table.from_pandas(table, preserve_index=False)
+
+
+def _write_csv(arrow: Future[pa.Table], path: Path) -> None:
+    pa_csv.write_csv(arrow.result(), path)
+
+
+def _write_parquet(arrow: Future[pa.Table], path: Path) -> None:
+    pq.write_table(arrow.result(), path)
 
 
 # ---------------------------------------------------------------------------- the page
 
 #: Where the method section points for the tables: the report's own files.
 TABLES_IN_FOLDER = "Every table is in tables/ as CSV."
+#: Said where the figures would be when the reader's browser runs no script.
+NO_SCRIPT = ("The figures are drawn by the page's script (plotly.js, inside this file): "
+             "allow it to see them. Every figure's numbers are in the tables.")
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
           "table{border-collapse:collapse;font-size:12px;margin:.5em 0}"
           "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
           ".notice{background:#fff3cd;padding:.5em;border:1px solid #e0c060}"
-          "img{max-width:100%}")
+          ".figure{max-width:100%;margin:.5em 0}")
 
 
 @dataclass(frozen=True)
@@ -219,32 +235,33 @@ class Parts:
         return "".join(self.sections)
 
     def document(self) -> str:
-        """A self-contained HTML document (no script, nothing fetched)."""
+        """A self-contained HTML document: plotly.js inline draws the figures, and nothing
+        is fetched."""
         return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                 f"<title>{html.escape(self.title)}</title>"
-                f"<style>{self.style}</style></head><body>" + self.body + "</body></html>\n")
+                f"<style>{self.style}</style></head><body>" + self.body
+                + f"<noscript><p class=notice>{NO_SCRIPT}</p></noscript>"
+                + "<script>" + figures.page_script() + "</script></body></html>\n")
 
 
 def render(analysis: Analysis, k: int = DEFAULT_MIN_CELL, *,
            tables: dict[str, pd.DataFrame] | None = None,
-           images: Mapping[str, bytes] | None = None,
            tables_note: str = TABLES_IN_FOLDER) -> Parts:
     """The report's sections, every table and figure under the small-cell rule with `k`
-    (`tables`: `exported(analysis, k)`, and `images`: the PNG of each of `plots(analysis,
-    tables, k)`, if the caller has them already)."""
+    (`tables`: `exported(analysis, k)`, if the caller has them already)."""
     if k < 1:
         raise AnalysisError(f"--min-cell {k}: the smallest cell shown must be 1 or more")
     tables = exported(analysis, k) if tables is None else tables
-    if images is None:
-        images = {alt: figures.png(plot) for alt, plot in plots(analysis, tables, k).items()}
+    shown = {name: figures.embed(figure, _slug(name), name)
+             for name, figure in plots(analysis, tables, k).items()}
     return Parts(title="Crisis requests: hotspot report", style=_STYLE,
-                 sections=tuple(_sections(analysis, tables, images, k, tables_note)),
+                 sections=tuple(_sections(analysis, tables, shown, k, tables_note)),
                  requests=len(analysis.requests.frame), hot_cells=len(analysis.hotspots.hot),
                  clusters=len(tables["recommendations"]))
 
 
 def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame],
-              images: Mapping[str, bytes], k: int, tables_note: str) -> list[str]:
+              shown: dict[str, str], k: int, tables_note: str) -> list[str]:
     requests = analysis.requests
     period = (f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(requests.since))} to "
               f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(requests.until))} UTC "
@@ -266,20 +283,20 @@ def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame],
         "dominates, and the team dispatch sent most often.</p>" + _table(recs),
         "<h2 id=hotspot-map>Hotspot map</h2><p>Stations on their lines, coloured by Gi* "
         f"z-score of {html.escape(basis)} in each band; hot cells ringed.</p>"
-        + _img(images["hotspot map"], "hotspot map"),
+        + shown["hotspot map"],
         "<h2 id=heat-maps>When: requests by hour of week</h2>"
-        + _img(images["heat map by response"], "heat map by response")
-        + _img(images["heat map by station"], "heat map by station"),
+        + shown["heat map by response"]
+        + shown["heat map by station"],
         "<h2 id=service>Service</h2><p>Time to acknowledge and to resolve, p50 and p90 "
         "(seconds), escalations and the share never acknowledged.</p>"
-        + _img(images["service by band"], "service by band")
+        + shown["service by band"]
         + "<h3>By team</h3>" + _table(tables["service_by_team"])
         + "<h3>By class</h3>" + _table(tables["service_by_class"])
         + "<h3>By station (busiest 25)</h3>"
         + _table(tables["service_by_station"].sort_values("requests", ascending=False)
                  .head(25)),
         "<h2 id=concentration>Concentration</h2>"
-        + _img(images["concentration curve"], "concentration curve")
+        + shown["concentration curve"]
         + _table(tables["concentration_top"])
         + "<h3>Repeat locations (top 25)</h3>" + _table(tables["repeat_locations"].head(25)),
         "<h2 id=hotspots>Hot cells</h2>" + _table(hot.drop(columns=["p", "hot_period"])),
@@ -306,13 +323,13 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _img(image: bytes, alt: str) -> str:
-    data = base64.b64encode(image).decode("ascii")
-    return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'
+def _slug(name: str) -> str:
+    return name.replace(" ", "-")
 
 
-def plots(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int) -> dict[str, Plot]:
-    """The report's figures in page order, by alt text, each from suppressed figures."""
+def plots(analysis: Analysis, tables: dict[str, pd.DataFrame],
+          k: int) -> dict[str, figures.Spec]:
+    """The report's figures in page order, by name, each from suppressed figures."""
     network, cells = analysis.network, analysis.hotspots.cells
     coords = network.stations[["lon", "lat"]]
     z = (cells.pivot(index="station", columns="band", values="z")
@@ -322,11 +339,11 @@ def plots(analysis: Analysis, tables: dict[str, pd.DataFrame], k: int) -> dict[s
     lines = [(line.stations, line.colour) for line in network.lines]
     grid = analysis.tables["grid_by_requested_response"]
     return {
-        "hotspot map": partial(figures.hotspot_map, coords, lines, z, rings),
-        "heat map by response": partial(figures.week_heat, _week_cells(grid, k)),
-        "heat map by station": partial(figures.station_heat, _station_cells(grid, k)),
-        "service by band": partial(figures.service_bars, tables["service_by_band"]),
-        "concentration curve": partial(figures.lorenz, tables["concentration"]),
+        "hotspot map": figures.hotspot_map(coords, network.stations["name"], lines, z, rings),
+        "heat map by response": figures.week_heat(_week_cells(grid, k)),
+        "heat map by station": figures.station_heat(_station_cells(grid, k)),
+        "service by band": figures.service_bars(tables["service_by_band"]),
+        "concentration curve": figures.lorenz(tables["concentration"]),
     }
 
 

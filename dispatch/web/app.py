@@ -20,7 +20,8 @@
   `stationgw hub report` (heat maps, service figures, concentration, the Gi* hotspot map,
   recommendations), with small cells suppressed as in every export (`dispatch.analysis`,
   computed in a worker thread and kept for a short time; pandas and the rest load on the
-  first request for the page, never at the hub's start).
+  first request for the page, never at the hub's start). Its figures are drawn in the
+  browser by `/hotspots/figures.js` (plotly.js, cached a day; it holds no data).
 - CAP 1.2 for a CAD (`/cap/feed?after=N`, an Atom feed with the messages inline, and
   `/cap/messages/IDENTIFIER.xml`): for a logged-in operator, or a CAD sending
   `Authorization: Bearer TOKEN` (`cap_token`).
@@ -75,6 +76,8 @@ from gateway.core.commands import Command
 HASHER = PasswordHasher()
 PAGE = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
 HOTSPOTS_PAGE = (Path(__file__).parent / "hotspots.html").read_text(encoding="utf-8")
+#: Where the hotspots page loads what draws its figures from.
+FIGURES_SCRIPT = "/hotspots/figures.js"
 ACTIONS = ("acknowledge", "assign", "resolve")
 
 
@@ -159,18 +162,20 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 def _hotspots_page(request: Request, operator: str, since: str, view: View | None, *,
                    kept_s: float = 0.0, message: str = "", status: int = 200) -> HTMLResponse:
-    computed = body = style = ""
+    computed = body = style = script = ""
     if view is not None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(view.until))
         computed = (f"Computed at {stamp} in {view.seconds:.1f} s, and shown for "
                     f"{kept_s:.0f} s after that: a reload within it shows the same figures.")
         body, style = view.parts.body, view.parts.style
+        # Deferred: it runs once the page (the figures' JSON with it) is parsed.
+        script = f'<script defer src="{FIGURES_SCRIPT}"></script>'
     return HTMLResponse(_fill(HOTSPOTS_PAGE, {
         "csrf": _csrf(request), "user": html.escape(operator), "style": style,
         "since": html.escape(since, quote=True),
         "periods": "".join(f'<option value="{p}">' for p in PERIODS),
         "message": f'<p role="alert" class="err">{html.escape(message)}</p>' if message
-        else "", "computed": html.escape(computed), "body": body,
+        else "", "computed": html.escape(computed), "body": body, "script": script,
     }), status_code=status, headers={"Cache-Control": "no-store"})
 
 
@@ -257,6 +262,12 @@ class _Console:
             return _hotspots_page(request, operator, since, None,
                                   message=f"the analysis failed: {exc}", status=503)
         return _hotspots_page(request, operator, since, view, kept_s=self.views.source.ttl_s)
+
+    async def hotspots_script(self, request: Request) -> Response:
+        """plotly.js and the lines that draw the hotspots page's figures (no data in it:
+        the figures' numbers are in the page, behind the login)."""
+        return Response(await self.views.script(), media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
@@ -414,6 +425,7 @@ class _Console:
         return [
             Route("/", self.index),
             Route("/hotspots", self.hotspots_page),
+            Route(FIGURES_SCRIPT, self.hotspots_script),
             Route("/login", self.login, methods=["GET", "POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             Route("/api/alerts", self.api_alerts),
