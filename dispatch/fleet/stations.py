@@ -10,11 +10,19 @@ Each `SimStation` is one MQTT 5 client under the station's own client id
   after the other, each after the PUBACK of the one before (the gateway's order);
 - a retained health report every `health_interval_s` (a valid `HealthReport`).
 
-A request plays as a help point would report it with the dispatcher's answers: the press
-(`help_point.press`, or for an emergency the press and then `help_point.hold` after
-`HOLD_S`, as a real help point held past its hold time reports it), then
-`alert.acknowledged`, `alert.assigned` (team, ETA) and `alert.resolved` after the request's
-compressed dispatcher timings. Bodies carry the fields a gateway's alert bodies carry.
+- dispatch's commands on its `commands` topic, checked and applied by the gateway's own
+  protocol core (`gateway.core.commands.parse_command` and `gateway.core.alerts.AlertBook`,
+  with the default `[dispatch]` limits): an applied one is announced as
+  `alert.acknowledged` / `assigned` / `resolved` / `cancelled` and answered `applied` on
+  `replies`, a refused one answered `rejected` with the gateway's reason.
+
+A request plays as a help point would report it: the press (`help_point.press`, or for an
+emergency the press and then `help_point.hold` after `HOLD_S`, as a real help point held
+past its hold time reports it). The fleet's own dispatcher then acknowledges, assigns (team,
+ETA) and resolves it after the request's compressed dispatcher timings, through the same
+command path; once a dispatcher at the console has answered a request (or closed it), the
+fleet leaves it to them (counted in `overtaken`). Bodies are the gateway's (`alert_body`
+of the book's record).
 """
 
 from __future__ import annotations
@@ -26,14 +34,19 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 
 from dispatch.analysis.simulate import LOCATIONS
 from dispatch.fleet.schedule import Request
+from dispatch.outbound import make_command
 from gateway import __version__
-from gateway.core.model import CLASS_NAMES, Event, Priority
+from gateway.config.models import DispatchConfig
+from gateway.core.alerts import AlertBook
+from gateway.core.commands import Action, Command, Rejection, Reply, Team, parse_command
+from gateway.core.model import CLASS_NAMES, AlertRecord, Event, Priority
+from gateway.station.lifecycle import alert_body
 from gateway.uplink.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -41,6 +54,10 @@ log = logging.getLogger(__name__)
 #: How long a simulated rider holds the button for an emergency (the daemons' hold_time_s).
 HOLD_S = 0.5
 PUBLISH_TIMEOUT_S = 30.0
+#: The command checks of a gateway with the default `[dispatch]` section.
+LIMITS = DispatchConfig()
+#: The fleet's own dispatcher, as its commands name it.
+FLEET_DISPATCHER = "fleet"
 
 
 def help_point(request: Request) -> str:
@@ -80,6 +97,11 @@ class SimStation:
         self.seq = 0
         self.published = 0
         self.started = time.monotonic()
+        # Alerts as a gateway keeps them; no escalation (the fleet's dispatcher answers).
+        self.book = AlertBook(ack_timeout_s=float("inf"), escalate_to=Priority.P0)
+        self.applied: set[str] = set()  # command ids applied (a replay is refused)
+        self.replies = 0  # answers to dispatch's commands (applied or rejected)
+        self.overtaken = 0  # requests a dispatcher at the console took over from the fleet
         self._queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._client = aiomqtt.Client(
@@ -89,12 +111,16 @@ class SimStation:
         )
         self._sender: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
+        self._commands: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SimStation:
         await self._client.__aenter__()
+        await self._client.subscribe(self.topics.commands, qos=1)
         await self._client.publish(self.topics.status, self._status("online"), qos=1,
                                    retain=True)
         self._sender = asyncio.create_task(self._send(), name=f"fleet.sim.{self.station}.send")
+        self._commands = asyncio.create_task(self._listen(),
+                                             name=f"fleet.sim.{self.station}.commands")
         self._health = asyncio.create_task(self._report(),
                                            name=f"fleet.sim.{self.station}.health")
         return self
@@ -109,6 +135,7 @@ class SimStation:
             await self._client.publish(self.topics.status, self._status("offline"), qos=1,
                                        retain=True, timeout=PUBLISH_TIMEOUT_S)
         finally:
+            await _cancel(self._commands)
             await _cancel(self._health)
             await _cancel(self._sender)
             await self._client.__aexit__(None, None, None)
@@ -127,29 +154,70 @@ class SimStation:
         location = LOCATIONS[request.location]
         at = round(sent.wall, 3)
         alert_id = str(uuid.uuid4())
-        body: dict[str, Any] = {
+        details: dict[str, Any] = {
             "help_point": hp, "location": location, "platform": platform(location),
             "press_count": 1, "first_press": at, "last_press": at, "held": False,
-            "escalated": False, "evidence": ["button pressed"], "alert_id": alert_id,
-            "state": "open"}
+            "escalated": False, "evidence": ["button pressed"]}
         priority = Priority.P2 if request.response == "ambassador" else Priority.P1
         sent.alert_id = alert_id
-        sent.event_id = self._event("help_point.press", hp, priority, body, sent.wall)
+        record = self.book.raised(alert_id, hp, priority, details, time.monotonic())
+        sent.event_id = self._announce("help_point.press", record, sent.wall)
         if request.response == "emergency_services":
             await asyncio.sleep(HOLD_S)
-            priority = Priority.P0
-            body |= {"held": True, "evidence": ["button pressed", f"held for {HOLD_S:g}s"]}
-            self._event("help_point.hold", hp, priority, body, time.time())
-        details = {k: v for k, v in body.items() if k not in ("alert_id", "state")}
-        details["dispatcher"] = "fleet"
-        for delay, state, extra in (
-                (request.ack_s, "acknowledged", {}),
-                (request.assign_s, "assigned", {"team": request.team, "eta_s": request.eta_s}),
-                (request.close_s, "resolved", {})):
+            record = self.book.raised(alert_id, hp, Priority.P0, {
+                **details, "held": True,
+                "evidence": ["button pressed", f"held for {HOLD_S:g}s"]}, time.monotonic())
+            self._announce("help_point.hold", record, time.time())
+        steps: tuple[tuple[float, Action], ...] = (
+            (request.ack_s, "acknowledge"), (request.assign_s, "assign"),
+            (request.close_s, "resolve"))
+        for delay, action in steps:
             await asyncio.sleep(delay)
-            details |= extra
-            self._event(f"alert.{state}", hp, priority,
-                        {**details, "alert_id": alert_id, "state": state}, time.time())
+            now = self.book.open.get(alert_id)
+            if now is None or now.details.get("dispatcher", FLEET_DISPATCHER) != FLEET_DISPATCHER:
+                self.overtaken += 1  # a dispatcher at the console took it over, or closed it
+                return
+            assign = action == "assign"
+            command = make_command(self.station, alert_id, action,
+                                   team=cast("Team", request.team) if assign else None,
+                                   eta_s=request.eta_s if assign else None,
+                                   dispatcher=FLEET_DISPATCHER)
+            self._decide(command)
+
+    def _decide(self, command: Command) -> AlertRecord | Rejection:
+        """Apply a checked command as a gateway does: announce the alert's new record."""
+        decision = self.book.decide(command, replay=command.command_id in self.applied)
+        if isinstance(decision, AlertRecord):
+            self._announce(f"alert.{decision.state}", decision, time.time())
+            self.book.apply(decision)
+            self.applied.add(command.command_id)
+        return decision
+
+    async def _listen(self) -> None:
+        """Dispatch's commands: checked, applied, and each one answered on `replies`."""
+        async for message in self._client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            parsed = parse_command(payload, station=self.station, now=time.time(),
+                                   max_age_s=LIMITS.command_max_age_s,
+                                   max_bytes=LIMITS.max_command_bytes)
+            decision = self._decide(parsed) if isinstance(parsed, Command) else parsed
+            if isinstance(decision, Rejection):
+                reply = Reply(command_id=decision.command_id, alert_id=decision.alert_id,
+                              status="rejected", reason=decision.reason,
+                              detail=decision.detail, station=self.station,
+                              wall_time=time.time())
+            else:
+                reply = Reply(command_id=decision.command_id, alert_id=decision.alert_id,
+                              status="applied", station=self.station, wall_time=time.time())
+            # After the event it answers: the queue sends in order, the reply last.
+            self._queue.put_nowait((self.topics.replies, json.dumps(reply.wire()).encode(),
+                                    False))
+            self.replies += 1
+
+    def _announce(self, kind: str, record: AlertRecord, wall: float) -> str:
+        """Accept the event announcing `record` (the gateway's body for it)."""
+        return self._event(kind, record.source, record.priority, dict(alert_body(record)),
+                           wall)
 
     def _event(self, kind: str, source: str, priority: Priority, body: dict[str, Any],
                wall: float) -> str:

@@ -1,0 +1,161 @@
+"""The fleet twin's simulated stations answer dispatch as a gateway does: a console's
+command is applied (its event, then `applied` on replies), every bad one is refused with the
+gateway's reason, and a request a dispatcher has answered is left to them. Real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from dispatch.fleet.schedule import Request
+from dispatch.fleet.stations import FLEET_DISPATCHER, LIMITS, SimStation
+from dispatch.outbound import make_command
+from gateway.core.commands import parse_command
+from gateway.testing.mosquitto import Mosquitto
+
+WAIT_S = 20.0
+
+
+@dataclass
+class Desk:
+    """A dispatch desk on the station's topics: what it heard, in order."""
+
+    client: aiomqtt.Client
+    prefix: str
+    station: str
+    heard: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def send(self, payload: bytes) -> None:
+        await self.client.publish(f"{self.prefix}/{self.station}/commands", payload, qos=1)
+
+    async def wait_for(self, kind: str, **body: Any) -> dict[str, Any]:
+        """The first message of `kind` (an event kind, or "reply") whose body has `body`."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            for heard, message in self.heard:
+                values = message.get("body", message)
+                if heard == kind and all(values.get(k) == v for k, v in body.items()):
+                    return message
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {kind} {body} in {[k for k, _ in self.heard]}"
+            self.arrived.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+
+@asynccontextmanager
+async def desk(broker: Mosquitto, station: str, prefix: str) -> AsyncIterator[Desk]:
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"desk-{uuid.uuid4().hex}",
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        seen = Desk(client, prefix, station)
+        await client.subscribe(f"{prefix}/{station}/events/#", qos=1)
+        await client.subscribe(f"{prefix}/{station}/replies", qos=1)
+
+        async def read() -> None:
+            async for message in client.messages:
+                payload = json.loads(bytes(message.payload))
+                kind = "reply" if str(message.topic).endswith("/replies") else payload["kind"]
+                seen.heard.append((kind, payload))
+                seen.arrived.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            yield seen
+        finally:
+            reader.cancel()
+
+
+def _request(station: str, *, answer_s: float) -> Request:
+    return Request(at=0.0, sim_at=time.time(), station=station, response="crisis_team",
+                   location=0, ack_s=answer_s, assign_s=answer_s, close_s=answer_s,
+                   team="crisis_team", eta_s=300)
+
+
+async def test_a_console_takes_over_a_simulated_request_and_bad_commands_are_refused(
+        broker: Mosquitto) -> None:
+    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
+    async with (desk(broker, station, prefix) as dispatch,
+                SimStation(station, "127.0.0.1", broker.port, prefix=prefix) as sim):
+        sim.request(_request(station, answer_s=1.0), 0.0)
+        press = await dispatch.wait_for("help_point.press")
+        alert_id = press["body"]["alert_id"]
+
+        ack = make_command(station, alert_id, "acknowledge", dispatcher="desk-7")
+        await dispatch.send(json.dumps(ack.wire()).encode())
+        event = await dispatch.wait_for("alert.acknowledged", dispatcher="desk-7")
+        assert event["body"]["alert_id"] == alert_id and event["class"] == "P1"
+        assert event["seq"] == press["seq"] + 1
+        reply = await dispatch.wait_for("reply", command_id=ack.command_id)
+        assert reply["status"] == "applied" and reply["station"] == station
+
+        # Every kind of bad command is refused with the reason a gateway gives for it.
+        other = make_command("elsewhere", alert_id, "resolve")
+        unknown = make_command(station, "no-such-alert", "resolve")
+        again = make_command(station, alert_id, "acknowledge", dispatcher="desk-7")
+        stale = {**make_command(station, alert_id, "resolve").wire(),
+                 "issued_at": time.time() - 2 * LIMITS.command_max_age_s}
+        bad = {
+            "replay": json.dumps(ack.wire()).encode(),
+            "wrong_station": json.dumps(other.wire()).encode(),
+            "unknown_alert": json.dumps(unknown.wire()).encode(),
+            "invalid_transition": json.dumps(again.wire()).encode(),
+            "stale": json.dumps(stale).encode(),
+            "malformed": b"{not json",
+            "schema": json.dumps({**unknown.wire(), "action": "explode"}).encode(),
+            "oversized": b" " * (LIMITS.max_command_bytes + 1),
+        }
+        for reason, payload in bad.items():
+            if reason != "replay":  # the gateway's own check agrees (replay is the book's)
+                verdict = parse_command(payload, station=station, now=time.time(),
+                                        max_age_s=LIMITS.command_max_age_s,
+                                        max_bytes=LIMITS.max_command_bytes)
+                assert getattr(verdict, "reason", None) in (reason, None), (reason, verdict)
+            before = sum(kind == "reply" for kind, _ in dispatch.heard)
+            await dispatch.send(payload)
+            deadline = time.monotonic() + WAIT_S
+            while sum(kind == "reply" for kind, _ in dispatch.heard) == before:
+                assert time.monotonic() < deadline, f"no reply to {reason}"
+                await asyncio.sleep(0.02)
+            answer = [m for kind, m in dispatch.heard if kind == "reply"][-1]
+            assert answer["status"] == "rejected", (reason, answer)
+            assert answer["reason"] == reason, (reason, answer)
+
+        # The fleet's own dispatcher would have assigned it by now: the desk has it instead.
+        await asyncio.sleep(2.5)
+        assert not [m for kind, m in dispatch.heard if kind == "alert.assigned"]
+        assert sim.overtaken == 1
+        assign = make_command(station, alert_id, "assign", team="co_response", eta_s=240,
+                              dispatcher="desk-7")
+        await dispatch.send(json.dumps(assign.wire()).encode())
+        assigned = await dispatch.wait_for("alert.assigned", team="co_response")
+        assert assigned["body"]["eta_s"] == 240
+        resolve = make_command(station, alert_id, "resolve", dispatcher="desk-7")
+        await dispatch.send(json.dumps(resolve.wire()).encode())
+        await dispatch.wait_for("alert.resolved", dispatcher="desk-7")
+        await dispatch.wait_for("reply", command_id=resolve.command_id, status="applied")
+
+
+async def test_a_request_nobody_answers_is_played_by_the_fleets_dispatcher(
+        broker: Mosquitto) -> None:
+    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
+    async with (desk(broker, station, prefix) as dispatch,
+                SimStation(station, "127.0.0.1", broker.port, prefix=prefix) as sim):
+        sim.request(_request(station, answer_s=0.2), 0.0)
+        resolved = await dispatch.wait_for("alert.resolved")
+    kinds = [kind for kind, _ in dispatch.heard]
+    assert kinds == ["help_point.press", "alert.acknowledged", "alert.assigned",
+                     "alert.resolved"], kinds
+    events = [m for _, m in dispatch.heard]
+    assert [m["seq"] for m in events] == [1, 2, 3, 4]
+    assert {m["body"]["dispatcher"] for m in events[1:]} == {FLEET_DISPATCHER}
+    assert events[2]["body"]["team"] == "crisis_team" and events[2]["body"]["eta_s"] == 300
+    assert resolved["body"]["state"] == "resolved" and sim.overtaken == 0
