@@ -15,7 +15,9 @@ them would change nothing it does). Then, alternating, `--reps` times:
   Parquet).
 
 Figures are medians. Targets: the report within 3x of the raw query, and its time growing no
-faster than the data (the exponent b of time ~ rows^b between sizes at most 1).
+faster than the data: the exponent b of time ~ rows^b between sizes at most 1 (linear), or
+at most the raw query's own b where even that grows faster than linear on this machine
+(from 1M to 10M it measured 1.03 on 2026-12-07).
 
     python -m bench.report_speed [--sizes 100k,1M,10M] [--reps 3] [--weeks 13] [--quick]
 """
@@ -202,7 +204,8 @@ def main() -> None:
                 / math.log(b / a) for k in ("report", "raw")}
         figures.append(Figure(
             f"growth exponent {label(a)} -> {label(b)} (time ~ rows^b)", grow["report"], "",
-            grow["raw"], "raw's", target="<= 1", met=grow["report"] <= 1.0))
+            grow["raw"], "raw's", target="<= max(1, raw's)",
+            met=grow["report"] <= max(1.0, grow["raw"])))
     print_table("Report speed", figures)
     write_json(args.json, "report_speed", figures, results)
 

@@ -74,6 +74,15 @@ async def desk(broker: Mosquitto, station: str, prefix: str) -> AsyncIterator[De
             reader.cancel()
 
 
+@asynccontextmanager
+async def simulated(broker: Mosquitto) -> AsyncIterator[tuple[Desk, SimStation]]:
+    """A simulated station of its own (unique id and prefix), and a desk on its topics."""
+    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
+    async with (desk(broker, station, prefix) as dispatch,
+                SimStation(station, "127.0.0.1", broker.port, prefix=prefix) as sim):
+        yield dispatch, sim
+
+
 def _request(station: str, *, answer_s: float) -> Request:
     return Request(at=0.0, sim_at=time.time(), station=station, response="crisis_team",
                    location=0, ack_s=answer_s, assign_s=answer_s, close_s=answer_s,
@@ -82,9 +91,8 @@ def _request(station: str, *, answer_s: float) -> Request:
 
 async def test_a_console_takes_over_a_simulated_request_and_bad_commands_are_refused(
         broker: Mosquitto) -> None:
-    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
-    async with (desk(broker, station, prefix) as dispatch,
-                SimStation(station, "127.0.0.1", broker.port, prefix=prefix) as sim):
+    async with simulated(broker) as (dispatch, sim):
+        station = sim.station
         sim.request(_request(station, answer_s=1.0), 0.0)
         press = await dispatch.wait_for("help_point.press")
         alert_id = press["body"]["alert_id"]
@@ -146,10 +154,8 @@ async def test_a_console_takes_over_a_simulated_request_and_bad_commands_are_ref
 
 async def test_a_request_nobody_answers_is_played_by_the_fleets_dispatcher(
         broker: Mosquitto) -> None:
-    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
-    async with (desk(broker, station, prefix) as dispatch,
-                SimStation(station, "127.0.0.1", broker.port, prefix=prefix) as sim):
-        sim.request(_request(station, answer_s=0.2), 0.0)
+    async with simulated(broker) as (dispatch, sim):
+        sim.request(_request(sim.station, answer_s=0.2), 0.0)
         resolved = await dispatch.wait_for("alert.resolved")
     kinds = [kind for kind, _ in dispatch.heard]
     assert kinds == ["help_point.press", "alert.acknowledged", "alert.assigned",

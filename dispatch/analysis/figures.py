@@ -163,7 +163,8 @@ def week_heat(panels: Mapping[str, np.ndarray]) -> Spec:
         layout["annotations"].append(
             _title(n, f"{response} (all stations; grey: suppressed)"))
     layout.update(grid={"rows": rows, "columns": 1, "pattern": "independent", "ygap": 0.35},
-                  height=190 * rows, font=_FONT, plot_bgcolor=_SUPPRESSED, margin={"l": 50, "r": 10, "t": 30, "b": 20})
+                  height=190 * rows, font=_FONT, plot_bgcolor=_SUPPRESSED,
+                  margin={"l": 50, "r": 10, "t": 30, "b": 20})
     return {"data": data, "layout": layout}
 
 
