@@ -102,14 +102,16 @@ def hotspot_map(coords: pd.DataFrame, names: pd.Series,
     the lines, the stations coloured by Gi* z, the stations in `rings[band]` ringed."""
     bands = [str(b) for b in z.columns]
     rows = -(-len(bands) // 3)
-    paths = [(_values(path["lon"]), _values(path["lat"]), colour)
-             for path, colour in ((coords.loc[list(stations)], colour)
-                                  for stations, colour in lines)]
+    # Plain lists and positions: a pandas lookup per line and band costs more than the rest.
+    at = {station: i for i, station in enumerate(coords.index)}
     lon, lat = _values(coords["lon"]), _values(coords["lat"])
+    paths = [([lon[at[s]] for s in stations], [lat[at[s]] for s in stations], colour)
+             for stations, colour in lines]
     # plotly.js reads text as a little HTML: names and ids from the feed are escaped.
     label = [html.escape(f"{name} ({station})")
              for station, name in names.reindex(coords.index).items()]
     aspect = 1 / float(np.cos(np.radians(float(coords["lat"].mean()))))
+    zs = z.to_numpy(dtype=float)
     data: list[dict[str, Any]] = []
     layout: dict[str, Any] = {"annotations": []}
     for n, band in enumerate(bands):
@@ -117,16 +119,16 @@ def hotspot_map(coords: pd.DataFrame, names: pd.Series,
         data += [{"type": "scatter", "x": x, "y": y, "mode": "lines",
                   "line": {"color": colour, "width": 1.5}, "opacity": 0.6,
                   "hoverinfo": "skip", **on} for x, y, colour in paths]
-        values = z[z.columns[n]].to_numpy(dtype=float)
+        values = zs[:, n]
         data.append({"type": "scatter", "x": lon, "y": lat, "mode": "markers", "text": label,
                      "customdata": _values(values),
                      "marker": {"color": _values(np.clip(values, Z_LOW, Z_HIGH)),
                                 "coloraxis": "coloraxis", "size": 7},
                      "hovertemplate": f"%{{text}}<br>Gi* z %{{customdata:.2f}}<extra>{band}"
                                       "</extra>", **on})
-        ring = coords.loc[list(rings.get(band, ()))]
-        data.append({"type": "scatter", "x": _values(ring["lon"]),
-                     "y": _values(ring["lat"]), "mode": "markers", "hoverinfo": "skip",
+        ring = [at[s] for s in rings.get(band, ())]
+        data.append({"type": "scatter", "x": [lon[i] for i in ring],
+                     "y": [lat[i] for i in ring], "mode": "markers", "hoverinfo": "skip",
                      "marker": {"symbol": "circle-open", "size": 13, "color": "black",
                                 "line": {"width": 1.5}}, **on})
         layout[f"xaxis{_axis(n)}"] = {"visible": False}
