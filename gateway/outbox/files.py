@@ -50,6 +50,11 @@ TABLES = {
     "0003_row_age": (),
 }
 DAMAGED_CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+#: What a call on a store's database can raise: SQLite's errors, and UnicodeDecodeError when
+#: damaged bytes sit in text it hands back (a row, a pragma's answer, or the error message
+#: itself, which Python decodes as UTF-8). The second is damage too, never a crash.
+SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+SqliteFailure = sqlite3.Error | UnicodeDecodeError
 WHAT_HAPPENS = (
     "the daemon moves it aside at its next start (renamed to {name}.damaged-<UTC time>, "
     "with its -wal), and runs on a fresh store"
@@ -67,8 +72,11 @@ def sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def classify(path: Path, exc: sqlite3.Error, doing: str) -> StoreError:
-    """A SQLite error at open as damage (corrupt, not a database) or as unavailability."""
+def classify(path: Path, exc: SqliteFailure, doing: str) -> StoreError:
+    """A SQLite error at open as damage (corrupt, not a database, text that is not UTF-8)
+    or as unavailability."""
+    if isinstance(exc, UnicodeDecodeError):
+        return StoreDamagedError(path, f"{doing}: it holds text that is not UTF-8 ({exc})")
     name = getattr(exc, "sqlite_errorname", "")
     if name.startswith(DAMAGED_CODES):
         return StoreDamagedError(path, f"{doing}: {exc}")
@@ -174,10 +182,10 @@ def seal(conn: sqlite3.Connection) -> None:
         try:
             conn.execute(f"PRAGMA user_version = {next_seal(user_version)}")
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except SQLITE_ERRORS:
             conn.execute("ROLLBACK")
             raise
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         log.warning("outbox not sealed at open (%s); the store is used as it is", exc)
 
 
@@ -292,6 +300,23 @@ def _inspect_header(path: Path, size: int, *, has_wal: bool) -> Header:
 # ---------------------------------------------------------------------------- SQLite
 
 
+def _parses(schema: list[tuple[bytes]], path: Path) -> None:
+    """The schema's statements, replayed in an empty database, parse: a read-only
+    connection skips the names in CHECK constraints (integrity_check says "ok" over a
+    damaged one), but the first write connection refuses the whole store, so damage found
+    only then could not be moved aside untouched."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for (sql,) in schema:
+            scratch.execute(sql.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StoreDamagedError(path, f"its schema is not UTF-8 text ({exc})") from exc
+    except sqlite3.Error as exc:
+        raise StoreDamagedError(path, f"its schema does not parse ({exc})") from exc
+    finally:
+        scratch.close()
+
+
 def verify(conn: sqlite3.Connection, path: Path) -> None:
     """Check, on a read-only connection, that the store is intact and the gateway's own.
 
@@ -313,10 +338,16 @@ def verify(conn: sqlite3.Connection, path: Path) -> None:
             {name for (name,) in conn.execute("SELECT name FROM migrations")}
             if "migrations" in tables else set()
         )
-    except sqlite3.Error as exc:
+        schema = conn.execute(
+            "SELECT CAST(sql AS BLOB) FROM sqlite_master WHERE sql IS NOT NULL "
+            "AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY type != 'table'"
+        ).fetchall()
+    except SQLITE_ERRORS as exc:
         raise classify(path, exc, "cannot check the database") from exc
     if problems != ["ok"]:
         raise StoreDamagedError(path, "integrity check failed: " + "; ".join(problems))
+    _parses(schema, path)
     if app_id not in (0, APPLICATION_ID):
         raise StoreDamagedError(
             path, f"another program's database (application_id {app_id:#x}, "
@@ -362,7 +393,7 @@ def _check_rows(conn: sqlite3.Connection, path: Path, tables: set[str]) -> None:
             (count,) = conn.execute(
                 f"SELECT COUNT(*) FROM {table} WHERE {bad.format(states=states)}"  # noqa: S608
             ).fetchone()  # (constant tables and clauses: no input reaches the SQL)
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             raise classify(path, exc, f"cannot read its {table}") from exc
         if count:
             raise StoreDamagedError(path, f"{count} row(s) of {table} hold values the "
@@ -386,7 +417,7 @@ def check(path: Path, *, tidy: bool = True) -> bool:
     existed = {suffix for suffix in ("-wal", "-shm") if _kind(sidecar(path, suffix))}
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         raise classify(path, exc, "cannot open the database") from exc
     try:
         verify(conn, path)

@@ -29,7 +29,14 @@ from gateway.core.clock import SYSTEM, Clock, SteadyWall
 from gateway.core.drain import Key  # (class, seq): the drain order
 from gateway.core.model import AlertRecord, Event, Priority
 from gateway.errors import StoreError, StoreUnavailableError
-from gateway.outbox.files import APPLICATION_ID, check, classify, seal
+from gateway.outbox.files import (
+    APPLICATION_ID,
+    SQLITE_ERRORS,
+    SqliteFailure,
+    check,
+    classify,
+    seal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +170,11 @@ _COLUMNS = "seq, event_id, class, kind, topic, payload, wall_time, attempts, sta
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # primary result codes of a damaged file
 
 
-def is_damage(exc: sqlite3.Error) -> bool:
-    """True if SQLite found the file itself damaged (not merely full or unwritable)."""
+def is_damage(exc: SqliteFailure) -> bool:
+    """True if SQLite found the file itself damaged (not merely full or unwritable), or
+    damaged bytes came back as text."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
@@ -204,7 +214,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     except BaseException:
         try:
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
+        except SQLITE_ERRORS:
             log.debug("rollback after a failed write also failed", exc_info=True)
         raise
 
@@ -242,7 +252,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         mode = "wal" if readonly else conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute("PRAGMA synchronous = FULL")
         sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         conn.close()
         if created:
             with contextlib.suppress(OSError):
@@ -335,7 +345,7 @@ class Outbox:
             self._rows, self._bytes = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM outbox"
             ).fetchone()
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             conn.close()
             raise classify(self.path, exc, "cannot prepare outbox database") from exc
         self._bytes += self._rows * ROW_OVERHEAD
@@ -416,7 +426,7 @@ class Outbox:
             return self._hold(rows, f"database damaged: {self.damage}")
         try:
             evicted = self._write([*self._memory.values(), *rows])
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._note_write_error(exc)
             return self._hold(rows, self._memory_only or str(exc))
         self._memory.clear()
@@ -427,11 +437,11 @@ class Outbox:
         self._memory.update((row.seq, row) for row in held)
         return AcceptResult(held, self._bound_memory(), error=error)
 
-    def _note_write_error(self, exc: sqlite3.Error) -> None:
+    def _note_write_error(self, exc: SqliteFailure) -> None:
         if is_damage(exc) and self.damage is None:
             self.damage = str(exc)
 
-    def _read_failed(self, exc: sqlite3.Error) -> None:
+    def _read_failed(self, exc: SqliteFailure) -> None:
         self.read_errors += 1  # counted each time, logged (and raised as a fault) once
         if self.damage is None:
             self.damage = str(exc)
@@ -504,7 +514,7 @@ class Outbox:
                 self._memory.clear()
             if self._undeleted:
                 self.delivered(())
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._note_write_error(exc)
             return str(exc)
         return None
@@ -538,7 +548,7 @@ class Outbox:
                     ).fetchone()
                     count, size = count + gone[0], size + gone[1]
                     conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in chunk])
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             # Kept out of the drain and retried: a full disk must not turn every confirmed
             # row into a re-send.
             self._undeleted.update(db_seqs)
@@ -566,7 +576,7 @@ class Outbox:
                     "UPDATE outbox SET attempts = ?, state = ?, last_error = ? WHERE seq = ?",
                     batch,
                 )
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._note_write_error(exc)
             raise
 
@@ -579,7 +589,7 @@ class Outbox:
             cur = self.conn.execute(
                 "UPDATE outbox SET state = 'pending' WHERE state = 'refused'"
             )
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._note_write_error(exc)
             raise
         return cur.rowcount
@@ -618,7 +628,7 @@ class Outbox:
                         "DELETE FROM outbox WHERE class = ? AND aged_from < ?",
                         (int(priority), cutoff),
                     )
-            except sqlite3.Error as exc:
+            except SQLITE_ERRORS as exc:
                 self._note_write_error(exc)
                 self.expire_error = str(exc)
                 continue
@@ -673,7 +683,7 @@ class Outbox:
                         (after[0], limit - len(rows)),
                     )
                 ]
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             # The rows in memory must still go out when the database cannot be read.
             self._read_failed(exc)
             rows = []
@@ -709,7 +719,7 @@ class Outbox:
                     raise _malformed(f"alert {alert_id!r}")
                 record = AlertRecord(alert_id, source, state, _priority(cls), body)
                 alerts.append((record, alert_id not in unsent))
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._read_failed(exc)  # the alerts read so far are still restored
         return alerts
 
@@ -722,7 +732,7 @@ class Outbox:
                     "SELECT alert_id, updated_at FROM alerts WHERE state = 'open'"
                 ) if isinstance(alert_id, str) and isinstance(at, int | float)
             }
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._read_failed(exc)
             return {}
 
@@ -732,7 +742,7 @@ class Outbox:
             found = self.conn.execute(
                 "SELECT 1 FROM commands WHERE command_id = ?", (command_id,)
             ).fetchone()
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             # Unreadable: a replay is still refused if the alert's state forbids it.
             self._read_failed(exc)
             found = None
@@ -744,7 +754,7 @@ class Outbox:
         """Rows by class and state, and the wall time of the oldest unsent row."""
         try:
             return read_depth(self.conn, self._memory.values(), self._bytes)
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             # Health must still go out: the counts this outbox keeps, the memory rows exact.
             self._read_failed(exc)
             depth = read_depth_of_memory(self._memory.values())
@@ -781,7 +791,7 @@ def quick_check(path: Path) -> str | None:
 def _quick_check(conn: sqlite3.Connection) -> str | None:
     try:
         found = [str(problem) for (problem,) in conn.execute("PRAGMA quick_check(3)")]
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         return str(exc)
     return None if found == ["ok"] else "; ".join(found)
 
@@ -821,7 +831,7 @@ def backup(path: Path, out: Path) -> int:
         finally:
             os.close(fd)
         os.replace(partial, out)
-    except sqlite3.Error as exc:
+    except SQLITE_ERRORS as exc:
         raise StoreError(f"{path}: cannot back up to {out}: {exc}") from exc
     finally:
         src.close()

@@ -27,7 +27,7 @@ from gateway.core.drain import Key
 from gateway.core.model import CLASS_NAMES, Event
 from gateway.errors import StoreError
 from gateway.health import Health
-from gateway.outbox.files import Opening, open_store
+from gateway.outbox.files import SQLITE_ERRORS, Opening, open_store
 from gateway.outbox.sqlite import AcceptResult, Depth, Outbox, Row, State, quick_check
 from gateway.outbox.worker import URGENT, PriorityWorker
 
@@ -255,7 +255,7 @@ class AsyncOutbox:
         """Remove confirmed rows; a failed delete is retried, and never loses a row."""
         try:
             await self._run(self.outbox.delivered, seqs)
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._write_failed(exc, f"remove {len(seqs)} delivered row(s), retried later")
         else:
             self._write_ok()
@@ -264,7 +264,7 @@ class AsyncOutbox:
         """Persist attempts and state of rows that stay in the outbox."""
         try:
             await self._run(self.outbox.mark, updates)
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._write_failed(exc, f"record attempts of {len(updates)} row(s)")
         else:
             self._write_ok()
@@ -273,7 +273,7 @@ class AsyncOutbox:
         """Make refused rows pending again."""
         try:
             count = await self._run(self.outbox.requeue_refused)
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self._write_failed(exc, "requeue refused rows")
             return 0
         self._write_ok()
@@ -307,7 +307,7 @@ class AsyncOutbox:
         """Copy the write-ahead log into the database file; a failure is a fault."""
         try:
             frames, copied = await self._run(self.outbox.checkpoint)
-        except sqlite3.Error as exc:
+        except SQLITE_ERRORS as exc:
             self.health.count("store_checkpoint_errors")
             name = self.outbox.path.name
             self.health.raise_fault(
