@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dispatch.hub.cap import lifecycle
@@ -44,6 +44,12 @@ STATES = st.lists(st.sampled_from(["acknowledged", "assigned", "escalated", "ope
 
 @settings(max_examples=300, deadline=None)
 @given(alert=ALERTS, states=STATES, start=st.floats(0, 4e9), test=st.booleans())
+# Found by this sweep (CI, 2026-12-07): the sixth message's references passed 500
+# characters and were cut mid-reference.
+@example(alert={"station": "0" * 14, "alert_id": "0" * 29, "class": "P0",
+                "requested_response": "emergency_services", "source": "", "location": "",
+                "team": None, "eta_s": None, "escalations": 0},
+         states=["open"] + ["acknowledged"] * 5, start=0.0, test=False)
 def test_every_message_of_any_lifecycle_is_valid_cap_and_chained(
     alert: dict[str, Any], states: list[str], start: float, test: bool
 ) -> None:

@@ -58,8 +58,9 @@ def cap_time(unix: float) -> str:
         "%Y-%m-%dT%H:%M:%S+00:00")
 
 
-def _text(value: object, limit: int = 500) -> str:
-    """Text safe for XML 1.0 (no control characters a station might have sent)."""
+def _text(value: object, limit: int | None = 500) -> str:
+    """Text safe for XML 1.0 (no control characters a station might have sent), cut at
+    `limit` characters (None: whole)."""
     text = str(value)[:limit]
     return "".join(ch if ch in "\t\n\r" or (ch >= " " and ch not in "\ufffe\uffff"
                                              and not "\ud800" <= ch <= "\udfff")
@@ -102,10 +103,11 @@ def _message(
     alert: dict[str, Any], state: str, kind: str, *, identifier: str, sent: str,
     sender: str, status: Status, references: Sequence[CapMessage],
 ) -> bytes:
-    def sub(parent: etree._Element, name: str, text: object | None = None) -> etree._Element:
+    def sub(parent: etree._Element, name: str, text: object | None = None, *,
+            limit: int | None = 500) -> etree._Element:
         element = etree.SubElement(parent, f"{{{CAP_NS}}}{name}")
         if text is not None:
-            element.text = _text(text)
+            element.text = _text(text, limit)
         return element
 
     root = etree.Element(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})  # type: ignore[dict-item]
@@ -120,8 +122,9 @@ def _message(
     if kind == "Cancel":
         sub(root, "note", f"the alert was {state} at the station")
     if references:
+        # Whole, however long the chain: a reference cut short names no message.
         sub(root, "references", " ".join(f"{sender},{m.identifier},{m.sent}"
-                                         for m in references))
+                                         for m in references), limit=None)
     sub(root, "incidents", f"{alert['station']}:{alert['alert_id']}")
     cls = str(alert["class"])
     urgency, severity, certainty = _GRADING.get(cls, _GRADING["P1"])
