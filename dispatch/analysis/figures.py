@@ -53,13 +53,14 @@ def page_script() -> str:
     return plotly_js.read_text(encoding="utf-8") + "\n" + DRAW
 
 
-def embed(spec: Spec, figure_id: str, label: str) -> str:
-    """The page's fragment for `spec`: a div that DRAW fills, and its JSON beside it."""
+def embed(spec: Spec, label: str) -> str:
+    """The page's fragment for `spec`: a div that DRAW fills (id `figure-` and `label`
+    with dashes for spaces), and its JSON beside it."""
     # NaN is not JSON (and would be a gap anyway): _values writes it as null already.
     text = json.dumps({**spec, "config": _CONFIG}, allow_nan=False, separators=(",", ":"))
     # In a script element only "</" could end it early: JSON may spell "<" as \u003c.
     text = text.replace("<", "\\u003c")
-    name = html.escape(figure_id, quote=True)
+    name = html.escape(label.replace(" ", "-"), quote=True)
     return (f'<div class=figure id="figure-{name}" data-figure="{name}-data" role=img '
             f'aria-label="{html.escape(label, quote=True)}"></div>'
             f'<script type="application/json" id="{name}-data">{text}</script>')

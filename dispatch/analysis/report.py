@@ -252,7 +252,7 @@ def render(analysis: Analysis, k: int = DEFAULT_MIN_CELL, *,
     if k < 1:
         raise AnalysisError(f"--min-cell {k}: the smallest cell shown must be 1 or more")
     tables = exported(analysis, k) if tables is None else tables
-    shown = {name: figures.embed(figure, _slug(name), name)
+    shown = {name: figures.embed(figure, name)
              for name, figure in plots(analysis, tables, k).items()}
     return Parts(title="Crisis requests: hotspot report", style=_STYLE,
                  sections=tuple(_sections(analysis, tables, shown, k, tables_note)),
@@ -321,10 +321,6 @@ def _table(frame: pd.DataFrame) -> str:
 
 def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-
-
-def _slug(name: str) -> str:
-    return name.replace(" ", "-")
 
 
 def plots(analysis: Analysis, tables: dict[str, pd.DataFrame],
