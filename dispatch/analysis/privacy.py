@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 NOTICE = ("Cells with 1 to {k_minus_1} requests are suppressed (shown blank, `suppressed` = "
@@ -25,11 +26,24 @@ def notice(k: int) -> str:
 def suppress(frame: pd.DataFrame, k: int, *, count: str = "requests",
              figures: Sequence[str] = ()) -> pd.DataFrame:
     """A copy with `count` and `figures` blanked where 0 < count < k, plus `suppressed`."""
-    out = frame.copy()
-    small = (out[count] > 0) & (out[count] < k)
+    counts = frame[count]
+    small = ((counts > 0) & (counts < k)).to_numpy(dtype=bool)
+    out = frame.copy(deep=False)  # copy-on-write: the columns below are new, the rest shared
     for column in (count, *figures):
-        kind = out[column].dtype.kind
-        dtype = "Int64" if kind in "iub" else "Float64" if kind == "f" else object
-        out[column] = out[column].astype(dtype).mask(small)
-    out["suppressed"] = small.to_numpy()
+        out[column] = _blanked(out[column], small)
+    out["suppressed"] = small
     return out
+
+
+def _blanked(column: pd.Series, small: np.ndarray) -> pd.Series | pd.api.extensions.ExtensionArray:
+    """`column` as a nullable array (Int64, Float64, or object) with the `small` rows NA."""
+    kind = column.dtype.kind
+    if not isinstance(column.dtype, np.dtype):
+        dtype = "Int64" if kind in "iub" else "Float64" if kind == "f" else object
+        return column.astype(dtype).mask(small)
+    if kind in "iub":
+        return pd.arrays.IntegerArray(column.to_numpy(dtype=np.int64, copy=True), small.copy())
+    if kind == "f":
+        values = column.to_numpy(dtype=np.float64, copy=True)
+        return pd.arrays.FloatingArray(values, small | np.isnan(values))
+    return column.astype(object).mask(small)

@@ -312,9 +312,12 @@ def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame],
 def _table(frame: pd.DataFrame) -> str:
     # Suppressed figures are pandas' NA (nullable Int64 / Float64), which to_html writes as
     # "<NA>" whatever na_rep says: as float64 NaN they are the blank the notice promises.
-    frame = frame.astype({c: "float64" for c, t in frame.dtypes.items()
-                          if isinstance(t, pd.api.extensions.ExtensionDtype)
-                          and t.kind in "iuf"})
+    nullable = [c for c, t in frame.dtypes.items()
+                if isinstance(t, pd.api.extensions.ExtensionDtype) and t.kind in "iuf"]
+    if nullable:  # (column by column: astype with a dict copies every column)
+        frame = frame.copy(deep=False)
+        for column in nullable:
+            frame[column] = frame[column].astype("float64")
     return str(frame.to_html(index=False, escape=True, na_rep="", float_format=_number,
                              border=0, classes="data"))
 
@@ -351,27 +354,26 @@ def _hot(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def _week_cells(grid: pd.DataFrame, k: int) -> dict[str, np.ndarray]:
     """Network-wide requests per day and hour, per requested response: summed from the
     unsuppressed grid, then the small-cell rule applied to the sums (NaN)."""
-    panels = {}
-    for response in RESPONSES:
-        mine = grid[grid["requested_response"] == response]
-        total = mine.groupby("hour_of_week")["requests"].sum()
-        cells = total.reindex(range(168), fill_value=0).to_numpy(dtype=float, copy=True)
-        cells = cells.reshape(7, 24)
-        cells[(cells > 0) & (cells < k)] = np.nan
-        panels[response] = cells
-    return panels
+    response = np.asarray(
+        pd.Categorical(grid["requested_response"], categories=list(RESPONSES)).codes,
+        dtype=np.intp)
+    mine = response >= 0
+    cell = response[mine] * 168 + grid["hour_of_week"].to_numpy()[mine]
+    sums = np.bincount(cell, weights=grid["requests"].to_numpy(dtype=float)[mine],
+                       minlength=len(RESPONSES) * 168)
+    sums[(sums > 0) & (sums < k)] = np.nan
+    return dict(zip(RESPONSES, sums.reshape(len(RESPONSES), 7, 24), strict=True))
 
 
 def _station_cells(grid: pd.DataFrame, k: int) -> pd.DataFrame:
     """Requests per station (busiest 30) and time band; cells of 1..k-1 are NaN."""
-    bands = pd.Series(_band_of_hour_names(), name="band")
-    frame = grid.assign(band=grid["hour_of_week"].map(bands))
-    table = frame.groupby(["station", "band"])["requests"].sum().unstack("band")
-    table = table.reindex(columns=list(BAND_NAMES), fill_value=0)
+    codes, stations = pd.factorize(grid["station"], sort=True)
+    cell = codes * len(BAND_NAMES) + band_of_hour()[grid["hour_of_week"].to_numpy()]
+    sums = np.bincount(cell, weights=grid["requests"].to_numpy(dtype=float),
+                       minlength=len(stations) * len(BAND_NAMES))
+    table = pd.DataFrame(sums.reshape(len(stations), len(BAND_NAMES)),
+                         index=pd.Index(stations, name="station"),
+                         columns=pd.Index(BAND_NAMES, name="band"))
     top = table.sum(axis=1).sort_values(ascending=False).head(30).index
-    cells = table.loc[top].astype(float)
+    cells = table.loc[top]
     return cells.mask((cells > 0) & (cells < k))
-
-
-def _band_of_hour_names() -> dict[int, str]:
-    return {h: BAND_NAMES[b] for h, b in enumerate(band_of_hour())}
