@@ -100,11 +100,11 @@ class HotspotViews:
         self._entries: dict[float, _Entry] = {}
         self._one_at_a_time = threading.Lock()  # one CPU-heavy analysis at a time
         self._network: tuple[Network, pd.Series | None] | None = None
-        self._script: str | None = None
+        self._script: bytes | None = None
 
-    async def script(self) -> str:
+    async def script(self) -> bytes:
         """What draws the page's figures (plotly.js, then the lines that draw each figure
-        from its JSON): read once, in a worker thread (it is megabytes)."""
+        from its JSON), UTF-8: read once, in a worker thread (it is megabytes)."""
         if self._script is None:
             self._script = await asyncio.to_thread(_page_script)
         return self._script
@@ -178,7 +178,7 @@ class HotspotViews:
         return self._network
 
 
-def _page_script() -> str:
+def _page_script() -> bytes:
     from dispatch.analysis.figures import page_script  # noqa: PLC0415
 
     return page_script()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,8 @@ def analyse(engine: Engine, network: Network, *, since: float, until: float,
     with progress("analysing", 5, enabled=show_progress) as advance:
         everything = load_requests(engine, since, until, network.timezone, with_ids=False)
         on = everything.frame["station"].isin(network.ids)
-        requests = Requests(frame=everything.frame[on].reset_index(drop=True), since=since,
-                            until=until, timezone=network.timezone)
+        frame = everything.frame if on.all() else everything.frame[on].reset_index(drop=True)
+        requests = Requests(frame=frame, since=since, until=until, timezone=network.timezone)
         advance(1)
         ids, weeks = network.ids, requests.weeks
         tables = {f"grid_by_{by}": with_rate(hour_grid(requests, by, ids), ridership, weeks)
@@ -118,7 +119,11 @@ _FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def exported(analysis: Analysis, k: int) -> dict[str, pd.DataFrame]:
     """Every table with the small-cell rule applied (what may leave the hub)."""
-    out = {}
+    return dict(_exporting(analysis, k))
+
+
+def _exporting(analysis: Analysis, k: int) -> Iterator[tuple[str, pd.DataFrame]]:
+    """`exported`'s tables one by one (the report writes each while the next is made)."""
     for name, table in analysis.tables.items():
         figures: tuple[str, ...]
         if name.startswith("grid_by_"):
@@ -126,11 +131,10 @@ def exported(analysis: Analysis, k: int) -> dict[str, pd.DataFrame]:
         elif name in _FIGURES:
             count, figures = _FIGURES[name]
         else:  # shares of the whole network: built from every request
-            out[name] = table.copy()
+            yield name, table.copy()
             continue
-        out[name] = suppress(table, k, count=count,
+        yield name, suppress(table, k, count=count,
                              figures=[f for f in figures if f in table.columns])
-    return out
 
 
 def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
@@ -138,7 +142,6 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
     """Write report.html and tables/NAME.csv (and .parquet) into `folder`; the paths."""
     if k < 1:
         raise AnalysisError(f"--min-cell {k}: the smallest cell shown must be 1 or more")
-    tables = exported(analysis, k)
     try:
         (folder / "tables").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -146,12 +149,15 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
     written: list[Path] = []
     path = folder / "tables"
     try:
-        with (progress("writing report", len(tables) + 1, enabled=show_progress) as advance,
+        with (progress("writing report", len(analysis.tables) + 1,
+                       enabled=show_progress) as advance,
               ThreadPoolExecutor(max_workers=_WRITERS) as writers):
-            # pyarrow writes without the GIL: the tables go to disk while this thread
-            # describes the page. Each file's error is raised here, in the files' order.
-            jobs = []
-            for name, table in tables.items():
+            # pyarrow writes without the GIL: each table goes to disk while this thread
+            # makes the next one and then describes the page. Each file's error is raised
+            # here, in the files' order.
+            jobs, tables = [], {}
+            for name, table in _exporting(analysis, k):
+                tables[name] = table
                 arrow = writers.submit(_arrow, table)
                 path = folder / "tables" / f"{name}.csv"
                 jobs.append((path, writers.submit(_write_csv, arrow, path)))
@@ -177,11 +183,11 @@ def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
     return written
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, data: bytes) -> None:
     """Write `path` whole or not at all: a page cut short by a full disk is never left."""
     part = path.with_name(f".{path.name}.part")
     try:
-        part.write_text(text, encoding="utf-8")
+        part.write_bytes(data)
         part.replace(path)
     finally:
         part.unlink(missing_ok=True)
@@ -234,14 +240,14 @@ class Parts:
         """Every section, in order."""
         return "".join(self.sections)
 
-    def document(self) -> str:
-        """A self-contained HTML document: plotly.js inline draws the figures, and nothing
-        is fetched."""
+    def document(self) -> bytes:
+        """A self-contained HTML document, UTF-8: plotly.js inline draws the figures, and
+        nothing is fetched."""
         return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
                 f"<title>{html.escape(self.title)}</title>"
                 f"<style>{self.style}</style></head><body>" + self.body
                 + f"<noscript><p class=notice>{NO_SCRIPT}</p></noscript>"
-                + "<script>" + figures.page_script() + "</script></body></html>\n")
+                + "<script>").encode() + figures.page_script() + b"</script></body></html>\n"
 
 
 def render(analysis: Analysis, k: int = DEFAULT_MIN_CELL, *,
