@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import pyarrow.parquet as pq
 import pytest
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, func, select
@@ -34,7 +35,7 @@ from dispatch.analysis.record import (
     parse_since,
     read_ridership,
 )
-from dispatch.analysis.report import analyse, render, write_report
+from dispatch.analysis.report import analyse, make_report, render, write_report
 from dispatch.analysis.simulate import (
     DEFAULT_RATE,
     History,
@@ -366,8 +367,23 @@ def test_the_report_file_is_the_page_render_draws(
     engine, _ = planted
     analysis = analyse(engine, network, since=UNTIL - 2 * WEEK_S, until=UNTIL,
                        show_progress=False)
-    write_report(analysis, tmp_path, show_progress=False)
-    assert (tmp_path / "report.html").read_bytes() == render(analysis).document()
+    write_report(analysis, tmp_path / "after", show_progress=False)
+    assert (tmp_path / "after" / "report.html").read_bytes() == render(analysis).document()
+    # What the report command runs writes each table while the analysis goes on: the same
+    # files, every table under the small-cell rule (a table it missed, or wrote before its
+    # suppression, differs here).
+    _, written = make_report(engine, network, tmp_path / "during", since=UNTIL - 2 * WEEK_S,
+                             until=UNTIL, show_progress=False)
+    names = sorted(p.relative_to(tmp_path / "during") for p in written)
+    assert names == sorted(p.relative_to(tmp_path / "after")
+                           for p in (tmp_path / "after").rglob("*") if p.is_file())
+    assert len(names) == 1 + 2 * len(analysis.tables)
+    for name in names:
+        during, after = tmp_path / "during" / name, tmp_path / "after" / name
+        if name.suffix == ".parquet":
+            assert pq.read_table(during).equals(pq.read_table(after)), name
+        else:
+            assert during.read_bytes() == after.read_bytes(), name
 
 
 def test_the_report_draws_its_figures_offline_in_a_browser(

@@ -140,7 +140,7 @@ def _network(args: argparse.Namespace, *,
 def _report(args: argparse.Namespace) -> int:
     from dispatch.analysis.hotspots import Settings  # noqa: PLC0415
     from dispatch.analysis.period import parse_since  # noqa: PLC0415
-    from dispatch.analysis.report import analyse, write_report  # noqa: PLC0415
+    from dispatch.analysis.report import make_report  # noqa: PLC0415
     from dispatch.hub.store import open_engine  # noqa: PLC0415
 
     if args.min_cell < 1:
@@ -149,9 +149,10 @@ def _report(args: argparse.Namespace) -> int:
         raise AnalysisError(f"--alpha {args.alpha}: give a level between 0 and 1")
     network, ridership = _network(args, default_ridership=False)
     until = args.until if args.until is not None else time.time()
-    analysis = analyse(open_engine(args.db), network, since=until - parse_since(args.since),
-                       until=until, ridership=ridership, settings=Settings(alpha=args.alpha))
-    written = write_report(analysis, args.out, k=args.min_cell, parquet=not args.no_parquet)
+    analysis, written = make_report(
+        open_engine(args.db), network, args.out, since=until - parse_since(args.since),
+        until=until, ridership=ridership, settings=Settings(alpha=args.alpha), k=args.min_cell,
+        parquet=not args.no_parquet)
     recs = analysis.tables["recommendations"]
     print(f"{len(analysis.requests.frame)} requests, {len(analysis.hotspots.hot)} hot cells in "
           f"{len(recs)} clusters; {written[0]} and {len(written) - 1} table files")

@@ -213,9 +213,8 @@ def _read(engine: Engine, query: Select[Any]) -> tuple[
 def _categorical(values: list[str], code: np.ndarray) -> pd.Categorical:
     """Per request, one part of its key: categories sorted (as strings sort), so groups come
     out in the same order as from text columns, whatever the database's row order."""
-    categories, inverse = np.unique(np.asarray(values, dtype=object), return_inverse=True)
-    return pd.Categorical.from_codes(inverse.reshape(-1)[code] if len(values) else code,
-                                     categories=pd.Index(categories, dtype="str"))
+    place, categories = pd.factorize(np.asarray(values, dtype=object), sort=True)
+    return pd.Categorical.from_codes(place[code], categories=pd.Index(categories, dtype="str"))
 
 
 def placed(frame: pd.DataFrame, since: float, timezone: str) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 `analyse` computes every table from the requests (unsuppressed, for tests and callers);
 `write_report` applies the small-cell rule (`privacy`) to every table before anything is
-written, and describes the figures (`figures`: plotly) from the suppressed tables. The page
+written, and describes the figures (`figures`: plotly) from the suppressed tables.
+`make_report` is both at once, as `stationgw hub report` runs them: each table is suppressed
+and written (in threads) as soon as the analysis has it, while the analysis goes on. The page
 carries each figure as JSON and plotly.js inline, which draws them when it is opened, so the
 file opens anywhere without a network.
 `render` is that page as fragments (`Parts`): the report file and the web console's hotspots
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,8 +75,18 @@ class Analysis:
 
 def analyse(engine: Engine, network: Network, *, since: float, until: float,
             ridership: pd.Series | None = None, settings: Settings = DEFAULTS,
-            show_progress: bool | None = None) -> Analysis:
-    """Read the requests of [since, until) and compute every table of the report."""
+            show_progress: bool | None = None,
+            sink: Callable[[str, pd.DataFrame], None] | None = None) -> Analysis:
+    """Read the requests of [since, until) and compute every table of the report (`sink`,
+    if given, gets each table as soon as it is final: `make_report` writes it then)."""
+    tables: dict[str, pd.DataFrame] = {}
+
+    def keep(name: str, table: pd.DataFrame) -> pd.DataFrame:
+        tables[name] = table
+        if sink is not None:
+            sink(name, table)
+        return table
+
     with progress("analysing", 5, enabled=show_progress) as advance:
         everything = load_requests(engine, since, until, network.timezone, with_ids=False)
         on = everything.frame["station"].isin(network.ids)
@@ -81,22 +94,21 @@ def analyse(engine: Engine, network: Network, *, since: float, until: float,
         requests = Requests(frame=frame, since=since, until=until, timezone=network.timezone)
         advance(1)
         ids, weeks = network.ids, requests.weeks
-        tables = {f"grid_by_{by}": with_rate(hour_grid(requests, by, ids), ridership, weeks)
-                  for by in ("class", "requested_response", "team")}
+        for by in ("class", "requested_response", "team"):
+            keep(f"grid_by_{by}", with_rate(hour_grid(requests, by, ids), ridership, weeks))
         advance(1)
         for by in ("station", "hour_of_week", "band", "team", "class"):
-            tables[f"service_by_{by}"] = service(requests, by)
-        curve = concentration(requests, ids)
-        tables["concentration"] = curve
-        tables["concentration_top"] = top_shares(curve)
-        tables["repeat_locations"] = repeat_locations(requests)
+            keep(f"service_by_{by}", service(requests, by))
+        curve = keep("concentration", concentration(requests, ids))
+        keep("concentration_top", top_shares(curve))
+        keep("repeat_locations", repeat_locations(requests))
         advance(1)
         hotspots = find_hotspots(requests, network, ridership, settings)
         advance(1)
         cells = hotspots.cells.copy()
         cells.insert(1, "name", cells["station"].map(network.stations["name"]))
-        tables["hotspot_cells"] = cells
-        tables["recommendations"] = recommendations(hotspots, requests, network, ridership)
+        keep("hotspot_cells", cells)
+        keep("recommendations", recommendations(hotspots, requests, network, ridership))
         advance(1)
     return Analysis(requests=requests, network=network, ridership=ridership,
                     hotspots=hotspots, tables=tables, off_network=int((~on).sum()))
@@ -119,68 +131,101 @@ _FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def exported(analysis: Analysis, k: int) -> dict[str, pd.DataFrame]:
     """Every table with the small-cell rule applied (what may leave the hub)."""
-    return dict(_exporting(analysis, k))
+    return {name: _exported(name, table, k) for name, table in analysis.tables.items()}
 
 
-def _exporting(analysis: Analysis, k: int) -> Iterator[tuple[str, pd.DataFrame]]:
-    """`exported`'s tables one by one (the report writes each while the next is made)."""
-    for name, table in analysis.tables.items():
-        figures: tuple[str, ...]
-        if name.startswith("grid_by_"):
-            count, figures = "requests", ("per_week", "per_10k_riders")
-        elif name in _FIGURES:
-            count, figures = _FIGURES[name]
-        else:  # shares of the whole network: built from every request
-            yield name, table.copy()
-            continue
-        yield name, suppress(table, k, count=count,
-                             figures=[f for f in figures if f in table.columns])
+def _exported(name: str, table: pd.DataFrame, k: int) -> pd.DataFrame:
+    figures: tuple[str, ...]
+    if name.startswith("grid_by_"):
+        count, figures = "requests", ("per_week", "per_10k_riders")
+    elif name in _FIGURES:
+        count, figures = _FIGURES[name]
+    else:  # shares of the whole network: built from every request
+        return table.copy()
+    return suppress(table, k, count=count, figures=[f for f in figures if f in table.columns])
+
+
+def make_report(engine: Engine, network: Network, folder: Path, *, since: float,
+                until: float, ridership: pd.Series | None = None,
+                settings: Settings = DEFAULTS, k: int = DEFAULT_MIN_CELL, parquet: bool = True,
+                show_progress: bool | None = None) -> tuple[Analysis, list[Path]]:
+    """`analyse`, then `write_report`, with each table written while the analysis goes on
+    (what `stationgw hub report` does); the analysis and the paths written."""
+    with _writing(folder, k, parquet) as out:
+        analysis = analyse(engine, network, since=since, until=until, ridership=ridership,
+                           settings=settings, show_progress=show_progress, sink=out.put)
+        return analysis, out.finish(analysis, show_progress)
 
 
 def write_report(analysis: Analysis, folder: Path, *, k: int = DEFAULT_MIN_CELL,
                  parquet: bool = True, show_progress: bool | None = None) -> list[Path]:
     """Write report.html and tables/NAME.csv (and .parquet) into `folder`; the paths."""
+    with _writing(folder, k, parquet) as out:
+        for name, table in analysis.tables.items():
+            out.put(name, table)
+        return out.finish(analysis, show_progress)
+
+
+@contextmanager
+def _writing(folder: Path, k: int, parquet: bool) -> Iterator[_Writer]:
     if k < 1:
         raise AnalysisError(f"--min-cell {k}: the smallest cell shown must be 1 or more")
     try:
         (folder / "tables").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AnalysisError(f"{folder}: cannot create the report folder ({exc})") from exc
-    written: list[Path] = []
-    path = folder / "tables"
-    try:
-        with (progress("writing report", len(analysis.tables) + 1,
-                       enabled=show_progress) as advance,
-              ThreadPoolExecutor(max_workers=_WRITERS) as writers):
-            # pyarrow writes without the GIL: each table goes to disk while this thread
-            # makes the next one and then describes the page. Each file's error is raised
-            # here, in the files' order.
-            jobs, tables = [], {}
-            for name, table in _exporting(analysis, k):
-                tables[name] = table
-                arrow = writers.submit(_arrow, table)
-                path = folder / "tables" / f"{name}.csv"
-                jobs.append((path, writers.submit(_write_csv, arrow, path)))
-                if parquet:
-                    path = path.with_suffix(".parquet")
-                    jobs.append((path, writers.submit(_write_parquet, arrow, path)))
-            path = folder / "report.html"
-            page = render(analysis, k, tables=tables).document()
-            for path, job in jobs:
-                job.result()
-                written.append(path)
-                advance(1 / (2 if parquet else 1))
-            path = folder / "report.html"
-            _write_atomically(path, page)
-            written.insert(0, path)
-            advance(1)
-    except OSError as exc:  # a full or read-only disk, a folder taken away
-        raise AnalysisError(
-            f"{path}: cannot write it ({exc.strerror or exc}); the report in {folder} is "
-            "incomplete (report.html is written last, so it is missing or the old one): free "
-            "some space or choose another --out, and run the report again"
-        ) from exc
-    return written
+    with ThreadPoolExecutor(max_workers=_WRITERS) as writers:
+        yield _Writer(folder, k, parquet, writers)
+
+
+@dataclass
+class _Writer:
+    """The report's files as the tables arrive: each table suppressed here, then written as
+    CSV (and Parquet) by pyarrow in the writer threads, without the GIL, while this thread
+    goes on with the analysis and the page. report.html is written last, once every table
+    file is whole."""
+
+    folder: Path
+    k: int
+    parquet: bool
+    writers: ThreadPoolExecutor
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # as exported
+    jobs: list[tuple[Path, Future[None]]] = field(default_factory=list)
+
+    def put(self, name: str, table: pd.DataFrame) -> None:
+        """Suppress `table` and start writing it."""
+        self.tables[name] = exported = _exported(name, table, self.k)
+        arrow = self.writers.submit(_arrow, exported)
+        path = self.folder / "tables" / f"{name}.csv"
+        self.jobs.append((path, self.writers.submit(_write_csv, arrow, path)))
+        if self.parquet:
+            path = path.with_suffix(".parquet")
+            self.jobs.append((path, self.writers.submit(_write_parquet, arrow, path)))
+
+    def finish(self, analysis: Analysis, show_progress: bool | None) -> list[Path]:
+        """Describe the page, wait for the table files, then write report.html; the paths
+        (report.html first). Each file's error is raised here, in the files' order."""
+        folder, written = self.folder, []
+        path = folder / "report.html"
+        try:
+            with progress("writing report", len(self.tables) + 1,
+                          enabled=show_progress) as advance:
+                page = render(analysis, self.k, tables=self.tables).document()
+                for path, job in self.jobs:
+                    job.result()
+                    written.append(path)
+                    advance(1 / (2 if self.parquet else 1))
+                path = folder / "report.html"
+                _write_atomically(path, page)
+                written.insert(0, path)
+                advance(1)
+        except OSError as exc:  # a full or read-only disk, a folder taken away
+            raise AnalysisError(
+                f"{path}: cannot write it ({exc.strerror or exc}); the report in {folder} is "
+                "incomplete (report.html is written last, so it is missing or the old one): "
+                "free some space or choose another --out, and run the report again"
+            ) from exc
+        return written
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
