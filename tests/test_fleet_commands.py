@@ -165,3 +165,31 @@ async def test_a_request_nobody_answers_is_played_by_the_fleets_dispatcher(
     assert {m["body"]["dispatcher"] for m in events[1:]} == {FLEET_DISPATCHER}
     assert events[2]["body"]["team"] == "crisis_team" and events[2]["body"]["eta_s"] == 300
     assert resolved["body"]["state"] == "resolved" and sim.overtaken == 0
+
+
+async def test_a_command_that_breaks_the_handling_is_answered_and_the_next_is_applied(
+        broker: Mosquitto) -> None:
+    """Fault injection: the station's alert book raises on its next decision, as a bug in
+    the pure core would. That command is answered `internal_error` and counted, and the
+    station goes on: the next command is applied."""
+    async with simulated(broker) as (dispatch, sim):
+        sim.request(_request(sim.station, answer_s=3.0), 0.0)
+        press = await dispatch.wait_for("help_point.press")
+        alert_id = press["body"]["alert_id"]
+        decide = sim.book.decide
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            sim.book.decide = decide  # type: ignore[method-assign]  # once
+            raise RuntimeError("injected")
+
+        sim.book.decide = broken  # type: ignore[method-assign]
+        first = make_command(sim.station, alert_id, "acknowledge", dispatcher="desk-7")
+        await dispatch.send(json.dumps(first.wire()).encode())
+        failed = await dispatch.wait_for("reply", reason="internal_error")
+        assert failed["status"] == "rejected" and "RuntimeError" in failed["detail"]
+        assert sim.handling_errors == 1
+        assert not [m for kind, m in dispatch.heard if kind == "alert.acknowledged"]
+        second = make_command(sim.station, alert_id, "acknowledge", dispatcher="desk-7")
+        await dispatch.send(json.dumps(second.wire()).encode())
+        await dispatch.wait_for("alert.acknowledged", dispatcher="desk-7")
+        await dispatch.wait_for("reply", command_id=second.command_id, status="applied")

@@ -14,7 +14,8 @@ Each `SimStation` is one MQTT 5 client under the station's own client id
   protocol core (`gateway.core.commands.parse_command` and `gateway.core.alerts.AlertBook`,
   with the default `[dispatch]` limits): an applied one is announced as
   `alert.acknowledged` / `assigned` / `resolved` / `cancelled` and answered `applied` on
-  `replies`, a refused one answered `rejected` with the gateway's reason.
+  `replies`, a refused one answered `rejected` with the gateway's reason, and one that
+  breaks the handling answered `internal_error` (counted in health) while the next goes on.
 
 A request plays as a help point would report it: the press (`help_point.press`, or for an
 emergency the press and then `help_point.hold` after `HOLD_S`, as a real help point held
@@ -102,6 +103,7 @@ class SimStation:
         self.applied: set[str] = set()  # command ids applied (a replay is refused)
         self.replies = 0  # answers to dispatch's commands (applied or rejected)
         self.overtaken = 0  # requests a dispatcher at the console took over from the fleet
+        self.handling_errors = 0  # commands that broke the handling (answered internal_error)
         self._queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._client = aiomqtt.Client(
@@ -194,25 +196,39 @@ class SimStation:
         return decision
 
     async def _listen(self) -> None:
-        """Dispatch's commands: checked, applied, and each one answered on `replies`."""
+        """Dispatch's commands: checked, applied, and each one answered on `replies`. A
+        command never ends this: one that breaks the handling (the gateway's pure core
+        should never raise) is answered `internal_error`, logged and counted
+        (`handling_errors`, in health as `command_handling_errors`), as a gateway does."""
         async for message in self._client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            parsed = parse_command(payload, station=self.station, now=time.time(),
-                                   max_age_s=LIMITS.command_max_age_s,
-                                   max_bytes=LIMITS.max_command_bytes)
-            decision = self._decide(parsed) if isinstance(parsed, Command) else parsed
-            if isinstance(decision, Rejection):
-                reply = Reply(command_id=decision.command_id, alert_id=decision.alert_id,
-                              status="rejected", reason=decision.reason,
-                              detail=decision.detail, station=self.station,
-                              wall_time=time.time())
-            else:
-                reply = Reply(command_id=decision.command_id, alert_id=decision.alert_id,
-                              status="applied", station=self.station, wall_time=time.time())
+            try:
+                reply = self._answer(payload)
+            except Exception as exc:
+                log.exception("%s: command handling failed (%d bytes)", self.station,
+                              len(payload))
+                self.handling_errors += 1
+                reply = Reply(command_id=None, status="rejected", reason="internal_error",
+                              detail="the simulated station could not handle it: "
+                                     f"{type(exc).__name__}",
+                              station=self.station, wall_time=time.time())
             # After the event it answers: the queue sends in order, the reply last.
             self._queue.put_nowait((self.topics.replies, json.dumps(reply.wire()).encode(),
                                     False))
             self.replies += 1
+
+    def _answer(self, payload: bytes) -> Reply:
+        """Check one command, apply it if it holds, and say so."""
+        parsed = parse_command(payload, station=self.station, now=time.time(),
+                               max_age_s=LIMITS.command_max_age_s,
+                               max_bytes=LIMITS.max_command_bytes)
+        decision = self._decide(parsed) if isinstance(parsed, Command) else parsed
+        if isinstance(decision, Rejection):
+            return Reply(command_id=decision.command_id, alert_id=decision.alert_id,
+                         status="rejected", reason=decision.reason, detail=decision.detail,
+                         station=self.station, wall_time=time.time())
+        return Reply(command_id=decision.command_id, alert_id=decision.alert_id,
+                     status="applied", station=self.station, wall_time=time.time())
 
     def _announce(self, kind: str, record: AlertRecord, wall: float) -> str:
         """Accept the event announcing `record` (the gateway's body for it)."""
@@ -258,7 +274,8 @@ class SimStation:
                        "bytes": 0, "memory_rows": 0, "in_flight": 0,
                        "oldest_unsent_age_s": None},
             "faults": [], "links": {f"broker:{self.broker}": "up"},
-            "counters": {"published": self.published, "seq": self.seq}, "boards": {},
+            "counters": {"published": self.published, "seq": self.seq,
+                         "command_handling_errors": self.handling_errors}, "boards": {},
         }).encode()
 
 
