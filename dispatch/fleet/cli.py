@@ -111,6 +111,9 @@ def print_result(result: FleetResult, db_url: str) -> None:
     print(f"hub ({db_url}): {sum(hub.alerts.values())} alerts, {hub.resolved} resolved, "
           f"{hub.events} events; seq audit: {hub.lost} lost, {hub.lost_tail} missing at the "
           f"end; {hub.offline} stations offline after the stop")
+    if result.overtaken:
+        print(f"console: {result.overtaken} simulated requests answered by a dispatcher at the "
+              "console, not the fleet")
     for spot in schedule.planted:
         got = [hub.alerts[s] for s in spot.stations]
         print(f"planted: {spot.band}, {spot.response}, x{spot.factor:g}: "

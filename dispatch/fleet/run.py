@@ -88,6 +88,8 @@ class FleetResult:
     joined: int  # real presses that joined an open request (0 when dispatch kept up)
     failures: list[str]
     elapsed_s: float
+    overtaken: int = 0  # simulated requests a dispatcher at the console took over
+    handling_errors: int = 0  # commands that broke a simulated station's handling
 
     @property
     def problems(self) -> list[str]:
@@ -112,6 +114,9 @@ class FleetResult:
                        "in the hub after the stop")
         if self.joined:
             out.append(f"{self.joined} presses joined an open request")
+        if self.handling_errors:
+            out.append(f"{self.handling_errors} commands broke a simulated station's handling "
+                       "(answered internal_error; see the fleet's log)")
         return out
 
 
@@ -297,6 +302,8 @@ class Fleet:
             await asyncio.wait(set(self._presses))
         await self.dispatcher.settle()
         last_seq = {s: sim.seq for s, sim in self.sims.items()}
+        overtaken = sum(sim.overtaken for sim in self.sims.values())
+        handling_errors = sum(sim.handling_errors for sim in self.sims.values())
         self.say("stopping the stations")
         await self._stack.aclose()  # simulated stations: offline, then DISCONNECT
         for daemon in self.real.values():
@@ -305,7 +312,8 @@ class Fleet:
         self.failures += self.dispatcher.failures
         return FleetResult(schedule=self.schedule, sent=sorted(self.sent, key=_order),
                            hub=record, joined=self.dispatcher.joined,
-                           failures=self.failures, elapsed_s=time.monotonic() - self._started)
+                           failures=self.failures, elapsed_s=time.monotonic() - self._started,
+                           overtaken=overtaken, handling_errors=handling_errors)
 
     async def _recorded(self, last_seq: dict[str, int]) -> HubRecord:
         """The hub's record once it holds every request resolved and every station offline
