@@ -20,10 +20,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, func, select
 
 from dispatch.analysis.cli import main
+from dispatch.analysis.grids import service
 from dispatch.analysis.hotspots import DEFAULTS, band_values, find_hotspots, flag
 from dispatch.analysis.metro import SHIPPED, write_metro
 from dispatch.analysis.network import Network, read_mapping, read_network
@@ -44,7 +47,7 @@ from dispatch.analysis.simulate import (
 )
 from dispatch.errors import InputError, NetworkError
 from dispatch.hub.schema import alerts, events
-from dispatch.hub.store import HubStore, open_engine
+from dispatch.hub.store import HubStore, migrate, open_engine
 from gateway.testing.browser import chromium
 from gateway.testing.disk import SmallDisk, can_mount
 from gateway.testing.postgres import PostgreSQL
@@ -201,6 +204,58 @@ def test_false_positive_rate_under_no_hotspots(network: Network,
         flagged += bool(cells["hot"].any())
     print(f"{flagged} of {runs} null metros flagged a cell")
     assert flagged / runs <= DEFAULTS.alpha, f"{flagged} of {runs} null runs flagged a cell"
+
+
+# ------------------------------------------------------------------------------ service
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["a", "b", "c"]),  # the station
+    st.none() | st.floats(0, 3600),  # seconds to acknowledge (None: never acknowledged)
+    st.sampled_from(["open", "resolved", "cancelled"]),  # how it ended, if it did
+    st.floats(0, 7200),  # seconds to its close, if it closed
+    st.integers(0, 3),  # escalations
+), min_size=1, max_size=40))
+def test_service_figures_are_each_stations_own_quantiles_and_shares(
+        made: list[tuple[str, float | None, str, float, int]]) -> None:
+    """Any mix of acknowledged, never acknowledged, resolved, cancelled and escalated alerts
+    in the hub: each station's service row is what its own alerts give, computed here with
+    numpy (linear quantiles; time to resolve counts resolved alerts only; a figure with no
+    times is blank)."""
+    engine = open_engine("sqlite://")
+    migrate(engine)
+    rows = []
+    for n, (station, ack, fate, close, escalations) in enumerate(made):
+        opened = UNTIL - 3600.0 - n
+        state = fate if fate != "open" else "acknowledged" if ack is not None else "open"
+        rows.append({
+            "station": station, "alert_id": f"a{n}", "class": "P1", "state": state,
+            "source": "hp-1", "location": "", "requested_response": "crisis_team",
+            "opened_at": opened, "acknowledged_at": None if ack is None else opened + ack,
+            "closed_at": None if fate == "open" else opened + close,
+            "escalations": escalations, "last_seq": n + 1, "updated_at": opened})
+    with engine.begin() as conn:
+        conn.execute(alerts.insert(), rows)
+    table = service(load_requests(engine, UNTIL - WEEK_S, UNTIL, "Europe/Zurich"), "station")
+    engine.dispose()
+    assert sorted(table["station"]) == sorted({m[0] for m in made})
+    for row in table.to_dict("records"):
+        mine = [m for m in made if m[0] == row["station"]]
+        for figure, times in (("ack", [m[1] for m in mine if m[1] is not None]),
+                              ("resolve", [m[3] for m in mine if m[2] == "resolved"])):
+            assert row["acknowledged" if figure == "ack" else "resolved"] == len(times)
+            for q in (50, 90):
+                got = row[f"{figure}_p{q}_s"]
+                if times:
+                    assert got == pytest.approx(np.quantile(times, q / 100), abs=1e-6), figure
+                else:
+                    assert np.isnan(got), figure
+        assert row["requests"] == len(mine)
+        assert row["escalations"] == sum(m[4] for m in mine)
+        assert row["escalated_share"] == pytest.approx(
+            sum(m[4] > 0 for m in mine) / len(mine))
+        assert row["never_acknowledged_share"] == pytest.approx(
+            sum(m[1] is None for m in mine) / len(mine))
 
 
 # ------------------------------------------------------------------------------ privacy
