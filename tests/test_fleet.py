@@ -17,11 +17,14 @@ import pandas as pd
 import pytest
 
 from dispatch.analysis.record import BAND_NAMES, band_of_hour
+from dispatch.analysis.simulate import LOCATIONS
 from dispatch.fleet.cli import main
+from dispatch.fleet.daemons import daemon_config
 from dispatch.fleet.network import fleet_metro
 from dispatch.fleet.run import FleetOptions, FleetResult, latencies, run_fleet
 from dispatch.fleet.schedule import make_schedule
 from dispatch.hub.store import HubStore, open_engine
+from gateway.config.loading import load_config
 
 OPTIONS = FleetOptions(stations=20, daemons=3, duration_s=20.0, speed=7 * 86400 / 20,
                        seed=14, health_interval_s=5.0)
@@ -118,3 +121,19 @@ def test_a_bad_option_is_named_before_anything_starts(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--stations", "0", "--db", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
     assert "--stations 0: give 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folder", ["plain", 'with "quotes"', "back\\slash", "ünïcode and spaces"])
+def test_a_fleet_daemons_config_is_valid_whatever_its_folder(tmp_path: Path, folder: str) -> None:
+    """`--folder` is the user's: the daemon's TOML holds its path as a string whatever it
+    contains, and the station config loads with every help point and its outbox there."""
+    where = tmp_path / folder
+    where.mkdir()
+    path = where / "station.toml"
+    path.write_text(daemon_config("d1-old-quay", where, "mqtt://127.0.0.1:1883",
+                                  prefix="stationgw/v1", health_interval_s=30.0),
+                    encoding="utf-8")
+    config = load_config(path)
+    assert config.station_id == "d1-old-quay"
+    assert Path(config.store.path) == where / "outbox.db"
+    assert len(config.help_points) == 2 * len(LOCATIONS)

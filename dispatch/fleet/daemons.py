@@ -36,6 +36,7 @@ from dispatch.outbound import make_command, send_command
 from gateway.config.models import StationConfig
 from gateway.errors import DaemonStartError
 from gateway.inputs.simulate import socket_path
+from gateway.testing.config import to_toml
 from gateway.testing.daemon import StationDaemon
 
 log = logging.getLogger(__name__)
@@ -47,42 +48,31 @@ _PINS = (4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21)
 
 def daemon_config(station: str, folder: Path, broker_url: str, *, prefix: str,
                   health_interval_s: float) -> str:
-    """The TOML config of a fleet daemon (mock pins, eight help points)."""
-    lines = [
-        f'station_id = "{station}"',
-        'gpio_pin_factory = "mock"',
-        "[[brokers]]",
-        f'url = "{broker_url}"',
-        "[mqtt]",
-        f'topic_prefix = "{prefix}"',
-        f"health_interval_s = {health_interval_s}",
-        "reconnect_initial_s = 0.2",
-        "reconnect_max_s = 2.0",
-        "[store]",
-        f'path = "{folder / "outbox.db"}"',
-        "[press]",
+    """The TOML config of a fleet daemon (mock pins, eight help points). Written by
+    `to_toml`, so any `--folder` path (quotes, backslashes) is a valid TOML string."""
+    pins = iter(_PINS)
+    help_points = [{"id": f"{kind}-{number}", "location": location,
+                    "platform": platform(location), "pin": next(pins),
+                    "lamp_pin": next(pins), "hold_time_s": HOLD_S}
+                   for kind in ("hp", "info")
+                   for number, location in enumerate(LOCATIONS, start=1)]
+    return to_toml({
+        "station_id": station, "gpio_pin_factory": "mock",
+        "brokers": [{"url": broker_url}],
+        "mqtt": {"topic_prefix": prefix, "health_interval_s": health_interval_s,
+                 "reconnect_initial_s": 0.2, "reconnect_max_s": 2.0},
+        "store": {"path": str(folder / "outbox.db")},
         # Requests come seconds apart on a compressed clock: a later press joins only an
         # unacknowledged request, never a resolved one.
-        "repeat_window_s = 0.05",
-        "[dispatch]",
-        "ack_timeout_s = 3600",  # the fleet's dispatcher acknowledges within seconds
+        "press": {"repeat_window_s": 0.05},
+        "dispatch": {"ack_timeout_s": 3600},  # the fleet's dispatcher answers within seconds
         # Slow blinks: 400 lamps blinking at the default 0.15 s would cost CPU for nothing.
-        "[lamp]",
-        "accepted = {on_s = 1.0, off_s = 3.0}",
-        "sent = {on_s = 2.0, off_s = 2.0}",
-        "fault = {on_s = 0.5, off_s = 5.0}",
-    ]
-    pins = iter(_PINS)
-    for kind in ("hp", "info"):
-        for number, location in enumerate(LOCATIONS, start=1):
-            lines += ["[[help_points]]", f'id = "{kind}-{number}"',
-                      f'location = "{location}"', f'platform = "{platform(location)}"',
-                      f"pin = {next(pins)}", f"lamp_pin = {next(pins)}",
-                      f"hold_time_s = {HOLD_S}"]
-    for number in range(1, len(LOCATIONS) + 1):
-        lines += ["[[rules]]", 'input = "help_point.press"', f'source = "info-{number}"',
-                  'class = "P2"']
-    return "\n".join(lines) + "\n"
+        "lamp": {"accepted": {"on_s": 1.0, "off_s": 3.0}, "sent": {"on_s": 2.0, "off_s": 2.0},
+                 "fault": {"on_s": 0.5, "off_s": 5.0}},
+        "help_points": help_points,
+        "rules": [{"input": "help_point.press", "source": f"info-{number}", "class": "P2"}
+                  for number in range(1, len(LOCATIONS) + 1)],
+    })
 
 
 class RealStation:
