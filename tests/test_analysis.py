@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, func, select
@@ -45,7 +45,7 @@ from dispatch.analysis.simulate import (
     hourly_rhythm,
     simulate_history,
 )
-from dispatch.errors import InputError, NetworkError
+from dispatch.errors import AnalysisError, InputError, NetworkError
 from dispatch.hub.schema import alerts, events
 from dispatch.hub.store import HubStore, migrate, open_engine
 from gateway.testing.browser import chromium
@@ -256,6 +256,37 @@ def test_service_figures_are_each_stations_own_quantiles_and_shares(
             sum(m[4] > 0 for m in mine) / len(mine))
         assert row["never_acknowledged_share"] == pytest.approx(
             sum(m[1] is None for m in mine) / len(mine))
+
+
+@settings(max_examples=30, deadline=None)
+@given(column=st.sampled_from(["acknowledged_at", "closed_at", "escalations"]),
+       value=st.sampled_from(["nan", "inf", "-Infinity", "1_0", ""])  # numpy would take most
+       | st.text(max_size=20).map(lambda t: "x" + t) | st.binary(max_size=20))
+def test_a_value_that_is_not_a_number_fails_the_read_and_says_so(
+        column: str, value: str | bytes) -> None:
+    """The disk is an edge: SQLite keeps any value in any column, so a hand-edited or damaged
+    hub database can hold a text or a blob where a time or a count belongs. The read refuses
+    it with an error that says what and how to go on, never a wrong figure (SQL arithmetic
+    would have read a text as 0) and never a traceback."""
+    engine = open_engine("sqlite://")
+    migrate(engine)
+    opened = UNTIL - 3600.0
+    with engine.begin() as conn:
+        conn.execute(alerts.insert(), [{
+            "station": "a", "alert_id": f"a{n}", "class": "P1", "state": "resolved",
+            "source": "hp-1", "location": "", "requested_response": "crisis_team",
+            "opened_at": opened, "acknowledged_at": opened + 30, "closed_at": opened + 600,
+            "escalations": 0, "last_seq": n + 1, "updated_at": opened} for n in range(3)])
+        # Past SQLAlchemy's type processing, as a hand edit or a damaged page would be.
+        conn.exec_driver_sql(f"UPDATE alerts SET {column} = ? WHERE alert_id = 'a1'",  # noqa: S608
+                             (value,))
+        stored = conn.exec_driver_sql(f"SELECT typeof({column}) FROM alerts"  # noqa: S608
+                                      " WHERE alert_id = 'a1'").scalar()
+    assume(stored in ("text", "blob"))  # SQLite took a numeric text as a number
+    with pytest.raises(AnalysisError, match="not a number") as raised:
+        load_requests(engine, UNTIL - WEEK_S, UNTIL, "Europe/Zurich")
+    engine.dispose()
+    assert "restore the database from a backup" in str(raised.value)
 
 
 # ------------------------------------------------------------------------------ privacy

@@ -111,18 +111,20 @@ class Requests:
 _SEP = "\x1f"
 _KEY_PARTS = ("station", "class", "requested_response", "team", "location")
 _CHUNK = 1 << 18  # rows per fetch: bounds the Python objects alive at once
+_NUMERIC = {float, int, type(None)}  # what a time or a count may come back as
 
 
 def _query(since: float, until: float, *, with_ids: bool) -> Select[Any]:
-    """The period's requests as (key, opened_at, to_ack_s, to_resolve_s, escalations
-    [, alert_id]): only what the analysis reads, the service times taken by the database."""
+    """The period's requests as (key, opened_at, acknowledged_at, resolved_at, escalations
+    [, alert_id]): only what the analysis reads. The times come as stored, not as SQL
+    differences: SQLite keeps any value in any column, and its arithmetic would turn a text
+    into 0 (a time to acknowledge of minus 56 years), where _read checks each value's type."""
     c = alerts.c
     team = func.coalesce(literal("=") + c.team, "")
     key = (c.station + _SEP + c["class"] + _SEP + c.requested_response + _SEP + team + _SEP
            + func.coalesce(c.location, ""))
-    resolve = case((c.state == "resolved", c.closed_at - c.opened_at))
-    columns = [key, c.opened_at, c.acknowledged_at - c.opened_at, resolve,
-               func.coalesce(c.escalations, 0)]
+    resolved = case((c.state == "resolved", c.closed_at))
+    columns = [key, c.opened_at, c.acknowledged_at, resolved, func.coalesce(c.escalations, 0)]
     if with_ids:
         columns.append(c.alert_id)
     return select(*columns).where((c.opened_at >= since) & (c.opened_at < until))
@@ -169,7 +171,7 @@ def load_requests(engine: Engine, since: float, until: float, timezone: str, *,
             code, uniques, numbers, ids = _read(engine, _query(since, until, with_ids=with_ids))
     except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
         raise AnalysisError(f"cannot read the hub's alerts from {engine.url!r}: {exc}") from exc
-    opened, to_ack, to_resolve, escalations = numbers
+    opened, acknowledged, resolved, escalations = numbers
     parts = [key.split(_SEP, len(_KEY_PARTS) - 1) for key in uniques]
     frame = pd.DataFrame({name: _categorical([p[i] for p in parts], code)
                           for i, name in enumerate(_KEY_PARTS)})
@@ -180,8 +182,8 @@ def load_requests(engine: Engine, since: float, until: float, timezone: str, *,
         frame.insert(1, "alert_id", pd.Series(ids, dtype="str"))
     frame["escalations"] = escalations.astype(int)
     frame["opened_at"] = opened
-    frame["to_ack_s"] = to_ack
-    frame["to_resolve_s"] = to_resolve
+    frame["to_ack_s"] = acknowledged - opened
+    frame["to_resolve_s"] = resolved - opened
     return Requests(frame=placed(frame, since, timezone), since=since, until=until,
                     timezone=timezone)
 
@@ -189,9 +191,10 @@ def load_requests(engine: Engine, since: float, until: float, timezone: str, *,
 def _read(engine: Engine, query: Select[Any]) -> tuple[
         np.ndarray, list[str], list[np.ndarray], list[Any] | None]:
     """The query's rows as columns: each row's key code, the distinct keys, the four
-    numbers (NULL as NaN) and the alert ids (None without them). Its own function so that
-    the rows are gone when it returns: the collector, enabled again after it, would
-    otherwise first walk every one of them (30 ms at 100k rows)."""
+    numbers (NULL as NaN; AnalysisError if one is not a number) and the alert ids (None
+    without them). Its own function so that the rows are gone when it returns: the
+    collector, enabled again after it, would otherwise first walk every one of them (30 ms
+    at 100k rows)."""
     width = len(query.selected_columns)
     keys: list[np.ndarray] = []
     uniques: dict[str, int] = {}
@@ -202,6 +205,14 @@ def _read(engine: Engine, query: Select[Any]) -> tuple[
         # A dict codes the keys: quicker than pandas' hash table for fresh str objects.
         keys.append(np.fromiter((uniques.setdefault(key, len(uniques)) for key in columns[0]),
                                 dtype=np.intp, count=len(rows)))
+        # SQLite keeps any value in any column, and numpy would read the text "nan" or
+        # "1_0" as a number: only numbers and NULL pass (about 3% of the read).
+        if not set().union(*(map(type, column) for column in columns[1:5])) <= _NUMERIC:
+            raise AnalysisError(
+                "the hub's alerts hold a time or an escalation count that is not a number: "
+                "the database was changed by hand or is damaged; find the row (SQLite's "
+                "typeof() of acknowledged_at, closed_at and escalations in alerts) or "
+                "restore the database from a backup")
         numbers.append(np.array(columns[1:5], dtype=float))  # NULL (None) -> NaN
         if width > 5:
             ids.extend(columns[5])
