@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -259,7 +260,7 @@ def test_service_figures_are_each_stations_own_quantiles_and_shares(
 
 
 @settings(max_examples=30, deadline=None)
-@given(column=st.sampled_from(["acknowledged_at", "closed_at", "escalations"]),
+@given(column=st.sampled_from(["opened_at", "acknowledged_at", "closed_at", "escalations"]),
        value=st.sampled_from(["nan", "inf", "-Infinity", "1_0", ""])  # numpy would take most
        | st.text(max_size=20).map(lambda t: "x" + t) | st.binary(max_size=20))
 def test_a_value_that_is_not_a_number_fails_the_read_and_says_so(
@@ -270,13 +271,8 @@ def test_a_value_that_is_not_a_number_fails_the_read_and_says_so(
     would have read a text as 0) and never a traceback."""
     engine = open_engine("sqlite://")
     migrate(engine)
-    opened = UNTIL - 3600.0
     with engine.begin() as conn:
-        conn.execute(alerts.insert(), [{
-            "station": "a", "alert_id": f"a{n}", "class": "P1", "state": "resolved",
-            "source": "hp-1", "location": "", "requested_response": "crisis_team",
-            "opened_at": opened, "acknowledged_at": opened + 30, "closed_at": opened + 600,
-            "escalations": 0, "last_seq": n + 1, "updated_at": opened} for n in range(3)])
+        conn.execute(alerts.insert(), _three_alerts())
         # Past SQLAlchemy's type processing, as a hand edit or a damaged page would be.
         conn.exec_driver_sql(f"UPDATE alerts SET {column} = ? WHERE alert_id = 'a1'",  # noqa: S608
                              (value,))
@@ -287,6 +283,37 @@ def test_a_value_that_is_not_a_number_fails_the_read_and_says_so(
         load_requests(engine, UNTIL - WEEK_S, UNTIL, "Europe/Zurich")
     engine.dispose()
     assert "restore the database from a backup" in str(raised.value)
+
+
+def test_an_infinite_or_nan_time_in_postgresql_fails_the_read(postgres: PostgreSQL) -> None:
+    """PostgreSQL's float8 holds Infinity, -Infinity and NaN, which no clock gives: each
+    stops the read as SQLite's texts do, not a figure of infinite seconds or a request left
+    out of the period unsaid. (NaN where a request was never acknowledged or resolved reads
+    as that: it cannot be told from NULL once read.)"""
+    engine = open_engine(postgres.new_database("not_a_number"))
+    migrate(engine)
+    cases = [(column, value) for column in ("opened_at", "acknowledged_at", "closed_at")
+             for value in ("Infinity", "-Infinity")] + [("opened_at", "NaN")]
+    try:
+        for column, value in cases:
+            with engine.begin() as conn:
+                conn.execute(alerts.delete())
+                conn.execute(alerts.insert(), _three_alerts())
+                conn.execute(alerts.update().where(alerts.c.alert_id == "a1")
+                             .values({column: float(value)}))
+            with pytest.raises(AnalysisError, match="not a number"):
+                load_requests(engine, UNTIL - WEEK_S, UNTIL, "Europe/Zurich")
+    finally:
+        engine.dispose()
+
+
+def _three_alerts() -> list[dict[str, Any]]:
+    """Three resolved alerts, opened an hour before UNTIL."""
+    opened = UNTIL - 3600.0
+    return [{"station": "a", "alert_id": f"a{n}", "class": "P1", "state": "resolved",
+             "source": "hp-1", "location": "", "requested_response": "crisis_team",
+             "opened_at": opened, "acknowledged_at": opened + 30, "closed_at": opened + 600,
+             "escalations": 0, "last_seq": n + 1, "updated_at": opened} for n in range(3)]
 
 
 # ------------------------------------------------------------------------------ privacy

@@ -112,6 +112,7 @@ _SEP = "\x1f"
 _KEY_PARTS = ("station", "class", "requested_response", "team", "location")
 _CHUNK = 1 << 18  # rows per fetch: bounds the Python objects alive at once
 _NUMERIC = {float, int, type(None)}  # what a time or a count may come back as
+_LATEST = 1e308  # no time is later (the largest float is 1.8e308)
 
 
 def _query(since: float, until: float, *, with_ids: bool) -> Select[Any]:
@@ -127,7 +128,11 @@ def _query(since: float, until: float, *, with_ids: bool) -> Select[Any]:
     columns = [key, c.opened_at, c.acknowledged_at, resolved, func.coalesce(c.escalations, 0)]
     if with_ids:
         columns.append(c.alert_id)
-    return select(*columns).where((c.opened_at >= since) & (c.opened_at < until))
+    # Beyond +-_LATEST is an opening time that is not a number: SQLite sorts a text or a
+    # blob after every number, PostgreSQL NaN after and -Infinity before. It is read, for
+    # _read to refuse, not left out of the figures unsaid.
+    period = (c.opened_at >= since) & (c.opened_at < until)
+    return select(*columns).where(period | (c.opened_at > _LATEST) | (c.opened_at < -_LATEST))
 
 
 def _fetch(engine: Engine, query: Select[Any]) -> Iterator[Sequence[Any]]:
@@ -208,17 +213,23 @@ def _read(engine: Engine, query: Select[Any]) -> tuple[
         # SQLite keeps any value in any column, and numpy would read the text "nan" or
         # "1_0" as a number: only numbers and NULL pass (about 3% of the read).
         if not set().union(*(map(type, column) for column in columns[1:5])) <= _NUMERIC:
-            raise AnalysisError(
-                "the hub's alerts hold a time or an escalation count that is not a number: "
-                "the database was changed by hand or is damaged; find the row (SQLite's "
-                "typeof() of acknowledged_at, closed_at and escalations in alerts) or "
-                "restore the database from a backup")
+            raise _not_a_number()
         numbers.append(np.array(columns[1:5], dtype=float))  # NULL (None) -> NaN
         if width > 5:
             ids.extend(columns[5])
     code = np.concatenate(keys) if keys else np.zeros(0, dtype=np.intp)
     table = np.concatenate(numbers, axis=1) if numbers else np.zeros((4, 0))
+    if np.isinf(table).any() or np.isnan(table[0]).any():  # PostgreSQL's float8 holds both
+        raise _not_a_number()
     return code, list(uniques), list(table), ids if width > 5 else None
+
+
+def _not_a_number() -> AnalysisError:
+    return AnalysisError(
+        "the hub's alerts hold a time or an escalation count that is not a number: the "
+        "database was changed by hand or is damaged; find the row (SQLite's typeof() of "
+        "opened_at, acknowledged_at, closed_at and escalations in alerts) or restore the "
+        "database from a backup")
 
 
 def _categorical(values: list[str], code: np.ndarray) -> pd.Categorical:
