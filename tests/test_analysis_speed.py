@@ -8,10 +8,13 @@ import datetime as dt
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, insert
 
-from dispatch.analysis.record import load_requests
+from dispatch.analysis.record import load_requests, placed
 from dispatch.hub.schema import alerts
 from dispatch.hub.store import migrate, open_engine
 
@@ -52,6 +55,23 @@ def test_hour_of_week_follows_the_zones_clock_across_dst(engine: Engine) -> None
     assert frame["hour_of_week"].tolist() == expected
     assert frame["week"].tolist() == [int((t - SINCE) // (7 * 86400)) for t in around]
     engine.dispose()
+
+
+@settings(max_examples=80, deadline=None)
+@given(times=st.lists(st.integers(int(SINCE), int(UNTIL) - 1)
+                      | st.floats(SINCE, UNTIL, exclude_max=True), min_size=1, max_size=12),
+       zone=st.sampled_from([ZONE, "America/New_York", "Asia/Kolkata", "America/St_Johns",
+                             "Australia/Lord_Howe", "Pacific/Chatham", "UTC"]))
+def test_the_hour_of_week_is_the_zones_clock_for_any_times(times: list[float],
+                                                            zone: str) -> None:
+    """Whole seconds or not (pandas picks its time unit from the data: whole seconds alone
+    once put every request in the wrong hour), in zones with half-hour offsets and DST of
+    half an hour, each request's hour of week and week are the agency's clock's."""
+    opened = [float(t) for t in times]
+    frame = placed(pd.DataFrame({"opened_at": opened}), SINCE, zone)
+    local = [dt.datetime.fromtimestamp(t, ZoneInfo(zone)) for t in opened]
+    assert frame["hour_of_week"].tolist() == [d.weekday() * 24 + d.hour for d in local]
+    assert frame["week"].tolist() == [int((t - SINCE) // (7 * 86400)) for t in opened]
 
 
 def test_the_keys_parts_come_back_whole(engine: Engine) -> None:

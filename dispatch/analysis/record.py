@@ -250,7 +250,9 @@ def placed(frame: pd.DataFrame, since: float, timezone: str) -> pd.DataFrame:
         raise InputError(f"time zone {timezone!r} is unknown (use an IANA name such as "
                          "Europe/Zurich)") from exc
     # Local wall-clock hours since 1970-01-01 (a Thursday: 72 hours after a Monday 00:00).
-    hours = local.tz_localize(None).asi8 // (3600 * 10**9)
+    # In whole seconds: pandas picks the index's unit from the data (whole-second times
+    # alone come as microseconds in pandas 3), so asi8's unit is not fixed until set.
+    hours = local.tz_localize(None).as_unit("s").asi8 // 3600
     out["hour_of_week"] = ((hours + 72) % 168).astype(int)
     out["band"] = pd.Categorical.from_codes(
         band_of_hour()[out["hour_of_week"].to_numpy()], categories=list(BAND_NAMES))
