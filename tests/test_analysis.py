@@ -152,6 +152,40 @@ def test_ridership_and_period_inputs(tmp_path: Path) -> None:
         parse_since("3 months")
 
 
+@settings(max_examples=25, deadline=None)
+@given(dropped=st.sets(st.integers(0, 115), min_size=1, max_size=8),
+       bad=st.sampled_from([None, 0.0, -3.0, float("nan"), float("inf")]))
+def test_a_ridership_without_a_stations_riders_is_refused(
+        network: Network, ridership: pd.Series, dropped: set[int], bad: float | None) -> None:
+    """A station missing from the ridership (or, given in Python, with riders that are no
+    positive number) is named, not a rate of NaN: one such station turned every band's
+    standard scores to 0, and the report said there were no hotspots."""
+    names = [network.ids[i] for i in sorted(dropped)]
+    partial = ridership.drop(names) if bad is None else ridership.copy()
+    if bad is not None:
+        partial[names] = bad
+    with pytest.raises(InputError, match=f"stations {names[0]}") as raised:
+        analyse(open_engine("sqlite://"), network, since=UNTIL - WEEK_S, until=UNTIL,
+                ridership=partial)
+    assert "leave --ridership out" in str(raised.value)
+
+
+def test_the_report_refuses_a_ridership_file_that_misses_a_station(
+        planted: tuple[Engine, History], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    engine, _ = planted
+    riders = tmp_path / "riders.csv"
+    lines = (SHIPPED / "ridership.csv").read_text(encoding="utf-8").splitlines()
+    riders.write_text("\n".join(line for line in lines if not line.startswith("forest-bank,"))
+                      + "\n", encoding="utf-8")
+    out = tmp_path / "report"
+    assert main(["report", "--db", str(engine.url), "--since", "4w", "--until", str(UNTIL),
+                 "--out", str(out), "--ridership", str(riders)]) == 2
+    assert f"{riders} has no positive number of riders for stations forest-bank" in (
+        capsys.readouterr().err)
+    assert not out.exists()  # refused before anything was made
+
+
 # -------------------------------------------------------------------------- correctness
 
 def test_finds_the_planted_hotspots(planted: tuple[Engine, History], network: Network,

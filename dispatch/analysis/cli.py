@@ -125,7 +125,7 @@ def _network(args: argparse.Namespace, *,
              default_ridership: bool) -> tuple[Network, pd.Series | None]:
     from dispatch.analysis.metro import SHIPPED  # noqa: PLC0415
     from dispatch.analysis.network import read_mapping, read_network  # noqa: PLC0415
-    from dispatch.analysis.record import read_ridership  # noqa: PLC0415
+    from dispatch.analysis.record import read_ridership, riders_of  # noqa: PLC0415
 
     gtfs = args.gtfs or SHIPPED
     mapping_file = args.stations_map or (SHIPPED / "stations.csv" if args.gtfs is None
@@ -133,8 +133,10 @@ def _network(args: argparse.Namespace, *,
     mapping = read_mapping(mapping_file) if mapping_file is not None else None
     ridership_file = args.ridership or (SHIPPED / "ridership.csv"
                                         if default_ridership and args.gtfs is None else None)
-    ridership = read_ridership(ridership_file) if ridership_file is not None else None
-    return read_network(gtfs, mapping), ridership
+    network = read_network(gtfs, mapping)
+    if ridership_file is None:
+        return network, None
+    return network, riders_of(read_ridership(ridership_file), network.ids, str(ridership_file))
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -282,3 +282,18 @@ def read_ridership(path: Path) -> pd.Series:
                              "station once, with a positive number of riders per week")
         riders[station] = value
     return pd.Series(riders, name="riders", dtype=float)
+
+
+def riders_of(ridership: pd.Series, ids: Sequence[str], source: str = "the ridership"
+              ) -> pd.Series:
+    """The riders of each station of `ids`; InputError naming the stations the ridership
+    (read from `source`) lacks or gives no positive number: a rate without riders is no
+    rate, and one such station used to blank every band's hotspots."""
+    riders = ridership.reindex(list(ids)).astype(float)
+    bad = riders.index[~(np.isfinite(riders) & (riders > 0))]
+    if len(bad):
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise InputError(f"{source} has no positive number of riders for stations "
+                         f"{', '.join(bad[:5])}{more}: give a line station,riders for every "
+                         "station of the network, or leave --ridership out")
+    return riders

@@ -54,6 +54,7 @@ from dispatch.analysis.record import (
     Requests,
     band_of_hour,
     load_requests,
+    riders_of,
 )
 from dispatch.errors import AnalysisError
 
@@ -87,6 +88,8 @@ def analyse(engine: Engine, network: Network, *, since: float, until: float,
             sink(name, table)
         return table
 
+    if ridership is not None:
+        ridership = riders_of(ridership, network.ids)
     with progress("analysing", 5, enabled=show_progress) as advance:
         everything = load_requests(engine, since, until, network.timezone, with_ids=False)
         on = everything.frame["station"].isin(network.ids)

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, func, select
 
 from dispatch.analysis.network import Network
 from dispatch.analysis.progress import progress
-from dispatch.analysis.record import BAND_NAMES, BANDS, WEEK_S, band_of_hour
+from dispatch.analysis.record import BAND_NAMES, BANDS, WEEK_S, band_of_hour, riders_of
 from dispatch.errors import InputError
 from dispatch.hub.schema import alerts, events, stations, transitions
 from dispatch.hub.store import migrate
@@ -169,10 +169,7 @@ def request_frame(network: Network, ridership: pd.Series, *, weeks: int, since: 
               rate: float) -> pd.DataFrame:
     """One row per request: station, opened_at, requested response, location."""
     ids = network.ids
-    riders = ridership.reindex(ids)
-    if riders.isna().any():
-        missing = ", ".join(riders.index[riders.isna()][:5])
-        raise InputError(f"the ridership has no riders for stations {missing}")
+    riders = riders_of(ridership, ids)
     share = (riders / riders.mean()).to_numpy()
     hours = weeks * 168
     starts = since + 3600.0 * np.arange(hours)
