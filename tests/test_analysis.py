@@ -341,6 +341,34 @@ def test_an_infinite_or_nan_time_in_postgresql_fails_the_read(postgres: PostgreS
         engine.dispose()
 
 
+@pytest.mark.parametrize("state", [None, "open", "acknowledged"])
+def test_an_empty_period_or_one_without_a_team_still_gives_the_report(
+        tmp_path: Path, network: Network, state: str | None) -> None:
+    """No request at all (a new hub, a quiet --since), or requests that no team has been
+    sent to yet: every table is written, empty where it has nothing, and the page says how
+    many requests there were (a group-by over nothing once left no columns: a KeyError)."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    if state is not None:
+        with engine.begin() as conn:
+            conn.execute(alerts.insert(), [
+                dict(row, station=network.ids[0], state=state, closed_at=None,
+                     acknowledged_at=None if state == "open" else row["acknowledged_at"])
+                for row in _three_alerts()])
+    analysis, paths = make_report(engine, network, tmp_path / "out", since=UNTIL - 4 * WEEK_S,
+                                  until=UNTIL)
+    engine.dispose()
+    requests = 0 if state is None else 3
+    assert len(analysis.requests.frame) == requests
+    assert (tmp_path / "out" / "report.html").stat().st_size > 0
+    assert f"{requests} requests at {min(requests, 1)} of 116 stations" in (
+        tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert _csv(tmp_path / "out" / "tables" / "service_by_team.csv") == []
+    by_station = _csv(tmp_path / "out" / "tables" / "service_by_station.csv")
+    assert [r["suppressed"] for r in by_station] == ([] if state is None else ["true"])
+    assert {p.name for p in paths} >= {"report.html", "service_by_team.csv"}
+
+
 def _three_alerts() -> list[dict[str, Any]]:
     """Three resolved alerts, opened an hour before UNTIL."""
     opened = UNTIL - 3600.0

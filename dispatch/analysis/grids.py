@@ -54,13 +54,18 @@ def with_rate(grid: pd.DataFrame, ridership: pd.Series | None, weeks: float) -> 
     return out
 
 
+_TIMES = pd.MultiIndex.from_product([["to_ack_s", "to_resolve_s"], [0.5, 0.9]])
+
+
 def service(requests: Requests, by: str) -> pd.DataFrame:
     """Per `by` (station, hour_of_week, team, class ...): requests, time to acknowledge and
     to resolve (p50, p90, seconds), escalations, and the share never acknowledged."""
     frame = requests.frame
     groups = frame.groupby(by, observed=True, dropna=True)
     # Both quantiles of both times in one call: one sort per group and column, not four.
-    times = groups[["to_ack_s", "to_resolve_s"]].quantile([0.5, 0.9]).unstack()
+    # (Reindexed: no group at all, as in an empty period, leaves no columns to unstack.)
+    times = groups[["to_ack_s", "to_resolve_s"]].quantile([0.5, 0.9]).unstack().reindex(
+        columns=_TIMES)
     escalated = (frame["escalations"] > 0).groupby(frame[by], observed=True, dropna=True)
     out = pd.DataFrame({
         "requests": groups.size(),
