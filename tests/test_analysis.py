@@ -369,6 +369,39 @@ def test_an_empty_period_or_one_without_a_team_still_gives_the_report(
     assert {p.name for p in paths} >= {"report.html", "service_by_team.csv"}
 
 
+@pytest.mark.parametrize("unknown", [2, 7])
+def test_a_suppressed_rows_count_is_not_shown_another_way(
+        tmp_path: Path, network: Network, unknown: int) -> None:
+    """A station with 3 requests: its row of the concentration curve blanks the running
+    share too (the step from the row before is its count), and its hotspot cells blank
+    their own standard score (a function of the value alone). Requests at a station the
+    network does not know are counted on the page under the same rule."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    busy, quiet = network.ids[0], network.ids[1]
+    rows = [dict(row, alert_id=f"{station}-{n}", station=station)
+            for station, count in ((busy, 9), (quiet, 3), ("not-a-station", unknown))
+            for n, row in enumerate(_three_alerts() * 3) if n < count]
+    with engine.begin() as conn:
+        conn.execute(alerts.insert(), rows)
+    analysis, _ = make_report(engine, network, tmp_path / "out", since=UNTIL - 4 * WEEK_S,
+                              until=UNTIL)
+    engine.dispose()
+    assert analysis.off_network == unknown
+    tables = tmp_path / "out" / "tables"
+    curve = {r["station"]: r for r in _csv(tables / "concentration.csv")}
+    assert curve[busy]["cum_share"] == "0.75" and curve[busy]["suppressed"] == "false"
+    assert curve[quiet]["suppressed"] == "true"
+    assert curve[quiet]["requests"] == curve[quiet]["share"] == curve[quiet]["cum_share"] == ""
+    cells = [r for r in _csv(tables / "hotspot_cells.csv") if r["station"] == quiet]
+    assert cells and all(r["value"] == r["own_z"] == "" for r in cells
+                         if r["suppressed"] == "true")
+    assert any(r["suppressed"] == "true" for r in cells)
+    said = "fewer than 5" if unknown < 5 else str(unknown)
+    assert f"; {said} requests at stations not on the network are left out" in (
+        tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+
+
 def _three_alerts() -> list[dict[str, Any]]:
     """Three resolved alerts, opened an hour before UNTIL."""
     opened = UNTIL - 3600.0

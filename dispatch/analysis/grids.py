@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from dispatch.analysis.record import CLASSES, RESPONSES, Requests
+from dispatch.analysis.record import CLASSES, RESPONSES, Requests, positions
 
 #: The shares of stations the concentration table reports (the top 5 %, 10 % ...).
 TOP_SHARES = (0.05, 0.10, 0.20, 0.25, 0.50)
@@ -25,8 +25,8 @@ def hour_grid(requests: Requests, by: str, stations: Sequence[str]) -> pd.DataFr
         frame[by].dropna().unique())
     # One pass in C over the requests: each one's cell number, counted with bincount (the
     # cells come out in the order of the product below; others' stations and values drop).
-    station = _codes(frame["station"], stations)
-    value = _codes(frame[by], values)
+    station = positions(frame["station"], stations)
+    value = positions(frame[by], values)
     mine = (station >= 0) & (value >= 0)
     hour = frame["hour_of_week"].to_numpy()
     cell = (station[mine] * 168 + hour[mine]) * len(values) + value[mine]
@@ -34,11 +34,6 @@ def hour_grid(requests: Requests, by: str, stations: Sequence[str]) -> pd.DataFr
     full = pd.MultiIndex.from_product([list(stations), range(168), list(values)],
                                       names=["station", "hour_of_week", by])
     return pd.Series(counts.astype(np.int64), index=full, name="requests").reset_index()
-
-
-def _codes(column: pd.Series, values: Sequence[object]) -> np.ndarray:
-    """Each row's position in `values` (-1: not among them, or missing)."""
-    return np.asarray(pd.Categorical(column, categories=list(values)).codes, dtype=np.int64)
 
 
 def with_rate(grid: pd.DataFrame, ridership: pd.Series | None, weeks: float) -> pd.DataFrame:

@@ -43,7 +43,7 @@ from libpysal.weights import W, fill_diagonal
 from scipy import stats
 
 from dispatch.analysis.network import Network
-from dispatch.analysis.record import BAND_NAMES, BANDS, WEEK_S, Requests
+from dispatch.analysis.record import BAND_NAMES, BANDS, WEEK_S, Requests, positions
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,7 @@ def _cells(frame: pd.DataFrame, ids: list[str]) -> np.ndarray:
     """Each request's (station, band) cell: station's place in `ids` x 9 + band's place in
     BAND_NAMES (-1: a station not in `ids`). Counting these with bincount is one pass in C,
     where a group-by and unstack per window and week was most of the analysis' time."""
-    station = np.asarray(pd.Categorical(frame["station"], categories=ids).codes, dtype=np.intp)
-    band = np.asarray(pd.Categorical(frame["band"], categories=list(BAND_NAMES)).codes,
-                      dtype=np.intp)
+    station, band = positions(frame["station"], ids), positions(frame["band"], BAND_NAMES)
     return np.where((station >= 0) & (band >= 0), station * len(BAND_NAMES) + band, -1)
 
 

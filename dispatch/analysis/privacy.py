@@ -4,7 +4,9 @@ The record holds no personal data (alerts describe places and signals), but a ce
 handful of requests at one station and hour can still point at one person's habits. So every
 exported table (CSV, Parquet, the HTML report's tables and heat maps) blanks the figures of
 any row whose request count is at least 1 and below k (default 5), and marks the row
-`suppressed`. Zero is shown: it discloses nothing.
+`suppressed`. Zero is shown: it discloses nothing. It is primary suppression only: a total
+shown in another table, less a breakdown's shown cells, can give back a hidden count
+(docs/analysis.md, "Privacy").
 """
 
 from __future__ import annotations

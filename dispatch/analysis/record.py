@@ -232,6 +232,19 @@ def _not_a_number() -> AnalysisError:
         "database from a backup")
 
 
+def positions(column: pd.Series, values: Sequence[object]) -> np.ndarray:
+    """Each row's position in `values` (-1: not among them, or missing), as int64. A
+    categorical column is looked up per category: recoding it (pd.Categorical(column,
+    categories=...)) warns, and will raise in pandas 4, when it has a category that is not
+    among `values`, as a station the network does not know still has once its rows are
+    left out."""
+    where = pd.Index(list(values))
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        found = np.r_[where.get_indexer(column.cat.categories), -1]  # code -1: missing
+        return np.asarray(found[column.cat.codes.to_numpy()], dtype=np.int64)
+    return np.asarray(where.get_indexer(column), dtype=np.int64)
+
+
 def _categorical(values: list[str], code: np.ndarray) -> pd.Categorical:
     """Per request, one part of its key: categories sorted (as strings sort), so groups come
     out in the same order as from text columns, whatever the database's row order."""

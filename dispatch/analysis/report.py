@@ -54,6 +54,7 @@ from dispatch.analysis.record import (
     Requests,
     band_of_hour,
     load_requests,
+    positions,
     riders_of,
 )
 from dispatch.errors import AnalysisError
@@ -124,12 +125,17 @@ _FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "service_by_band": ("requests", SERVICE_FIGURES),
     "service_by_team": ("requests", SERVICE_FIGURES),
     "service_by_class": ("requests", SERVICE_FIGURES),
-    "concentration": ("requests", ("share",)),
+    "concentration": ("requests", ("share", "cum_share")),
     "repeat_locations": ("requests", ("days", "share_of_station")),
-    "hotspot_cells": ("requests", ("value",)),
+    "hotspot_cells": ("requests", ("value", "own_z")),  # own_z: a function of value
     "recommendations": ("requests", ("per_week", "per_band_hour", "per_10k_riders",
                                      "dominant_response_share", "team_most_sent_share")),
 }
+
+
+def _at_least(count: int, k: int) -> str:
+    """A count for a sentence of the page, under the small-cell rule."""
+    return f"fewer than {k}" if count < k else str(count)
 
 
 def exported(analysis: Analysis, k: int) -> dict[str, pd.DataFrame]:
@@ -328,8 +334,8 @@ def _sections(analysis: Analysis, tables: dict[str, pd.DataFrame],
         f"<h1>Crisis requests: where and when to place the teams</h1>"
         f"<p>{html.escape(period)}. {len(requests.frame)} requests at "
         f"{requests.frame['station'].nunique()} of {len(analysis.network.ids)} stations"
-        + (f"; {analysis.off_network} requests at stations not on the network are left out"
-           if analysis.off_network else "") + ".</p>"
+        + (f"; {_at_least(analysis.off_network, k)} requests at stations not on the network"
+           " are left out" if analysis.off_network else "") + ".</p>"
         f"<p class=notice id=suppression><strong>Small cells suppressed.</strong> "
         f"{html.escape(notice(k))}</p>",
         "<h2 id=recommendations>Recommendations</h2><p>For each hotspot cluster (neighbouring "
@@ -408,9 +414,7 @@ def _hot(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def _week_cells(grid: pd.DataFrame, k: int) -> dict[str, np.ndarray]:
     """Network-wide requests per day and hour, per requested response: summed from the
     unsuppressed grid, then the small-cell rule applied to the sums (NaN)."""
-    response = np.asarray(
-        pd.Categorical(grid["requested_response"], categories=list(RESPONSES)).codes,
-        dtype=np.intp)
+    response = positions(grid["requested_response"], RESPONSES)
     mine = response >= 0
     cell = response[mine] * 168 + grid["hour_of_week"].to_numpy()[mine]
     sums = np.bincount(cell, weights=grid["requests"].to_numpy(dtype=float)[mine],
