@@ -402,6 +402,25 @@ def test_a_suppressed_rows_count_is_not_shown_another_way(
         tmp_path / "out" / "report.html").read_text(encoding="utf-8")
 
 
+def test_repeat_locations_are_named_places(tmp_path: Path, network: Network) -> None:
+    """Requests from a help point whose config names no location are at no place: they are
+    not a repeat location, though they count in the station's share."""
+    engine = open_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    station = network.ids[0]
+    rows = [dict(row, alert_id=f"{where}-{n}", station=station, location=where)
+            for where, count in (("", 8), ("platform 1", 6), ("stairs", 1))
+            for n, row in enumerate(_three_alerts() * 3) if n < count]
+    with engine.begin() as conn:
+        conn.execute(alerts.insert(), rows)
+    analysis = analyse(engine, network, since=UNTIL - 4 * WEEK_S, until=UNTIL)
+    engine.dispose()
+    repeats = analysis.tables["repeat_locations"]
+    assert repeats[["station", "location", "requests"]].values.tolist() == [
+        [station, "platform 1", 6]]
+    assert repeats["share_of_station"].tolist() == [6 / 15]
+
+
 def _three_alerts() -> list[dict[str, Any]]:
     """Three resolved alerts, opened an hour before UNTIL."""
     opened = UNTIL - 3600.0

@@ -108,10 +108,12 @@ def top_shares(curve: pd.DataFrame) -> pd.DataFrame:
 
 def repeat_locations(requests: Requests) -> pd.DataFrame:
     """Places (station, location) with more than one request, busiest first, with their
-    share of the station's requests and the days they had requests on."""
+    share of the station's requests and the days they had requests on. A request without
+    a location (a help point whose config names none) is at no place to repeat."""
     frame = requests.frame
     day = (frame["opened_at"] // 86400).astype(int)
-    groups = frame.assign(day=day).groupby(["station", "location"])
+    placed = frame.assign(day=day)[frame["location"] != ""]
+    groups = placed.groupby(["station", "location"], observed=True)
     out = pd.DataFrame({"requests": groups.size(), "days": groups["day"].nunique()})
     out = out[out["requests"] > 1].reset_index()
     per_station = frame["station"].value_counts()
