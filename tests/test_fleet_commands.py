@@ -11,12 +11,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from dispatch.fleet.schedule import Request
-from dispatch.fleet.stations import FLEET_DISPATCHER, LIMITS, SimStation
+from dispatch.fleet.stations import FLEET_DISPATCHER, LIMITS, PUBLISH_TIMEOUT_S, SimStation
 from dispatch.outbound import make_command
 from gateway.core.commands import parse_command
 from gateway.testing.mosquitto import Mosquitto
@@ -193,3 +194,67 @@ async def test_a_command_that_breaks_the_handling_is_answered_and_the_next_is_ap
         await dispatch.send(json.dumps(second.wire()).encode())
         await dispatch.wait_for("alert.acknowledged", dispatcher="desk-7")
         await dispatch.wait_for("reply", command_id=second.command_id, status="applied")
+
+
+async def test_an_emergency_the_console_closes_within_the_hold_is_not_held_again(
+        broker: Mosquitto) -> None:
+    """A rider holds the button; a console resolves the request before the hold time is
+    up. A gateway has forgotten the request by then, so the hold announces nothing and the
+    fleet does not play the closed request again."""
+    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
+    async with (desk(broker, station, prefix) as dispatch,
+                SimStation(station, "127.0.0.1", broker.port, prefix=prefix,
+                           hold_s=3.0) as sim):
+        emergency = Request(at=0.0, sim_at=time.time(), station=station,
+                            response="emergency_services", location=0, ack_s=1.0,
+                            assign_s=1.0, close_s=1.0, team="emergency_services", eta_s=300)
+        sim.request(emergency, 0.0)
+        alert_id = (await dispatch.wait_for("help_point.press"))["body"]["alert_id"]
+        for action in ("acknowledge", "resolve"):
+            command = make_command(station, alert_id, action, dispatcher="desk-7")
+            await dispatch.send(json.dumps(command.wire()).encode())
+            await dispatch.wait_for("reply", command_id=command.command_id, status="applied")
+        while sim.overtaken == 0:  # the hold's time is up (or the test's timeout)
+            await asyncio.sleep(0.1)
+    kinds = [kind for kind, _ in dispatch.heard if kind != "reply"]
+    assert kinds == ["help_point.press", "alert.acknowledged", "alert.resolved"], kinds
+
+
+async def test_a_simulated_station_reports_health_at_connect(broker: Mosquitto) -> None:
+    """As a gateway does: the retained health report at connect, not one interval later."""
+    station, prefix = f"sim-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}/v1"
+    async with (SimStation(station, "127.0.0.1", broker.port, prefix=prefix,
+                           health_interval_s=3600.0),
+                aiomqtt.Client("127.0.0.1", broker.port,
+                               protocol=aiomqtt.ProtocolVersion.V5) as client):
+        await client.subscribe(f"{prefix}/{station}/health", qos=1)
+        message = await asyncio.wait_for(anext(aiter(client.messages)), WAIT_S)
+    report = json.loads(bytes(message.payload))
+    assert message.retain and report["station"] == station
+    assert report["counters"]["command_handling_errors"] == 0
+
+
+async def test_a_simulated_station_that_loses_the_broker_says_so_and_stops(
+        tmp_path: Path) -> None:
+    """The broker dies under a station with events to send: its stop still ends (what is
+    left to send is counted unsent, not waited on), and it says why, for the fleet to
+    report. (Before, the stop waited for a sender that had died: for ever.)"""
+    own = Mosquitto(workdir=tmp_path)
+    own.start()
+    try:
+        sim = SimStation("sim-lost", "127.0.0.1", own.port, prefix="t/v1")
+        await sim.__aenter__()
+        sim.request(_request(sim.station, answer_s=0.5), 0.0)
+        await asyncio.sleep(0.3)
+        assert own.process is not None
+        own.process.kill()
+        sim.request(_request(sim.station, answer_s=0.5), 0.0)
+        while sim.failure is None:
+            await asyncio.sleep(0.05)
+        # Milliseconds when right; waiting out each publish's timeout, or forever, is not.
+        await asyncio.wait_for(sim.__aexit__(None, None, None), PUBLISH_TIMEOUT_S / 2)
+    finally:
+        own.close()
+    assert sim.failure is not None and "lost" in sim.failure
+    assert sim.unsent >= 1  # the second request's press at least
+    assert sim.published >= 1  # the first press went out before the broker died

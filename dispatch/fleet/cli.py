@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dispatch.errors import FleetError
 
@@ -77,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the fleet: 0 a clean run, 1 the hub's record is incomplete, 2 a bad option."""
+    """Run the fleet: 0 a clean run, 1 the hub's record is incomplete (or the run failed),
+    2 a bad option or an unusable database, broker or folder, 130 interrupted."""
     from dispatch.fleet.run import FleetOptions, run_fleet  # noqa: PLC0415
     from dispatch.fleet.schedule import DEFAULT_SPEED  # noqa: PLC0415
 
@@ -89,15 +91,52 @@ def run(args: argparse.Namespace) -> int:
             health_interval_s=args.health_interval)
         folder = args.folder or Path(tempfile.mkdtemp(prefix="stationgw-fleet-"))
         try:
-            result = asyncio.run(run_fleet(options, folder, args.db, broker_url=args.broker))
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FleetError(f"--folder {folder}: {exc.strerror}: give a folder that can be "
+                             "made, or leave --folder out") from exc
+        try:
+            result = asyncio.run(_interruptible(run_fleet(options, folder, args.db,
+                                                          broker_url=args.broker)))
         finally:
             if args.folder is None:
                 shutil.rmtree(folder, ignore_errors=True)
     except FleetError as exc:
         print(f"stationgw hub fleet: {exc}", file=sys.stderr)
         return 2
+    except asyncio.CancelledError:
+        print("stationgw hub fleet: interrupted; the stations, the hub and the broker it "
+              "started are stopped", file=sys.stderr)
+        return 130
     print_result(result, args.db)
     return 1 if result.problems else 0
+
+
+async def _interruptible(run: Coroutine[Any, Any, FleetResult]) -> FleetResult:
+    """`run`, cancelled by the first SIGINT or SIGTERM, so that the fleet stops everything
+    it started (its children have their own sessions: a terminal's Ctrl-C reaches only the
+    fleet). Later signals only say that it is stopping: asyncio's own second Ctrl-C would
+    raise KeyboardInterrupt in the middle of that and leave the children running."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        print("stationgw hub fleet: " + ("still stopping the stations, the hub and the broker"
+                                         if stopping else "stopping"),
+              file=sys.stderr, flush=True)
+        if not stopping:
+            stopping = True
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        return await run
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def print_result(result: FleetResult, db_url: str) -> None:

@@ -142,6 +142,7 @@ class Dispatcher:
         self.commands = 0
         self.joined = 0  # presses that joined an open request instead of raising one
         self.failures: list[str] = []
+        self.lost: str | None = None  # why the dispatcher can see no more events
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Dispatcher:
@@ -156,23 +157,46 @@ class Dispatcher:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._client.__aexit__(None, None, None)
+        with contextlib.suppress(aiomqtt.MqttError):  # a lost connection is a failure already
+            await self._client.__aexit__(None, None, None)
 
     async def _read(self) -> None:
-        async for message in self._client.messages:
-            if not isinstance(message.payload, bytes):
-                continue
-            event = json.loads(message.payload)
-            body = event.get("body", {})
-            kind = event.get("kind")
-            if kind in ("help_point.press", "help_point.repeat"):
-                future = self._opened.pop((event["station"], event["source"]), None)
-                if future is not None and not future.done():
-                    future.set_result((kind, event["event_id"], body["alert_id"]))
-            elif kind == "alert.acknowledged":
-                acked = self._acked.pop(body.get("alert_id", ""), None)
-                if acked is not None and not acked.done():
-                    acked.set_result(None)
+        try:
+            async for message in self._client.messages:
+                self._take(message)
+        except aiomqtt.MqttError as exc:
+            self.lost = f"the fleet's dispatcher lost the broker: {exc}"
+            self.failures.append(self.lost)
+            log.warning("fleet dispatcher: the connection was lost: %s", exc)
+            # What waits on an event can see none now: fail it at once, not one help point's
+            # press after another EVENT_TIMEOUT_S each (that was a run that never ended).
+            pending: list[asyncio.Future[Any]] = [*self._opened.values(),
+                                                  *self._acked.values()]
+            for waiting in pending:
+                if not waiting.done():
+                    waiting.set_exception(FleetError(self.lost))
+            self._opened.clear()
+            self._acked.clear()
+
+    def _take(self, message: aiomqtt.Message) -> None:
+        """One event of a real daemon's: what a waiting press or acknowledgement needs."""
+        try:
+            event = json.loads(message.payload) if isinstance(message.payload, bytes) else None
+        except ValueError:  # not a daemon's (a gateway publishes JSON): nothing to wait on
+            return
+        body = event.get("body") if isinstance(event, dict) else None
+        if not isinstance(event, dict) or not isinstance(body, dict):
+            return
+        kind = event.get("kind")
+        if kind in ("help_point.press", "help_point.repeat"):
+            future = self._opened.pop((str(event.get("station")), str(event.get("source"))),
+                                      None)
+            if future is not None and not future.done():
+                future.set_result((kind, str(event.get("event_id")), str(body.get("alert_id"))))
+        elif kind == "alert.acknowledged":
+            acked = self._acked.pop(body.get("alert_id", ""), None)
+            if acked is not None and not acked.done():
+                acked.set_result(None)
 
     async def press(self, station: RealStation, request: Request, late_s: float) -> Sent:
         """Press for `request` at its help point; returns once the daemon raised it, and
@@ -181,6 +205,9 @@ class Dispatcher:
         lock = station.locks.setdefault(hp, asyncio.Lock())
         waited = time.monotonic()
         await lock.acquire()
+        if self.lost is not None:
+            lock.release()
+            raise FleetError(self.lost)
         try:
             late_s += time.monotonic() - waited
             opened = asyncio.get_running_loop().create_future()

@@ -29,7 +29,9 @@ from types import TracebackType
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from dispatch.analysis.period import WEEK_S
 from dispatch.analysis.progress import progress
 from dispatch.analysis.simulate import DEFAULT_RATE, DEFAULT_SEED
 from dispatch.errors import FleetError
@@ -47,6 +49,7 @@ HUB_CLIENT_ID = "stationgw-fleet-hub"
 PREFIX = "stationgw/v1"
 CONNECT_AT_ONCE = 50  # simulated stations connecting at the same time
 DAEMONS_AT_ONCE = 4  # real daemons starting at the same time (2 cores: each checks its config)
+MAX_SIMULATED_S = 52 * WEEK_S  # a year of requests is the most a live run schedules
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,24 @@ class FleetOptions:
     health_interval_s: float = 30.0
     prefix: str = PREFIX
     settle_s: float = 120.0  # how long the hub may take to catch up at the end
+
+    def __post_init__(self) -> None:
+        """FleetError naming the option (as `stationgw hub fleet` spells it) and the fix."""
+        def number(option: str, value: float, low: float, high: float) -> None:
+            if not (math.isfinite(value) and low < value <= high):
+                raise FleetError(f"{option} {value}: give a number above {low:g}, at most "
+                                 f"{high:g}")
+
+        number("--duration", self.duration_s, 0, 7 * 86400)
+        number("--speed", self.speed, 0, 1e7)
+        number("--rate", self.rate, 0, 1000)
+        number("--health-interval", self.health_interval_s, 0, 3600)  # the gateway's bound
+        if self.duration_s * self.speed > MAX_SIMULATED_S:
+            raise FleetError(f"--duration {self.duration_s:g} x --speed {self.speed:g}: at "
+                             f"most {MAX_SIMULATED_S / WEEK_S:g} simulated weeks; for the "
+                             "analysis of a long history use `stationgw hub simulate-history`")
+        if not 0 <= self.seed < 2**63:
+            raise FleetError(f"--seed {self.seed}: give 0 or more")
 
 
 @dataclass
@@ -94,7 +115,8 @@ class FleetResult:
     @property
     def problems(self) -> list[str]:
         """Why the run is not a clean one, or [] (what a test or benchmark asserts)."""
-        out = list(self.failures)
+        seen = Counter(self.failures)  # the same failure of many requests said once
+        out = [text if n == 1 else f"{text} ({n} times)" for text, n in seen.items()]
         wanted = self.schedule.counts()
         if len(self.sent) != len(self.schedule.requests):
             out.append(f"{len(self.sent)} of {len(self.schedule.requests)} requests were made")
@@ -115,8 +137,8 @@ class FleetResult:
         if self.joined:
             out.append(f"{self.joined} presses joined an open request")
         if self.handling_errors:
-            out.append(f"{self.handling_errors} commands broke a simulated station's handling "
-                       "(answered internal_error; see the fleet's log)")
+            out.append(f"{self.handling_errors} commands or requests broke a simulated "
+                       "station's handling (see the fleet's log)")
         return out
 
 
@@ -188,8 +210,11 @@ class Fleet:
                  f"{options.duration_s:g} s (x{options.speed:g}); feed {self.metro.feed}")
         if self.broker is not None:
             self.broker.start()
-        self.engine = open_engine(self.db_url)
-        await asyncio.to_thread(self._empty_database)
+        try:
+            self.engine = open_engine(self.db_url)
+            await asyncio.to_thread(self._empty_database)
+        except SQLAlchemyError as exc:
+            raise FleetError(f"--db {self.db_url}: cannot open the database: {exc}") from exc
         await self._hub_session()
         self._start_hub()
         self._started = time.monotonic()
@@ -217,11 +242,16 @@ class Fleet:
 
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
-        async with aiomqtt.Client(self.host, self.port, identifier=HUB_CLIENT_ID,
-                                  protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
-                                  properties=props) as client:
-            for topic in hub_topics(self.options.prefix):
-                await client.subscribe(topic, qos=1)
+        try:
+            async with aiomqtt.Client(self.host, self.port, identifier=HUB_CLIENT_ID,
+                                      protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+                                      properties=props) as client:
+                for topic in hub_topics(self.options.prefix):
+                    await client.subscribe(topic, qos=1)
+        except aiomqtt.MqttError as exc:
+            raise FleetError(f"--broker {self.broker_url}: cannot connect and subscribe: {exc}"
+                             " (is the broker running, and does it let this client in?)"
+                             ) from exc
 
     def _start_hub(self) -> None:
         with self.hub_log.open("ab") as out:
@@ -308,6 +338,12 @@ class Fleet:
         await self._stack.aclose()  # simulated stations: offline, then DISCONNECT
         for daemon in self.real.values():
             await asyncio.to_thread(daemon.stop)
+        lost = [sim for sim in self.sims.values() if sim.failure is not None]
+        if lost:
+            self.failures.append(
+                f"{len(lost)} simulated stations lost the broker (e.g. {lost[0].station}: "
+                f"{lost[0].failure}); {sum(sim.unsent for sim in lost)} of their events and "
+                "replies were never sent")
         record = await self._recorded(last_seq)
         self.failures += self.dispatcher.failures
         return FleetResult(schedule=self.schedule, sent=sorted(self.sent, key=_order),
@@ -331,28 +367,46 @@ class Fleet:
                 self.failures.append(f"the hub exited with {self.hub.returncode} (log "
                                      f"{self.hub_log})")
                 return record
+            broker = None if self.broker is None else self.broker.process
+            if broker is not None and broker.poll() is not None:
+                self.failures.append(f"the fleet's Mosquitto exited with {broker.returncode}:"
+                                     " the hub can record nothing more")
+                return record
             await asyncio.sleep(0.5)
 
     def _read_hub(self, last_seq: dict[str, int]) -> HubRecord:
+        """The fleet's stations' record: on a shared --broker the hub also records others'
+        (their retained statuses, say), which are neither counted nor audited."""
         assert self.engine is not None
+        assert self.schedule is not None
+        mine = self.schedule.stations
         with self.engine.connect() as conn:
             per_station = Counter({s: int(n) for s, n in conn.execute(
-                select(alerts.c.station, func.count()).group_by(alerts.c.station))})
+                select(alerts.c.station, func.count()).where(alerts.c.station.in_(mine))
+                .group_by(alerts.c.station))})
             resolved = conn.execute(select(func.count()).select_from(alerts).where(
-                alerts.c.state == "resolved")).scalar_one()
-            total = conn.execute(select(func.count()).select_from(events)).scalar_one()
+                alerts.c.station.in_(mine) & (alerts.c.state == "resolved"))).scalar_one()
+            total = conn.execute(select(func.count()).select_from(events).where(
+                events.c.station.in_(mine))).scalar_one()
             offline = conn.execute(select(func.count()).select_from(stations).where(
-                stations.c.status == "offline")).scalar_one()
+                stations.c.station.in_(mine) & (stations.c.status == "offline"))).scalar_one()
             top = {s: int(n) for s, n in conn.execute(
-                select(events.c.station, func.max(events.c.seq)).group_by(events.c.station))}
-        gaps = {g.station: g.missing for g in HubStore(self.engine).gaps() if g.missing}
+                select(events.c.station, func.max(events.c.seq))
+                .where(events.c.station.in_(mine)).group_by(events.c.station))}
+        wanted = set(mine)
+        gaps = {g.station: g.missing for g in HubStore(self.engine).gaps()
+                if g.missing and g.station in wanted}
         tail = sum(max(0, seq - top.get(s, 0)) for s, seq in last_seq.items())
         return HubRecord(alerts=per_station, resolved=int(resolved), events=int(total),
                          lost=sum(len(m) for m in gaps.values()), lost_tail=tail,
                          offline=int(offline), gaps=gaps)
 
     async def _stop(self) -> None:
-        """Stop whatever runs, in the order that loses nothing: stations, hub, broker."""
+        """Stop whatever runs, in the order that loses nothing: stations, hub, broker. (After
+        `finish` the stations are stopped already; before it, as on an interrupt, their
+        requests in play are not waited for.)"""
+        for sim in self.sims.values():
+            sim.abandon()
         with contextlib.suppress(Exception):
             await self._stack.aclose()
         for task in list(self._presses):

@@ -8,7 +8,10 @@ Each `SimStation` is one MQTT 5 client under the station's own client id
 - its own outbox seq (1, 2, ... over every event it publishes), events rendered by
   `gateway.uplink.topics.Topics.render` exactly as a gateway renders them, published at QoS 1 one
   after the other, each after the PUBACK of the one before (the gateway's order);
-- a retained health report every `health_interval_s` (a valid `HealthReport`).
+- a retained health report at connect and then every `health_interval_s` (a valid
+  `HealthReport`);
+- a publish that fails (the broker gone, refusing or silent) ends its sending: the rest is
+  counted (`unsent`), `failure` says why, and the fleet reports it as a problem of the run.
 
 - dispatch's commands on its `commands` topic, checked and applied by the gateway's own
   protocol core (`gateway.core.commands.parse_command` and `gateway.core.alerts.AlertBook`,
@@ -18,8 +21,9 @@ Each `SimStation` is one MQTT 5 client under the station's own client id
   breaks the handling answered `internal_error` (counted in health) while the next goes on.
 
 A request plays as a help point would report it: the press (`help_point.press`, or for an
-emergency the press and then `help_point.hold` after `HOLD_S`, as a real help point held
-past its hold time reports it). The fleet's own dispatcher then acknowledges, assigns (team,
+emergency the press and then `help_point.hold` after `hold_s`, as a real help point held
+past its hold time reports it, unless dispatch closed the request first: a gateway has then
+forgotten it). The fleet's own dispatcher then acknowledges, assigns (team,
 ETA) and resolves it after the request's compressed dispatcher timings, through the same
 command path; once a dispatcher at the console has answered a request (or closed it), the
 fleet leaves it to them (counted in `overtaken`). Bodies are the gateway's (`alert_body`
@@ -90,8 +94,9 @@ class SimStation:
     """One simulated station on its own MQTT connection (an async context manager)."""
 
     def __init__(self, station: str, host: str, port: int, *, prefix: str = "stationgw/v1",
-                 health_interval_s: float = 30.0) -> None:
+                 health_interval_s: float = 30.0, hold_s: float = HOLD_S) -> None:
         self.station = station
+        self.hold_s = hold_s
         self.topics = Topics(prefix, station)
         self.broker = f"mqtt://{host}:{port}"
         self.health_interval_s = health_interval_s
@@ -103,7 +108,9 @@ class SimStation:
         self.applied: set[str] = set()  # command ids applied (a replay is refused)
         self.replies = 0  # answers to dispatch's commands (applied or rejected)
         self.overtaken = 0  # requests a dispatcher at the console took over from the fleet
-        self.handling_errors = 0  # commands that broke the handling (answered internal_error)
+        self.handling_errors = 0  # commands (answered internal_error) or plays that broke
+        self.failure: str | None = None  # why it lost the broker (it then sends nothing)
+        self.unsent = 0  # events and replies it could not send after that
         self._queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._client = aiomqtt.Client(
@@ -128,19 +135,46 @@ class SimStation:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """A clean stop: the requests in play finish, then `offline`, then DISCONNECT."""
+        """A clean stop: the requests in play finish, then `offline`, then DISCONNECT. With
+        the broker lost, the queue still empties (counted in `unsent`), so it always ends."""
         try:
-            if self._tasks:
-                await asyncio.gather(*self._tasks)
+            if self._tasks:  # (an abandoned one ends cancelled: no answer to wait for)
+                for result in await asyncio.gather(*self._tasks, return_exceptions=True):
+                    if isinstance(result, Exception):
+                        log.error("%s: a request's play failed: %r", self.station, result)
+                        self.handling_errors += 1
             await _cancel(self._health)
             await self._queue.join()
-            await self._client.publish(self.topics.status, self._status("offline"), qos=1,
-                                       retain=True, timeout=PUBLISH_TIMEOUT_S)
+            if self.failure is None:
+                try:
+                    await self._client.publish(self.topics.status, self._status("offline"),
+                                               qos=1, retain=True, timeout=PUBLISH_TIMEOUT_S)
+                except aiomqtt.MqttError as error:
+                    self._lost(f"the offline status was not sent: {error}")
         finally:
             await _cancel(self._commands)
             await _cancel(self._health)
             await _cancel(self._sender)
-            await self._client.__aexit__(None, None, None)
+            with contextlib.suppress(aiomqtt.MqttError):  # a lost connection is said above
+                await self._client.__aexit__(None, None, None)
+
+    def abandon(self) -> None:
+        """Stop the requests in play (an interrupted run does not wait for their answers)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _lost(self, why: str) -> None:
+        """The broker is lost: say so once, and stop a publish waiting for a PUBACK that
+        cannot come (up to PUBLISH_TIMEOUT_S, station after station, at the stop)."""
+        if self.failure is not None:
+            return
+        self.failure = why
+        log.error("%s: %s; the station sends nothing more", self.station, why)
+        sender = self._sender
+        if sender is not None and sender is not asyncio.current_task() and not sender.done():
+            sender.cancel()
+            self._sender = asyncio.create_task(self._send(),  # drains, counting unsent
+                                               name=f"fleet.sim.{self.station}.send")
 
     def request(self, request: Request, late_s: float) -> Sent:
         """Make a request now; its later events follow on their own."""
@@ -165,10 +199,14 @@ class SimStation:
         record = self.book.raised(alert_id, hp, priority, details, time.monotonic())
         sent.event_id = self._announce("help_point.press", record, sent.wall)
         if request.response == "emergency_services":
-            await asyncio.sleep(HOLD_S)
+            await asyncio.sleep(self.hold_s)
+            if alert_id not in self.book.open:  # dispatch closed it within the hold: a
+                self.overtaken += 1  # gateway has forgotten the request, so has the rider
+                return
             record = self.book.raised(alert_id, hp, Priority.P0, {
                 **details, "held": True,
-                "evidence": ["button pressed", f"held for {HOLD_S:g}s"]}, time.monotonic())
+                "evidence": ["button pressed", f"held for {self.hold_s:g}s"]},
+                time.monotonic())
             self._announce("help_point.hold", record, time.time())
         steps: tuple[tuple[float, Action], ...] = (
             (request.ack_s, "acknowledge"), (request.assign_s, "assign"),
@@ -200,22 +238,29 @@ class SimStation:
         command never ends this: one that breaks the handling (the gateway's pure core
         should never raise) is answered `internal_error`, logged and counted
         (`handling_errors`, in health as `command_handling_errors`), as a gateway does."""
-        async for message in self._client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            try:
-                reply = self._answer(payload)
-            except Exception as exc:
-                log.exception("%s: command handling failed (%d bytes)", self.station,
-                              len(payload))
-                self.handling_errors += 1
-                reply = Reply(command_id=None, status="rejected", reason="internal_error",
-                              detail="the simulated station could not handle it: "
-                                     f"{type(exc).__name__}",
-                              station=self.station, wall_time=time.time())
-            # After the event it answers: the queue sends in order, the reply last.
-            self._queue.put_nowait((self.topics.replies, json.dumps(reply.wire()).encode(),
-                                    False))
-            self.replies += 1
+        try:
+            async for message in self._client.messages:
+                self._take(message)
+        except aiomqtt.MqttError as exc:
+            self._lost(f"the connection was lost: {exc}")
+
+    def _take(self, message: aiomqtt.Message) -> None:
+        """One command: answered on `replies` whatever it holds."""
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        try:
+            reply = self._answer(payload)
+        except Exception as exc:
+            log.exception("%s: command handling failed (%d bytes)", self.station,
+                          len(payload))
+            self.handling_errors += 1
+            reply = Reply(command_id=None, status="rejected", reason="internal_error",
+                          detail="the simulated station could not handle it: "
+                                 f"{type(exc).__name__}",
+                          station=self.station, wall_time=time.time())
+        # After the event it answers: the queue sends in order, the reply last.
+        self._queue.put_nowait((self.topics.replies, json.dumps(reply.wire()).encode(),
+                                False))
+        self.replies += 1
 
     def _answer(self, payload: bytes) -> Reply:
         """Check one command, apply it if it holds, and say so."""
@@ -245,20 +290,32 @@ class SimStation:
         return event.event_id
 
     async def _send(self) -> None:
-        """Drain the outbox in order, one QoS 1 publish confirmed before the next."""
+        """Drain the outbox in order, one QoS 1 publish confirmed before the next. A publish
+        that fails (the broker gone, refusing, or silent for PUBLISH_TIMEOUT_S) ends the
+        sending, not the draining: the rest is counted `unsent`, for the fleet to report."""
         while True:
             topic, payload, retain = await self._queue.get()
             try:
-                await self._client.publish(topic, payload, qos=1, retain=retain,
-                                           timeout=PUBLISH_TIMEOUT_S)
-                self.published += 1
+                if self.failure is None:
+                    await self._client.publish(topic, payload, qos=1, retain=retain,
+                                               timeout=PUBLISH_TIMEOUT_S)
+                    self.published += 1
+                else:
+                    self.unsent += 1
+            except aiomqtt.MqttError as exc:
+                self._lost(f"a publish to {topic} failed: {exc}")
+                self.unsent += 1
+            except asyncio.CancelledError:
+                self.unsent += 1  # the one in flight when the broker was lost, or at the end
+                raise
             finally:
                 self._queue.task_done()
 
     async def _report(self) -> None:
+        """Health at connect, then every `health_interval_s` (as a gateway reports it)."""
         while True:
-            await asyncio.sleep(self.health_interval_s)
             self._queue.put_nowait((self.topics.health, self._health_report(), True))
+            await asyncio.sleep(self.health_interval_s)
 
     def _status(self, state: str) -> bytes:
         return json.dumps({"state": state, "station": self.station, "version": __version__,
