@@ -194,7 +194,7 @@ class Dispatcher:
             if future is not None and not future.done():
                 future.set_result((kind, str(event.get("event_id")), str(body.get("alert_id"))))
         elif kind == "alert.acknowledged":
-            acked = self._acked.pop(body.get("alert_id", ""), None)
+            acked = self._acked.pop(str(body.get("alert_id")), None)
             if acked is not None and not acked.done():
                 acked.set_result(None)
 

@@ -97,12 +97,11 @@ class Schedule:
 def make_schedule(network: Network, ridership: pd.Series, *, daemons: int, duration_s: float,
                   speed: float = DEFAULT_SPEED, seed: int = DEFAULT_SEED,
                   rate: float = DEFAULT_RATE, hotspots: bool = True) -> Schedule:
-    """The schedule of a run of `duration_s` real seconds over `network`'s stations."""
+    """The schedule of a run of `duration_s` real seconds over `network`'s stations (the
+    numbers as `FleetOptions` checks them; the daemons against the network here)."""
     ids = network.ids
     if not 0 <= daemons <= len(ids):
         raise FleetError(f"--daemons {daemons}: give 0 to {len(ids)} (the fleet's stations)")
-    if not duration_s > 0 or not speed > 0:
-        raise FleetError(f"--duration {duration_s} and --speed {speed}: give positive numbers")
     since = pd.Timestamp(SIM_START, tz=network.timezone).timestamp()
     weeks = max(1, math.ceil(duration_s * speed / WEEK_S))
     planted = plant(network, seed) if hotspots else ()
